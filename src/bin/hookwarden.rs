@@ -1,0 +1,75 @@
+//! `hookwarden`: the operator's command. Parses arguments and dispatches; the work is in
+//! `hookwarden::cli`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hookwarden::cli::{Cli, Command, exit, http_client, sign};
+use hookwarden::config::{self, listener::ListenerConfig};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = config::process_env();
+    match cli.command {
+        Command::Check { config: path } => {
+            let result = config::read_file(&path)
+                .and_then(|text| ListenerConfig::parse(&path.display().to_string(), &text, &env));
+            match result {
+                Ok(config) => {
+                    print!("{}", config.summary());
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("{err}");
+                    ExitCode::from(exit::FAILED)
+                }
+            }
+        }
+        Command::Sign { signer, event } => {
+            let run = || -> anyhow::Result<()> {
+                let signer = sign::Signer::from_args(&signer, &env)?;
+                let body = sign::read_event(&event)?;
+                for (name, value) in signer.sign(&body)? {
+                    println!("{name}: {}", value.to_str().unwrap_or_default());
+                }
+                Ok(())
+            };
+            report(run())
+        }
+        Command::Send { signer, url, event } => {
+            let run = || -> anyhow::Result<bool> {
+                let signer = sign::Signer::from_args(&signer, &env)?;
+                let body = sign::read_event(&event)?;
+                let url = url.or(signer.default_url.clone()).ok_or_else(|| {
+                    anyhow::anyhow!("give --url (or --config to post to its listener)")
+                })?;
+                let headers = signer.sign(&body)?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let answer = runtime.block_on(http_client::post(&url, &headers, body))?;
+                println!("{} {}", answer.status.as_u16(), answer.body.trim_end());
+                Ok(answer.status.is_success())
+            };
+            match run() {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(exit::FAILED),
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(exit::USAGE)
+                }
+            }
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The listener's confirmed publisher: one connection, several confirm-mode channels, many
+//! publishes in flight at once, and a supervisor that reconnects with backoff. A publish is
+//! good only on a broker ack that was not a return.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::topology::{self, Topology};
+use crate::config::amqp::{AmqpConfig, redact};
+use crate::envelope::Envelope;
+use crate::telemetry::BrokerMetrics;
+
+/// Why an event was not handed off; every variant is answered 503 by the listener.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No connection to the broker right now.
+    #[error("not connected to the broker")]
+    NotConnected,
+    /// The broker refused the message (e.g. queue full under `reject-publish`).
+    #[error("the broker nacked the message")]
+    Nack,
+    /// The message was unroutable and came back (`mandatory`).
+    #[error("the broker returned the message: {code} {text}")]
+    Returned {
+        /// AMQP reply code, e.g. 312 NO_ROUTE.
+        code: u16,
+        /// Broker's explanation.
+        text: String,
+    },
+    /// No confirm within `handoff_timeout` (e.g. a memory alarm blocks publishers).
+    #[error("no confirm from the broker in time")]
+    ConfirmTimeout,
+    /// The channel or connection failed while the message was in flight.
+    #[error("channel failed: {0}")]
+    ChannelClosed(#[source] lapin::Error),
+    /// The channel was not in confirm mode; never expected, never treated as success.
+    #[error("the channel did not confirm")]
+    NotConfirmed,
+}
+
+impl PublishError {
+    /// Stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotConnected => "not_connected",
+            Self::Nack => "nack",
+            Self::Returned { .. } => "returned",
+            Self::ConfirmTimeout => "confirm_timeout",
+            Self::ChannelClosed(_) => "channel_closed",
+            Self::NotConfirmed => "not_confirmed",
+        }
+    }
+}
+
+struct Link {
+    connection: Connection,
+    channels: Vec<Channel>,
+}
+
+struct Inner {
+    link: RwLock<Option<Arc<Link>>>,
+    /// Wakes the supervisor when a publish finds its channel dead.
+    broken: Notify,
+    connected: watch::Sender<bool>,
+    next: AtomicUsize,
+    exchange: ShortString,
+    metrics: BrokerMetrics,
+}
+
+/// Cheap to clone; all clones share one connection.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl Publisher {
+    /// Starts the supervisor, which connects, declares `topology`, opens
+    /// `config.channels` confirm channels, and reconnects until `shutdown`.
+    pub fn start(
+        config: &AmqpConfig,
+        topology: Topology,
+        metrics: BrokerMetrics,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (connected, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            link: RwLock::new(None),
+            broken: Notify::new(),
+            connected,
+            next: AtomicUsize::new(0),
+            exchange: ShortString::try_new(config.exchange.clone())
+                .unwrap_or_else(|_| ShortString::from("")),
+            metrics,
+        });
+        let supervisor = Supervisor {
+            inner: inner.clone(),
+            urls: config.url.clone(),
+            channels: config.channels.get(),
+            topology,
+            shutdown,
+        };
+        let handle = tokio::spawn(supervisor.run());
+        (Self { inner }, handle)
+    }
+
+    /// True while a connection with open channels is in place.
+    pub fn is_connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// Waits until connected or `timeout` passes; returns whether it is connected.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.connected.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Publishes `envelope` persistent and `mandatory`, and waits for its confirm.
+    ///
+    /// # Errors
+    /// Any outcome other than a plain broker ack within `timeout`.
+    pub async fn publish(
+        &self,
+        envelope: &Envelope,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
+        let link = self
+            .inner
+            .link
+            .read()
+            .map_err(|_| PublishError::NotConnected)?
+            .clone()
+            .ok_or(PublishError::NotConnected)?;
+        let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
+        let channel = &link.channels[index];
+        let _in_flight = self.inner.metrics.in_flight_guard();
+        let outcome = tokio::time::timeout(timeout, async {
+            let confirm = channel
+                .basic_publish(
+                    self.inner.exchange.clone(),
+                    envelope.routing_key.clone(),
+                    // mandatory: an unroutable message comes back instead of vanishing.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &envelope.body,
+                    envelope.properties(),
+                )
+                .await
+                .map_err(PublishError::ChannelClosed)?;
+            confirm.await.map_err(PublishError::ChannelClosed)
+        })
+        .await;
+        let result = match outcome {
+            Err(_) => Err(PublishError::ConfirmTimeout),
+            Ok(Err(err)) => Err(err),
+            // lapin reports a returned message as an ack carrying it: that is a failure.
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Returned {
+                code: returned.reply_code,
+                text: returned.reply_text.to_string(),
+            }),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nack),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirmed),
+        };
+        if matches!(result, Err(PublishError::ChannelClosed(_))) || !channel.status().connected() {
+            // A dead channel stays dead (e.g. after NOT_FOUND): rebuild the link.
+            self.inner.broken.notify_one();
+        }
+        result
+    }
+}
+
+struct Supervisor {
+    inner: Arc<Inner>,
+    urls: Vec<String>,
+    channels: usize,
+    topology: Topology,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    async fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut attempt = 0usize;
+        while !self.shutdown.is_cancelled() {
+            let url = &self.urls[attempt % self.urls.len()];
+            attempt += 1;
+            match self.connect(url).await {
+                Ok(link) => {
+                    backoff = BACKOFF_MIN;
+                    tracing::info!(broker = %redact(url), channels = self.channels, "broker connected");
+                    let link = Arc::new(link);
+                    self.set_link(Some(link.clone()));
+                    let reason = self.watch(&link).await;
+                    self.set_link(None);
+                    if self.shutdown.is_cancelled() {
+                        close(&link).await;
+                        break;
+                    }
+                    tracing::warn!(broker = %redact(url), reason, "broker connection lost; reconnecting");
+                    self.inner.metrics.reconnects.inc();
+                    // Closing makes lapin fail every confirm still pending on this link.
+                    close(&link).await;
+                }
+                Err(err) => {
+                    tracing::warn!(broker = %redact(url), error = %err, retry_in = ?backoff, "cannot connect to the broker");
+                }
+            }
+            let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 100);
+            tokio::select! {
+                () = tokio::time::sleep(backoff + jitter) => {}
+                () = self.shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.set_link(None);
+    }
+
+    async fn connect(&self, url: &str) -> Result<Link, lapin::Error> {
+        let props =
+            ConnectionProperties::default().with_connection_name("hookwarden-listener".into());
+        let connection = Connection::connect(url, props).await?;
+        let setup = connection.create_channel().await?;
+        topology::declare(&setup, &self.topology).await?;
+        // Best effort: the declarations are done; a failed close must not fail the link.
+        let _ = setup.close(200, "declared".into()).await;
+        let mut channels = Vec::with_capacity(self.channels);
+        for _ in 0..self.channels {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channels.push(channel);
+        }
+        Ok(Link {
+            connection,
+            channels,
+        })
+    }
+
+    fn set_link(&self, link: Option<Arc<Link>>) {
+        let up = link.is_some();
+        if let Ok(mut slot) = self.inner.link.write() {
+            *slot = link;
+        }
+        self.inner.connected.send_replace(up);
+        self.inner.metrics.connected.set(i64::from(up));
+    }
+
+    /// Returns when the link fails or shutdown begins, with a reason for the log.
+    async fn watch(&self, link: &Link) -> &'static str {
+        let mut events = link.connection.events_listener();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(_)) | None => return "connection error",
+                    Some(_) => {}
+                },
+                () = self.inner.broken.notified() => return "a channel closed",
+                _ = tick.tick() => {
+                    // Events can be missed if the connection dies during set-up.
+                    if !link.connection.status().connected()
+                        || link.channels.iter().any(|c| !c.status().connected())
+                    {
+                        return "connection or channel not connected";
+                    }
+                }
+                () = self.shutdown.cancelled() => return "shutdown",
+            }
+        }
+    }
+}
+
+async fn close(link: &Link) {
+    for channel in &link.channels {
+        if channel.status().connected() {
+            let _ = channel.close(200, "bye".into()).await;
+        }
+    }
+    if link.connection.status().connected() {
+        let _ = link.connection.close(200, "bye".into()).await;
+    }
+}

@@ -1,0 +1,130 @@
+//! The exchanges and queues of design.md, declared idempotently by both daemons with this
+//! one function, so their arguments can never differ (a mismatch closes the channel, 406).
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::amqp::AmqpConfig;
+
+/// Names and limits of the topology, taken from `[amqp]`.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Topic exchange events are published to.
+    pub exchange: String,
+    /// Quorum queue of events.
+    pub queue: String,
+    /// Fanout exchange for dead letters.
+    pub dead_letter_exchange: String,
+    /// Queue of dead letters.
+    pub dead_letter_queue: String,
+    /// `x-delivery-limit` of the events queue.
+    pub delivery_limit: u32,
+}
+
+impl From<&AmqpConfig> for Topology {
+    fn from(c: &AmqpConfig) -> Self {
+        Self {
+            exchange: c.exchange.clone(),
+            queue: c.queue.clone(),
+            dead_letter_exchange: c.dead_letter_exchange.clone(),
+            dead_letter_queue: c.dead_letter_queue.clone(),
+            delivery_limit: c.delivery_limit,
+        }
+    }
+}
+
+fn name(s: &str) -> ShortString {
+    // Lengths were checked when the config was loaded.
+    ShortString::try_new(s).unwrap_or_else(|_| ShortString::from(""))
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Arguments of the events queue, one line each with its reason.
+pub fn events_queue_arguments(t: &Topology) -> FieldTable {
+    let mut args = FieldTable::default();
+    // Replicated, fsync'd on confirm: a confirmed event survives a broker node's crash.
+    args.insert(name("x-queue-type"), text("quorum"));
+    // Poison messages and rejected events go somewhere inspectable instead of vanishing.
+    args.insert(
+        name("x-dead-letter-exchange"),
+        text(&t.dead_letter_exchange),
+    );
+    // RabbitMQ before 4.0 has no default limit, so a poison message would loop forever.
+    args.insert(
+        name("x-delivery-limit"),
+        AMQPValue::LongLongInt(i64::from(t.delivery_limit)),
+    );
+    // The default (at-most-once) dead-lettering can lose a dead letter; this cannot.
+    args.insert(name("x-dead-letter-strategy"), text("at-least-once"));
+    // At-least-once dead-lettering requires reject-publish: a full queue nacks publishes
+    // (the listener answers 503) rather than dropping the oldest event.
+    args.insert(name("x-overflow"), text("reject-publish"));
+    args
+}
+
+fn dead_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    // Dead letters are the evidence of what failed: keep them as durably as events.
+    args.insert(name("x-queue-type"), text("quorum"));
+    args
+}
+
+/// Declares exchanges, queues and bindings.
+///
+/// # Errors
+/// Any broker refusal, e.g. a queue that exists with other arguments (406).
+pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            name(&t.exchange),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            name(&t.dead_letter_exchange),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(name(&t.dead_letter_queue), queue, dead_queue_arguments())
+        .await?;
+    channel
+        .queue_bind(
+            name(&t.dead_letter_queue),
+            name(&t.dead_letter_exchange),
+            name(""),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(name(&t.queue), queue, events_queue_arguments(t))
+        .await?;
+    channel
+        .queue_bind(
+            name(&t.queue),
+            name(&t.exchange),
+            name("#"),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The operator's `hookwarden` command: check configs, sign and send test events.
+
+pub mod http_client;
+pub mod sign;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Operate hookwarden: check configs, sign and send test events.
+#[derive(Parser)]
+#[command(version, name = "hookwarden")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Validate a listener config and print a summary (exit 0 valid, 1 invalid).
+    #[command(after_help = "Example: hookwarden check --config listener.toml")]
+    Check {
+        /// Listener config file.
+        #[arg(long, default_value = "/etc/hookwarden/listener.toml")]
+        config: PathBuf,
+    },
+    /// Print the headers a provider would send with EVENT signed (one `Name: value` per line).
+    #[command(
+        after_help = "Example: hookwarden sign --config listener.toml --provider dregs event.json"
+    )]
+    Sign {
+        /// How to sign.
+        #[command(flatten)]
+        signer: SignerArgs,
+        /// JSON event file (`-` for standard input).
+        event: PathBuf,
+    },
+    /// Sign EVENT as the provider would and POST it; prints status and body, exits 1 on non-2xx.
+    #[command(
+        after_help = "Example: hookwarden send --config listener.toml --provider dregs examples/dregs-identity-scored.json"
+    )]
+    Send {
+        /// How to sign.
+        #[command(flatten)]
+        signer: SignerArgs,
+        /// Where to POST; default http://<server.listen>/hooks/<provider> from --config.
+        #[arg(long)]
+        url: Option<String>,
+        /// JSON event file (`-` for standard input).
+        event: PathBuf,
+    },
+}
+
+/// A provider from a listener config, or a scheme and secret given directly.
+#[derive(Args, Clone)]
+pub struct SignerArgs {
+    /// Listener config to take the provider's scheme and first secret from.
+    #[arg(long, requires = "provider")]
+    pub config: Option<PathBuf>,
+    /// Provider name in --config.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Scheme when signing without --config: hmac-sha256, github, stripe, standard-webhooks.
+    #[arg(long, conflicts_with = "config", requires = "secret")]
+    pub scheme: Option<String>,
+    /// Secret when signing without --config (literal, env:NAME or file:PATH).
+    #[arg(long, conflicts_with = "config")]
+    pub secret: Option<String>,
+    /// Signature header for --scheme hmac-sha256.
+    #[arg(long, conflicts_with = "config")]
+    pub header: Option<String>,
+    /// Signature prefix for --scheme hmac-sha256, e.g. `sha256=`.
+    #[arg(long, conflicts_with = "config")]
+    pub prefix: Option<String>,
+    /// Encoding for --scheme hmac-sha256: hex or base64.
+    #[arg(long, conflicts_with = "config")]
+    pub encoding: Option<String>,
+}
+
+/// Exit codes of `hookwarden`: 0 success, 1 the operation failed (non-2xx, invalid config),
+/// 2 usage error (clap), 64 bad input (unreadable file, unknown provider).
+pub mod exit {
+    /// The operation failed.
+    pub const FAILED: u8 = 1;
+    /// Bad input.
+    pub const USAGE: u8 = 64;
+}

@@ -1,0 +1,136 @@
+//! `hookwarden sign` and `send`: build a provider's signer from a listener config or from
+//! flags (through the same validation the listener uses), sign an event file, post it.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+
+use crate::cli::SignerArgs;
+use crate::config::{self, listener::ListenerConfig, secret};
+use crate::scheme::{Scheme, SigningKey};
+
+/// A provider's scheme and first key, plus where it listens.
+pub struct Signer {
+    /// The provider's name.
+    pub provider: String,
+    scheme: Scheme,
+    key: SigningKey,
+    /// `http://<listen>/hooks/<provider>` when built from a config.
+    pub default_url: Option<String>,
+}
+
+impl Signer {
+    /// Builds the signer named by `args`.
+    ///
+    /// # Errors
+    /// Unreadable or invalid config, unknown provider, missing flags.
+    pub fn from_args(args: &SignerArgs, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        if let Some(path) = &args.config {
+            let text = config::read_file(path)?;
+            let mut config = ListenerConfig::parse(&path.display().to_string(), &text, env)?;
+            let name = args.provider.clone().unwrap_or_default();
+            let Some(index) = config.providers.iter().position(|p| p.name == name) else {
+                let known: Vec<_> = config.providers.iter().map(|p| p.name.as_str()).collect();
+                bail!(
+                    "no provider {name:?} in {}; configured: {}",
+                    path.display(),
+                    known.join(", ")
+                );
+            };
+            let listen = config.server.listen;
+            let provider = config.providers.swap_remove(index);
+            let key = provider
+                .keys
+                .into_iter()
+                .next()
+                .context("the provider has no secret")?;
+            let host = if listen.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else if listen.is_ipv6() {
+                format!("[{}]", listen.ip())
+            } else {
+                listen.ip().to_string()
+            };
+            return Ok(Self {
+                default_url: Some(format!(
+                    "http://{host}:{}/hooks/{}",
+                    listen.port(),
+                    provider.name
+                )),
+                provider: provider.name,
+                scheme: provider.scheme,
+                key,
+            });
+        }
+        let (Some(scheme), Some(reference)) = (&args.scheme, &args.secret) else {
+            bail!("give --config and --provider, or --scheme and --secret");
+        };
+        let resolved =
+            secret::resolve(reference, env).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+        // Reuse the listener's own validation: build a one-provider config from the flags.
+        let mut provider = toml::Table::new();
+        let name = args.provider.clone().unwrap_or_else(|| "cli".to_owned());
+        provider.insert("name".into(), name.clone().into());
+        provider.insert("scheme".into(), scheme.clone().into());
+        provider.insert(
+            "secrets".into(),
+            vec![toml::Value::from(resolved.expose())].into(),
+        );
+        for (key, value) in [
+            ("signature_header", &args.header),
+            ("prefix", &args.prefix),
+            ("encoding", &args.encoding),
+        ] {
+            if let Some(value) = value {
+                provider.insert(key.into(), value.clone().into());
+            }
+        }
+        let mut root = toml::Table::new();
+        root.insert(
+            "providers".into(),
+            vec![toml::Value::Table(provider)].into(),
+        );
+        let text = toml::to_string(&root)?;
+        let mut config = ListenerConfig::parse("command line", &text, &HashMap::new())
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("providers[0].", "--")))?;
+        let provider = config.providers.remove(0);
+        let key = provider.keys.into_iter().next().context("no secret")?;
+        Ok(Self {
+            provider: name,
+            scheme: provider.scheme,
+            key,
+            default_url: None,
+        })
+    }
+
+    /// The headers a provider sends with `body` now; a fresh id where the scheme carries one.
+    ///
+    /// # Errors
+    /// A configured prefix that cannot be a header value.
+    pub fn sign(&self, body: &[u8]) -> anyhow::Result<Vec<(HeaderName, HeaderValue)>> {
+        let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        self.scheme
+            .sign(&self.key, body, SystemTime::now(), &id)
+            .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))
+    }
+}
+
+/// Reads an event file (`-` = standard input) and checks it is JSON.
+///
+/// # Errors
+/// Unreadable file or invalid JSON.
+pub fn read_event(path: &std::path::Path) -> anyhow::Result<Bytes> {
+    let bytes = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        buf
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    Ok(Bytes::from(bytes))
+}

@@ -1,0 +1,194 @@
+//! `[amqp]`: where the broker is and the names of the topology both daemons declare.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+
+use serde::{Deserialize, Deserializer};
+
+use super::Document;
+
+/// `[amqp]`, shared by the listener and the worker so both declare the same topology.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Broker URL, or a list of cluster node URLs tried in turn.
+    #[serde(default = "default_url", deserialize_with = "one_or_many")]
+    pub url: Vec<String>,
+    /// Topic exchange events are published to (routing key `{provider}.{event_type}`).
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    /// Quorum queue the worker consumes, bound to `exchange` with `#`.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Fanout exchange the events queue dead-letters to.
+    #[serde(default = "default_dead_letter_exchange")]
+    pub dead_letter_exchange: String,
+    /// Queue bound to `dead_letter_exchange`, kept for inspection and replay.
+    #[serde(default = "default_dead_letter_queue")]
+    pub dead_letter_queue: String,
+    /// Deliveries of one message before the broker dead-letters it (`x-delivery-limit`).
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+    /// Channels the listener publishes on, each with its own confirms in flight.
+    #[serde(default = "default_channels")]
+    pub channels: NonZeroUsize,
+}
+
+fn default_url() -> Vec<String> {
+    vec!["amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()]
+}
+fn default_exchange() -> String {
+    "hookwarden".to_owned()
+}
+fn default_queue() -> String {
+    "hookwarden.events".to_owned()
+}
+fn default_dead_letter_exchange() -> String {
+    "hookwarden.dlx".to_owned()
+}
+fn default_dead_letter_queue() -> String {
+    "hookwarden.dead".to_owned()
+}
+fn default_delivery_limit() -> u32 {
+    5
+}
+fn default_channels() -> NonZeroUsize {
+    NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN)
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: default_url(),
+            exchange: default_exchange(),
+            queue: default_queue(),
+            dead_letter_exchange: default_dead_letter_exchange(),
+            dead_letter_queue: default_dead_letter_queue(),
+            delivery_limit: default_delivery_limit(),
+            channels: default_channels(),
+        }
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(de)? {
+        Raw::One(url) => vec![url],
+        Raw::Many(urls) => urls,
+    })
+}
+
+impl fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &self.redacted_url())
+            .field("exchange", &self.exchange)
+            .field("queue", &self.queue)
+            .field("dead_letter_exchange", &self.dead_letter_exchange)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("channels", &self.channels)
+            .finish()
+    }
+}
+
+impl AmqpConfig {
+    /// The URLs with passwords replaced, for logs and `--check`.
+    pub fn redacted_url(&self) -> String {
+        self.url
+            .iter()
+            .map(|u| redact(u))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub(crate) fn validate(&self, doc: &mut Document<'_>, key: &str) {
+        if self.url.is_empty() {
+            doc.problem(
+                &format!("{key}.url"),
+                "needs at least one broker URL".to_owned(),
+            );
+        }
+        for (i, url) in self.url.iter().enumerate() {
+            if let Err(err) = url.parse::<lapin::uri::AMQPUri>() {
+                let at = if self.url.len() == 1 {
+                    format!("{key}.url")
+                } else {
+                    format!("{key}.url[{i}]")
+                };
+                doc.problem(&at, format!("{} is not an AMQP URL: {err}", redact(url)));
+            }
+        }
+        for (field, value) in [
+            ("exchange", &self.exchange),
+            ("queue", &self.queue),
+            ("dead_letter_exchange", &self.dead_letter_exchange),
+            ("dead_letter_queue", &self.dead_letter_queue),
+        ] {
+            if value.len() > 255 {
+                doc.problem(
+                    &format!("{key}.{field}"),
+                    "longer than AMQP's 255 bytes".to_owned(),
+                );
+            }
+        }
+        for (field, value) in [
+            ("queue", &self.queue),
+            ("dead_letter_queue", &self.dead_letter_queue),
+        ] {
+            if value.is_empty() {
+                doc.problem(&format!("{key}.{field}"), "must not be empty".to_owned());
+            }
+        }
+        if self.exchange.is_empty() {
+            doc.problem(
+                &format!("{key}.exchange"),
+                "must not be empty: events are routed by a topic exchange".to_owned(),
+            );
+        }
+        if self.delivery_limit == 0 {
+            doc.problem(
+                &format!("{key}.delivery_limit"),
+                "must be at least 1".to_owned(),
+            );
+        }
+    }
+}
+
+/// `amqp://user:secret@host` → `amqp://user:***@host`.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

@@ -1,0 +1,589 @@
+//! The listener's config (`listener.toml`): raw serde structs that reject unknown keys, and
+//! the validated types the listener runs on, built by [`ListenerConfig::parse`].
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{ConfigError, Document};
+use crate::config::amqp::AmqpConfig;
+use crate::config::secret;
+use crate::listener::extract::FieldRef;
+use crate::scheme::{Scheme, SigningKey, hmac, standard_webhooks, stripe};
+
+/// The schemes a provider may name.
+pub const SCHEMES: &[&str] = &["hmac-sha256", "github", "stripe", "standard-webhooks"];
+
+/// The whole validated listener config.
+#[derive(Debug)]
+pub struct ListenerConfig {
+    /// `[server]`: addresses, limits, timeouts.
+    pub server: ServerConfig,
+    /// `[amqp]`: broker and topology.
+    pub amqp: AmqpConfig,
+    /// `[dedupe]`: the event-id cache.
+    pub dedupe: DedupeConfig,
+    /// `[log]`: level and format.
+    pub log: LogConfig,
+    /// `[[providers]]`, in file order; names are unique.
+    pub providers: Vec<Provider>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public address; only `/hooks/*` is served there.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Admin address for `/healthz`, `/readyz`, `/metrics`; keep it private.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Largest accepted body; checked while reading, nothing is buffered past it.
+    #[serde(default = "default_max_body", deserialize_with = "super::units::size")]
+    pub max_body: u64,
+    /// Longest a request waits for the broker's confirm before it is answered 503.
+    #[serde(default = "default_handoff_timeout", with = "humantime_serde")]
+    pub handoff_timeout: Duration,
+    /// Longest a client may take to send the request line and headers.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest a client may take to send the body once headers are in.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs or addresses).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(skip)]
+    /// `trusted_proxies`, parsed.
+    pub trusted_proxy_nets: Vec<IpNet>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_body() -> u64 {
+    1024 * 1024
+}
+fn default_handoff_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `[dedupe]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// Event ids remembered; the least recently used are forgotten first.
+    #[serde(default = "default_capacity")]
+    pub capacity: u64,
+    /// How long an id is remembered.
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+fn default_capacity() -> u64 {
+    1_000_000
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Bytes of memory one remembered id costs in the cache (measured; see traps.md).
+pub const DEDUPE_BYTES_PER_ENTRY: u64 = 350;
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `hookwarden=debug,info`; `RUST_LOG` wins.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// `auto` (JSON when stdout is not a terminal), `json` or `text`.
+    #[serde(default = "default_format")]
+    pub format: String,
+}
+
+fn default_level() -> String {
+    "info".to_owned()
+}
+fn default_format() -> String {
+    "auto".to_owned()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+            format: default_format(),
+        }
+    }
+}
+
+/// One `[[providers]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    scheme: String,
+    secrets: Vec<String>,
+    signature_header: Option<String>,
+    encoding: Option<String>,
+    prefix: Option<String>,
+    timestamp_header: Option<String>,
+    signed_payload: Option<String>,
+    event_id: Option<String>,
+    event_type: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    tolerance: Option<Duration>,
+    #[serde(default)]
+    allow_ips: Vec<String>,
+}
+
+/// A validated provider: its route name, how it signs, and where its id and type are.
+pub struct Provider {
+    /// The route segment (`POST /hooks/{name}`) and the routing key's first word.
+    pub name: String,
+    /// The verification scheme, with its headers and window.
+    pub scheme: Scheme,
+    /// One key per configured secret, tried in order (rotation).
+    pub keys: Vec<SigningKey>,
+    /// Where the event id comes from.
+    pub event_id: FieldRef,
+    /// Where the event type comes from.
+    pub event_type: FieldRef,
+    /// Source networks allowed; empty allows all.
+    pub allow_ips: Vec<IpNet>,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("scheme", &self.scheme.name())
+            .field("keys", &self.keys.len())
+            .field("event_id", &self.event_id)
+            .field("event_type", &self.event_type)
+            .field("allow_ips", &self.allow_ips)
+            .finish()
+    }
+}
+
+const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+impl ListenerConfig {
+    /// Parses and validates a listener config, resolving secrets.
+    ///
+    /// `file` names the file in messages; `env` is the process environment (overrides,
+    /// `env:` secrets, `$CREDENTIALS_DIRECTORY`).
+    ///
+    /// # Errors
+    /// Every problem found, each with its key path and reason.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc = Document::parse(file, text, env)?;
+        doc.reject_unknown_sections(&["server", "amqp", "dedupe", "log", "providers"]);
+        let server: Option<ServerConfig> = doc.section("server");
+        let amqp: Option<AmqpConfig> = doc.section("amqp");
+        let dedupe: Option<DedupeConfig> = doc.section("dedupe");
+        let log: Option<LogConfig> = doc.section("log");
+        let raw_providers: Vec<Option<RawProvider>> = doc.list("providers");
+
+        let server = server.map(|mut s| {
+            s.trusted_proxy_nets =
+                parse_nets(&mut doc, "server.trusted_proxies", &s.trusted_proxies);
+            if s.max_body == 0 {
+                doc.problem("server.max_body", "must be greater than 0".to_owned());
+            }
+            if s.handoff_timeout.is_zero() {
+                doc.problem(
+                    "server.handoff_timeout",
+                    "must be greater than 0".to_owned(),
+                );
+            }
+            s
+        });
+        if let Some(amqp) = &amqp {
+            amqp.validate(&mut doc, "amqp");
+        }
+        if let Some(d) = &dedupe {
+            if d.capacity == 0 {
+                doc.problem("dedupe.capacity", "must be at least 1".to_owned());
+            }
+            if d.ttl.is_zero() {
+                doc.problem("dedupe.ttl", "must be greater than 0".to_owned());
+            }
+        }
+        if let Some(l) = &log {
+            if !["auto", "json", "text"].contains(&l.format.as_str()) {
+                doc.problem(
+                    "log.format",
+                    format!(
+                        "unknown format {:?}; expected one of auto, json, text",
+                        l.format
+                    ),
+                );
+            }
+        }
+
+        if raw_providers.is_empty() {
+            doc.problem(
+                "providers",
+                "no [[providers]] configured; every request would be answered 404".to_owned(),
+            );
+        }
+        let mut names = HashSet::new();
+        let mut providers = Vec::new();
+        for (i, raw) in raw_providers.into_iter().enumerate() {
+            let Some(raw) = raw else { continue };
+            let key = format!("providers[{i}]");
+            if !names.insert(raw.name.clone()) {
+                doc.problem(
+                    &format!("{key}.name"),
+                    format!("provider {:?} is configured twice", raw.name),
+                );
+            }
+            if let Some(p) = build_provider(&mut doc, &key, raw) {
+                providers.push(p);
+            }
+        }
+
+        doc.finish()?;
+        match (server, amqp, dedupe, log) {
+            (Some(server), Some(amqp), Some(dedupe), Some(log)) => Ok(ListenerConfig {
+                server,
+                amqp,
+                dedupe,
+                log,
+                providers,
+            }),
+            // Every `None` above recorded a problem, so `finish` returned early.
+            _ => unreachable_config(file),
+        }
+    }
+
+    /// The provider routed at `name`.
+    pub fn provider(&self, name: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+
+    /// A short human summary for `--check`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "listen {} (admin {}), max body {} bytes, handoff timeout {}\n",
+            self.server.listen,
+            self.server.admin_listen,
+            self.server.max_body,
+            humantime::format_duration(self.server.handoff_timeout)
+        ));
+        out.push_str(&format!(
+            "broker {} exchange {:?} queue {:?}\n",
+            self.amqp.redacted_url(),
+            self.amqp.exchange,
+            self.amqp.queue
+        ));
+        out.push_str(&format!(
+            "dedupe: {} ids for {} (bounds the cache at about {} MiB)\n",
+            self.dedupe.capacity,
+            humantime::format_duration(self.dedupe.ttl),
+            self.dedupe.capacity * DEDUPE_BYTES_PER_ENTRY / (1024 * 1024)
+        ));
+        for p in &self.providers {
+            out.push_str(&format!(
+                "provider {:?}: POST /hooks/{}, scheme {}, {} secret(s), id {}, type {}{}\n",
+                p.name,
+                p.name,
+                p.scheme.name(),
+                p.keys.len(),
+                p.event_id,
+                p.event_type,
+                if p.allow_ips.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} allowed network(s)", p.allow_ips.len())
+                }
+            ));
+        }
+        out
+    }
+}
+
+fn unreachable_config(file: &str) -> Result<ListenerConfig, ConfigError> {
+    Err(ConfigError {
+        problems: vec![super::Problem {
+            file: file.to_owned(),
+            line: None,
+            key: String::new(),
+            reason: "incomplete config".to_owned(),
+        }],
+    })
+}
+
+fn parse_nets(doc: &mut Document<'_>, key: &str, items: &[String]) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let parsed = item
+            .parse::<IpNet>()
+            .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => doc.problem(
+                &format!("{key}[{i}]"),
+                format!("{item:?} is not an address or CIDR network such as \"203.0.113.0/24\""),
+            ),
+        }
+    }
+    nets
+}
+
+fn hmac_only_keys(raw: &RawProvider) -> Vec<(&'static str, bool)> {
+    vec![
+        ("signature_header", raw.signature_header.is_some()),
+        ("encoding", raw.encoding.is_some()),
+        ("prefix", raw.prefix.is_some()),
+        ("timestamp_header", raw.timestamp_header.is_some()),
+        ("signed_payload", raw.signed_payload.is_some()),
+    ]
+}
+
+fn build_provider(doc: &mut Document<'_>, key: &str, raw: RawProvider) -> Option<Provider> {
+    let mut ok = true;
+    if !valid_name(&raw.name) {
+        doc.problem(
+            &format!("{key}.name"),
+            format!(
+                "{:?} is not a valid provider name; use 1 to 64 of a-z, A-Z, 0-9, '-', '_'",
+                raw.name
+            ),
+        );
+        ok = false;
+    }
+    let tolerance = raw.tolerance.unwrap_or(DEFAULT_TOLERANCE);
+    let scheme = match raw.scheme.as_str() {
+        "hmac-sha256" => build_hmac(doc, key, &raw, tolerance),
+        other => {
+            for (field, set) in hmac_only_keys(&raw) {
+                if set {
+                    doc.problem(
+                        &format!("{key}.{field}"),
+                        format!("only for scheme \"hmac-sha256\"; scheme {other:?} fixes its own"),
+                    );
+                    ok = false;
+                }
+            }
+            match other {
+                "github" => Some(Scheme::Hmac(hmac::HmacScheme::github())),
+                "stripe" => Some(Scheme::Stripe(stripe::StripeScheme { tolerance })),
+                "standard-webhooks" => Some(Scheme::StandardWebhooks(
+                    standard_webhooks::StandardScheme { tolerance },
+                )),
+                _ => {
+                    doc.problem(
+                        &format!("{key}.scheme"),
+                        format!(
+                            "unknown scheme {other:?}; expected one of {}",
+                            SCHEMES.join(", ")
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+    };
+
+    if raw.secrets.is_empty() {
+        doc.problem(
+            &format!("{key}.secrets"),
+            format!("provider {:?} needs at least one secret", raw.name),
+        );
+        ok = false;
+    }
+    let mut keys = Vec::new();
+    for (j, reference) in raw.secrets.iter().enumerate() {
+        let skey = format!("{key}.secrets[{j}]");
+        match secret::resolve(reference, doc.env()) {
+            Ok(secret) => {
+                if let Some(scheme) = &scheme {
+                    match scheme.key_from_secret(secret.expose()) {
+                        Ok(k) => keys.push(k),
+                        Err(reason) => {
+                            doc.problem(&skey, format!("provider {:?}: {reason}", raw.name));
+                            ok = false;
+                        }
+                    }
+                }
+            }
+            Err(reason) => {
+                doc.problem(&skey, format!("provider {:?}: {reason}", raw.name));
+                ok = false;
+            }
+        }
+    }
+
+    let (default_id, default_type) = match raw.scheme.as_str() {
+        "github" => (
+            FieldRef::Header(http::HeaderName::from_static("x-github-delivery")),
+            FieldRef::Header(http::HeaderName::from_static("x-github-event")),
+        ),
+        "standard-webhooks" => (FieldRef::SchemeId, FieldRef::Pointer("/type".to_owned())),
+        _ => (
+            FieldRef::Pointer("/id".to_owned()),
+            FieldRef::Pointer("/type".to_owned()),
+        ),
+    };
+    let event_id = field_ref(
+        doc,
+        &format!("{key}.event_id"),
+        raw.event_id.as_deref(),
+        default_id,
+    );
+    let event_type = field_ref(
+        doc,
+        &format!("{key}.event_type"),
+        raw.event_type.as_deref(),
+        default_type,
+    );
+    let allow_ips = parse_nets(doc, &format!("{key}.allow_ips"), &raw.allow_ips);
+    if allow_ips.len() != raw.allow_ips.len() {
+        ok = false;
+    }
+
+    match (ok, scheme, event_id, event_type) {
+        (true, Some(scheme), Some(event_id), Some(event_type)) => Some(Provider {
+            name: raw.name,
+            scheme,
+            keys,
+            event_id,
+            event_type,
+            allow_ips,
+        }),
+        _ => None,
+    }
+}
+
+fn build_hmac(
+    doc: &mut Document<'_>,
+    key: &str,
+    raw: &RawProvider,
+    tolerance: Duration,
+) -> Option<Scheme> {
+    let header = match raw.signature_header.as_deref() {
+        None => {
+            doc.problem(
+                &format!("{key}.signature_header"),
+                "required for scheme \"hmac-sha256\" (the header carrying the signature)"
+                    .to_owned(),
+            );
+            None
+        }
+        Some(h) => header_name(doc, &format!("{key}.signature_header"), h),
+    };
+    let encoding = match raw.encoding.as_deref().unwrap_or("hex") {
+        "hex" => Some(hmac::Encoding::Hex),
+        "base64" => Some(hmac::Encoding::Base64),
+        other => {
+            doc.problem(
+                &format!("{key}.encoding"),
+                format!("unknown encoding {other:?}; expected one of hex, base64"),
+            );
+            None
+        }
+    };
+    let timestamp = match (
+        raw.timestamp_header.as_deref(),
+        raw.signed_payload.as_deref(),
+    ) {
+        (None, None) => Some(None),
+        (None, Some(_)) => {
+            doc.problem(
+                &format!("{key}.signed_payload"),
+                "needs timestamp_header (the header the {timestamp} placeholder reads)".to_owned(),
+            );
+            None
+        }
+        (Some(h), template) => {
+            let header = header_name(doc, &format!("{key}.timestamp_header"), h);
+            let template =
+                match hmac::SignedTemplate::parse(template.unwrap_or("{timestamp}.{body}")) {
+                    Ok(t) => Some(t),
+                    Err(reason) => {
+                        doc.problem(&format!("{key}.signed_payload"), reason);
+                        None
+                    }
+                };
+            match (header, template) {
+                (Some(header), Some(template)) => Some(Some(hmac::Timestamped {
+                    header,
+                    template,
+                    tolerance,
+                })),
+                _ => None,
+            }
+        }
+    };
+    Some(Scheme::Hmac(hmac::HmacScheme {
+        name: "hmac-sha256",
+        header: header?,
+        encoding: encoding?,
+        prefix: raw.prefix.clone().filter(|p| !p.is_empty()),
+        timestamp: timestamp?,
+    }))
+}
+
+fn header_name(doc: &mut Document<'_>, key: &str, value: &str) -> Option<http::HeaderName> {
+    match http::HeaderName::from_bytes(value.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            doc.problem(key, format!("{value:?} is not a valid HTTP header name"));
+            None
+        }
+    }
+}
+
+fn field_ref(
+    doc: &mut Document<'_>,
+    key: &str,
+    value: Option<&str>,
+    default: FieldRef,
+) -> Option<FieldRef> {
+    let Some(value) = value else {
+        return Some(default);
+    };
+    match FieldRef::parse(value) {
+        Ok(f) => Some(f),
+        Err(reason) => {
+            doc.problem(key, reason);
+            None
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

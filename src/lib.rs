@@ -1,0 +1,33 @@
+//! hookwarden receives signed webhooks from reputation, fraud-scoring and reward providers,
+//! hands them to RabbitMQ with publisher confirms, and (in the worker) acts on them by rules.
+//!
+//! # Layout
+//! In the order an event travels:
+//! - [`listener`]: the HTTP endpoint. [`listener::server`] accepts connections →
+//!   [`listener::handler`] routes, checks the source ([`listener::client_ip`]), reads the
+//!   body within limits ([`listener::body`]), verifies the signature ([`scheme`]), reads id
+//!   and type ([`listener::extract`]) → [`listener::dedupe`] coalesces and remembers ids →
+//!   the handoff publishes. [`listener::error`] is the one error → HTTP status map;
+//!   [`listener::admin`] serves health, readiness and metrics.
+//! - [`scheme`]: signature schemes (hmac-sha256, GitHub, Stripe, Standard Webhooks), verify
+//!   and sign, over raw bytes, in constant time.
+//! - [`envelope`]: the message format between listener and worker.
+//! - [`broker`]: [`broker::topology`] (declared identically by both daemons) and
+//!   [`broker::publisher`] (confirmed publishing, reconnects).
+//! - [`worker`]: consumes events and acts on rules (in progress).
+//! - [`config`]: files + environment → validated types, every problem named.
+//! - [`telemetry`]: logs and Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
+//! - [`cli`]: the operator's `hookwarden` command.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod listener;
+pub mod scheme;
+pub mod signals;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,138 @@
+//! The one map from what went wrong with a request to its HTTP answer. An exhaustive match:
+//! a new variant cannot reach a client without a status. 4xx bodies carry a stable `code`
+//! and a reason; 5xx bodies carry no internals; no body ever carries a secret or signature.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::envelope::EnvelopeError;
+use crate::listener::body::BodyError;
+use crate::listener::extract::ExtractError;
+use crate::scheme::VerifyError;
+
+/// Seconds a provider is asked to wait after a 503.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// Every way a webhook request can be refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Path is not `/hooks/{provider}`.
+    #[error("not found")]
+    NotFound,
+    /// `/hooks/{name}` with no such provider configured.
+    #[error("unknown provider")]
+    UnknownProvider,
+    /// Anything but POST.
+    #[error("method not allowed; use POST")]
+    MethodNotAllowed,
+    /// Client address outside the provider's `allow_ips`.
+    #[error("source address not allowed")]
+    Forbidden,
+    /// Body could not be read within limits.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// Signature missing, wrong, stale, or malformed.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// Body is not JSON.
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    /// Id or type missing or unusable.
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
+    /// Id or type too long for AMQP.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// Could not hand off durably now.
+    #[error("temporarily unable to accept events; retry later")]
+    Unavailable,
+}
+
+impl RequestError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound | Self::UnknownProvider => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(BodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+            Self::Body(BodyError::Read(_)) => StatusCode::BAD_REQUEST,
+            Self::Verify(err) if err.is_malformed() => StatusCode::BAD_REQUEST,
+            Self::Verify(_) => StatusCode::UNAUTHORIZED,
+            Self::NotJson(_) | Self::Extract(_) | Self::Envelope(_) => StatusCode::BAD_REQUEST,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable snake_case code for clients and tests.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::UnknownProvider => "unknown_provider",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Forbidden => "forbidden",
+            Self::Body(BodyError::TooLarge { .. }) => "body_too_large",
+            Self::Body(BodyError::Timeout(_)) => "body_timeout",
+            Self::Body(BodyError::Read(_)) => "body_unreadable",
+            Self::Verify(err) => err.reason(),
+            Self::NotJson(_) => "invalid_json",
+            Self::Extract(ExtractError::Missing { .. }) => "missing_field",
+            Self::Extract(ExtractError::Invalid { .. }) | Self::Envelope(_) => "invalid_field",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// The JSON answer.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        let mut response = json_response(status, &body);
+        match self {
+            Self::MethodNotAllowed => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            Self::Unavailable => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A JSON response with `status`.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        assert_eq!(RequestError::Unavailable.status(), 503);
+        let r = RequestError::Unavailable.into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+        let r = RequestError::MethodNotAllowed.into_response();
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()[header::ALLOW], "POST");
+        assert_eq!(RequestError::Verify(VerifyError::Mismatch).status(), 401);
+        assert_eq!(
+            RequestError::Body(BodyError::TooLarge { limit: 1 }).status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

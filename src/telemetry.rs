@@ -1,0 +1,251 @@
+//! Logs and metrics: `tracing` set up once per process (JSON when stdout is not a
+//! terminal), and the Prometheus registry each daemon serves on its admin address. Each
+//! notable event is one function here that counts and logs together.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::listener::LogConfig;
+
+/// Installs the global `tracing` subscriber. `RUST_LOG`, when set, wins over `config.level`.
+///
+/// # Errors
+/// An invalid filter, or a subscriber already installed.
+pub fn init(config: &LogConfig) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
+        _ => EnvFilter::try_new(&config.level)?,
+    };
+    let json = match config.format.as_str() {
+        "json" => true,
+        "text" => false,
+        _ => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+    result.map_err(|err| anyhow::anyhow!("cannot install the log subscriber: {err}"))
+}
+
+/// Labels of a request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Configured provider name, or `unknown`.
+    pub provider: String,
+    /// HTTP status answered.
+    pub status: u16,
+}
+
+/// Labels of a reason counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Configured provider name.
+    pub provider: String,
+    /// Closed set of reasons, e.g. `mismatch`.
+    pub reason: &'static str,
+}
+
+/// Labels naming a provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Configured provider name.
+    pub provider: String,
+}
+
+/// Broker-side gauges and counters, shared with the publisher.
+#[derive(Clone, Default)]
+pub struct BrokerMetrics {
+    /// 1 while connected.
+    pub connected: Gauge,
+    /// Publishes awaiting their confirm.
+    pub in_flight: Gauge,
+    /// Connections lost and re-established.
+    pub reconnects: Counter,
+}
+
+/// Decrements the in-flight gauge when dropped, whatever way the publish ends.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl BrokerMetrics {
+    /// Counts one publish in flight until the guard drops.
+    pub fn in_flight_guard(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+}
+
+/// The listener's metrics.
+pub struct ListenerMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    verification_failures: Family<ReasonLabels, Counter>,
+    duplicates: Family<ProviderLabels, Counter>,
+    handoff_failures: Family<ReasonLabels, Counter>,
+    handoff_seconds: Histogram,
+    /// Shared with the publisher.
+    pub broker: BrokerMetrics,
+}
+
+impl Default for ListenerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ListenerMetrics {
+    /// Registers every metric under the `hookwarden` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hookwarden");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Webhook requests by provider and status",
+            requests.clone(),
+        );
+        let verification_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "verification_failures",
+            "Requests refused by signature verification, by reason",
+            verification_failures.clone(),
+        );
+        let duplicates = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "duplicates",
+            "Events answered as duplicates without publishing",
+            duplicates.clone(),
+        );
+        let handoff_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "handoff_failures",
+            "Events not handed off to the broker (answered 503), by reason",
+            handoff_failures.clone(),
+        );
+        // 0.25 ms .. about 8 s: a confirm takes a few ms, a timeout seconds.
+        let handoff_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.00025, 2.0, 16),
+        );
+        registry.register(
+            "handoff_seconds",
+            "Time from publish to broker confirm",
+            handoff_seconds.clone(),
+        );
+        let broker = BrokerMetrics::default();
+        registry.register(
+            "broker_connected",
+            "1 while the broker connection is up",
+            broker.connected.clone(),
+        );
+        registry.register(
+            "publishes_in_flight",
+            "Publishes awaiting a broker confirm",
+            broker.in_flight.clone(),
+        );
+        registry.register(
+            "broker_reconnects",
+            "Broker connections lost and re-established",
+            broker.reconnects.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            verification_failures,
+            duplicates,
+            handoff_failures,
+            handoff_seconds,
+            broker,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// One answered request: counted and logged as one line.
+    pub fn request_done(
+        &self,
+        provider: &str,
+        event_id: Option<&str>,
+        status: u16,
+        outcome: &str,
+        latency: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                provider: provider.to_owned(),
+                status,
+            })
+            .inc();
+        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        if status >= 500 {
+            tracing::warn!(provider, event_id, status, outcome, latency_us, "request");
+        } else {
+            tracing::info!(provider, event_id, status, outcome, latency_us, "request");
+        }
+    }
+
+    /// A request refused by signature verification.
+    pub fn verification_failed(&self, provider: &str, reason: &'static str) {
+        self.verification_failures
+            .get_or_create(&ReasonLabels {
+                provider: provider.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// An event id seen before.
+    pub fn duplicate(&self, provider: &str) {
+        self.duplicates
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A confirmed handoff and how long the broker took.
+    pub fn handed_off(&self, took: Duration) {
+        self.handoff_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A handoff that failed (answered 503).
+    pub fn handoff_failed(
+        &self,
+        provider: &str,
+        reason: &'static str,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.handoff_failures
+            .get_or_create(&ReasonLabels {
+                provider: provider.to_owned(),
+                reason,
+            })
+            .inc();
+        tracing::warn!(provider, reason, error = %error, "handoff failed");
+    }
+}
