@@ -11,6 +11,8 @@ use hyper_util::rt::TokioIo;
 pub struct Answer {
     /// Status code.
     pub status: http::StatusCode,
+    /// Response headers.
+    pub headers: http::HeaderMap,
     /// Body as text (lossy).
     pub body: String,
 }
@@ -50,9 +52,11 @@ pub async fn post(
     }
     let response = sender.send_request(request).await?;
     let status = response.status();
+    let headers = response.headers().clone();
     let body = response.into_body().collect().await?.to_bytes();
     Ok(Answer {
         status,
+        headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }

@@ -235,16 +235,16 @@ impl ListenerConfig {
                 doc.problem("dedupe.ttl", "must be greater than 0".to_owned());
             }
         }
-        if let Some(l) = &log {
-            if !["auto", "json", "text"].contains(&l.format.as_str()) {
-                doc.problem(
-                    "log.format",
-                    format!(
-                        "unknown format {:?}; expected one of auto, json, text",
-                        l.format
-                    ),
-                );
-            }
+        if let Some(l) = &log
+            && !["auto", "json", "text"].contains(&l.format.as_str())
+        {
+            doc.problem(
+                "log.format",
+                format!(
+                    "unknown format {:?}; expected one of auto, json, text",
+                    l.format
+                ),
+            );
         }
 
         if raw_providers.is_empty() {

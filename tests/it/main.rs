@@ -1,1 +1,12 @@
+//! Whole-listener tests against the real RabbitMQ at 127.0.0.1:5672 (or
+//! `HOOKWARDEN_TEST_AMQP`), each with its own uniquely named exchanges and queues.
+//! Prerequisite: RabbitMQ running (`.ci/run` starts it).
 
+mod harness;
+
+mod admin;
+mod cli;
+mod config_files;
+mod handoff;
+mod http_answers;
+mod schemes;

@@ -1,0 +1,139 @@
+//! The binaries as an operator runs them: `--check`, `hookwarden sign`, `hookwarden send`
+//! with its exit codes.
+
+use std::process::Command;
+
+use crate::harness::{Broker, Harness, event};
+
+fn listener_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hookwarden-listener"))
+}
+fn cli_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+}
+
+#[test]
+fn check_passes_on_the_shipped_config_and_lists_every_problem_otherwise() {
+    let out = listener_bin()
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/listener.toml"),
+            "--check",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+
+    let dir = crate::harness::tempdir::Dir::new();
+    let bad = dir.path.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"nowhere\"\n[[providers]]\nname = \"x\"\nscheme = \"rot13\"\nsecrets = [\"s\"]\n",
+    )
+    .unwrap();
+    let out = listener_bin()
+        .args(["--config", bad.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:2: server.listen"), "{err}");
+    assert!(
+        err.contains("bad.toml:5: providers[0].scheme: unknown scheme \"rot13\""),
+        "{err}"
+    );
+    // Without --check a bad config is a usage error (64), before anything is bound.
+    let out = listener_bin()
+        .args(["--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn sign_prints_the_headers_a_provider_would_send() {
+    let dir = crate::harness::tempdir::Dir::new();
+    let file = dir.path.join("e.json");
+    std::fs::write(&file, "Hello, World!").unwrap();
+    // Not JSON: refused.
+    let out = cli_bin()
+        .args([
+            "sign",
+            "--scheme",
+            "github",
+            "--secret",
+            "It's a Secret to Everybody",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    std::fs::write(&file, r#"{"id":"e1"}"#).unwrap();
+    let out = cli_bin()
+        .args([
+            "sign",
+            "--scheme",
+            "stripe",
+            "--secret",
+            "whsec_x",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("stripe-signature: t="), "{text}");
+    assert!(text.contains(",v1="), "{text}");
+}
+
+#[tokio::test]
+async fn send_posts_signed_events_and_fails_on_refusal() {
+    let l = Harness::new().start().await;
+    let dir = crate::harness::tempdir::Dir::new();
+    let file = dir.path.join("e.json");
+    std::fs::write(&file, event("evt_cli")).unwrap();
+    let url = format!("{}/hooks/dregs", l.base);
+    let run = |secret: &'static str| {
+        let (url, file) = (url.clone(), file.clone());
+        tokio::task::spawn_blocking(move || {
+            cli_bin()
+                .args([
+                    "send",
+                    "--scheme",
+                    "hmac-sha256",
+                    "--secret",
+                    secret,
+                    "--header",
+                    "X-Dregs-Signature",
+                    "--prefix",
+                    "sha256=",
+                    "--url",
+                    &url,
+                    file.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run("test-secret").await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("200 "));
+    let out = run("wrong-secret").await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("401 "));
+    let broker = Broker::connect().await;
+    assert_eq!(broker.drain_ids(&l.names.queue).await, vec!["evt_cli"]);
+}

@@ -1,0 +1,170 @@
+//! Config loading as an operator meets it: the shipped example parses, every problem in a
+//! bad file is reported at once with file, line, key and reason, and environment
+//! overrides apply to scalars only and never rewrite secrets.
+
+use std::collections::HashMap;
+
+use hookwarden::config::listener::ListenerConfig;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_shipped_listener_toml_is_valid() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/listener.toml")).unwrap();
+    let config = ListenerConfig::parse("listener.toml", &text, &HashMap::new()).unwrap();
+    let names: Vec<_> = config.providers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["dregs", "reputation", "rewards", "github"]);
+}
+
+const BAD: &str = r#"[server]
+listen = "127.0.0.1:8080"
+max_body = "lots"
+
+[amqp]
+exchange = "hookwarden"
+
+[[providers]]
+name = "ok"
+scheme = "github"
+secrets = ["s"]
+
+[[providers]]
+name = "bad"
+scheme = "hmac-sha512"
+secrets = ["env:NOT_SET_ANYWHERE"]
+
+[[providers]]
+name = "typo"
+scheme = "stripe"
+secrets = ["whsec_x"]
+tolerence = "5m"
+"#;
+
+#[test]
+fn every_problem_is_named_with_file_line_and_key() {
+    let err = ListenerConfig::parse("listener.toml", BAD, &HashMap::new()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("listener.toml:3: server.max_body: invalid size \"lots\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"listener.toml:15: providers[1].scheme: unknown scheme "hmac-sha512"; expected one of hmac-sha256, github, stripe, standard-webhooks"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"providers[1].secrets[0]: provider "bad": environment variable NOT_SET_ANYWHERE is not set"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("providers[2].tolerence: unknown field `tolerence`"),
+        "{text}"
+    );
+    assert_eq!(err.problems.len(), 4, "{text}");
+}
+
+#[test]
+fn syntax_errors_carry_their_line() {
+    let err =
+        ListenerConfig::parse("l.toml", "[server]\nlisten = \n", &HashMap::new()).unwrap_err();
+    assert!(
+        err.to_string().starts_with("l.toml:2: invalid TOML"),
+        "{err}"
+    );
+}
+
+const MINIMAL: &str = r#"
+[[providers]]
+name = "p"
+scheme = "hmac-sha256"
+signature_header = "X-Sig"
+secrets = ["env:P_SECRET"]
+"#;
+
+#[test]
+fn environment_overrides_scalars_and_keeps_secrets_verbatim() {
+    let e = env(&[
+        ("HOOKWARDEN__SERVER__MAX_BODY", "2048"),
+        ("HOOKWARDEN__AMQP__EXCHANGE", "other"),
+        ("HOOKWARDEN__DEDUPE__TTL", "1h"),
+        ("P_SECRET", "000123"),
+    ]);
+    let config = ListenerConfig::parse("l.toml", MINIMAL, &e).unwrap();
+    assert_eq!(config.server.max_body, 2048);
+    assert_eq!(config.amqp.exchange, "other");
+    assert_eq!(config.dedupe.ttl, std::time::Duration::from_secs(3600));
+    // A secret "000123" must verify as "000123", not "123".
+    let p = config.provider("p").unwrap();
+    let body = b"{}";
+    let now = std::time::SystemTime::now();
+    let headers = p
+        .scheme
+        .sign(
+            &p.scheme.key_from_secret("000123").unwrap(),
+            body,
+            now,
+            "id",
+        )
+        .unwrap();
+    let mut map = http::HeaderMap::new();
+    for (n, v) in headers {
+        map.insert(n, v);
+    }
+    assert!(p.scheme.verify(&p.keys, &map, body, now).is_ok());
+}
+
+#[test]
+fn environment_variables_that_name_no_key_or_a_list_entry_are_errors() {
+    let e = env(&[
+        ("HOOKWARDEN__SERVER__LISTN", "0.0.0.0:1"),
+        ("P_SECRET", "x"),
+    ]);
+    let err = ListenerConfig::parse("l.toml", MINIMAL, &e).unwrap_err();
+    assert!(
+        err.to_string().contains("HOOKWARDEN__SERVER__LISTN"),
+        "{err}"
+    );
+    let e = env(&[
+        ("HOOKWARDEN__PROVIDERS__0__SECRETS", "x"),
+        ("P_SECRET", "x"),
+    ]);
+    let err = ListenerConfig::parse("l.toml", MINIMAL, &e).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("HOOKWARDEN__PROVIDERS__0__SECRETS"), "{text}");
+    assert!(text.contains("list"), "{text}");
+}
+
+#[test]
+fn scheme_specific_keys_are_refused_on_other_schemes() {
+    let text = r#"
+[[providers]]
+name = "gh"
+scheme = "github"
+secrets = ["s"]
+signature_header = "X-Other"
+"#;
+    let err = ListenerConfig::parse("l.toml", text, &HashMap::new()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("providers[0].signature_header: only for scheme \"hmac-sha256\""),
+        "{err}"
+    );
+    let text = r#"
+[[providers]]
+name = "sw"
+scheme = "standard-webhooks"
+secrets = ["whsec_not base64!"]
+"#;
+    let err = ListenerConfig::parse("l.toml", text, &HashMap::new()).unwrap_err();
+    assert!(err.to_string().contains("providers[0].secrets[0]"), "{err}");
+    assert!(
+        !err.to_string().contains("not base64!"),
+        "secret leaked: {err}"
+    );
+}

@@ -1,0 +1,457 @@
+//! Test harness: starts a listener against the real RabbitMQ at `HOOKWARDEN_TEST_AMQP`
+//! (default `amqp://guest:guest@127.0.0.1:5672/%2f`) with uniquely named exchanges and
+//! queues, signs and posts requests, and reads what reached the queue. Names are deleted
+//! when the harness drops, also when a test fails.
+//!
+//! Prerequisite: RabbitMQ running locally (`.ci/run` starts it).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hookwarden::cli::http_client::{self, Answer};
+use hookwarden::config::listener::ListenerConfig;
+use http::{HeaderName, HeaderValue};
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::ShortString;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+
+/// Every broker await in tests is bounded by this.
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The broker URL tests use.
+pub fn amqp_url() -> String {
+    std::env::var("HOOKWARDEN_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The default test provider: HMAC-SHA256, hex, `sha256=` prefix.
+pub const DREGS: &str = r#"
+name = "dregs"
+scheme = "hmac-sha256"
+secrets = ["test-secret"]
+signature_header = "X-Dregs-Signature"
+prefix = "sha256="
+"#;
+
+/// Unique topology names for one test; deleted on drop.
+pub struct Names {
+    pub exchange: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+}
+
+impl Names {
+    pub fn new() -> Self {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let tag = &tag[..12];
+        Self {
+            exchange: format!("hwtest.{tag}"),
+            queue: format!("hwtest.{tag}.events"),
+            dead_letter_exchange: format!("hwtest.{tag}.dlx"),
+            dead_letter_queue: format!("hwtest.{tag}.dead"),
+        }
+    }
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        let queues = [self.queue.clone(), self.dead_letter_queue.clone()];
+        let exchanges = [self.exchange.clone(), self.dead_letter_exchange.clone()];
+        // Drop may run inside a runtime: clean up from a thread with its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(Ok(conn)) = tokio::time::timeout(
+                    BROKER_TIMEOUT,
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()),
+                )
+                .await
+                else {
+                    return;
+                };
+                if let Ok(ch) = conn.create_channel().await {
+                    for q in queues {
+                        let _ = ch
+                            .queue_delete(ShortString::from(q), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    for e in exchanges {
+                        let _ = ch
+                            .exchange_delete(ShortString::from(e), ExchangeDeleteOptions::default())
+                            .await;
+                    }
+                }
+                let _ = conn.close(200, "cleanup".into()).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Builds a listener config for one test.
+pub struct Harness {
+    providers: Vec<String>,
+    server: Vec<(String, String)>,
+    amqp: Vec<(String, String)>,
+    env: HashMap<String, String>,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Self {
+            providers: Vec::new(),
+            server: Vec::new(),
+            amqp: Vec::new(),
+            env: HashMap::new(),
+        }
+    }
+
+    /// Adds a `[[providers]]` entry (its TOML body).
+    pub fn provider(mut self, toml: &str) -> Self {
+        self.providers.push(toml.to_owned());
+        self
+    }
+
+    /// Sets a `[server]` key; `value` is a TOML literal (`"2s"`, `1024`).
+    pub fn server(mut self, key: &str, value: &str) -> Self {
+        self.server.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets an `[amqp]` key; `value` is a TOML literal.
+    pub fn amqp(mut self, key: &str, value: &str) -> Self {
+        self.amqp.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The config text for `names`, listening on `public`/`admin`.
+    pub fn config_text(&self, names: &Names, public: SocketAddr, admin: SocketAddr) -> String {
+        let mut text = format!(
+            "[server]\nlisten = \"{public}\"\nadmin_listen = \"{admin}\"\nshutdown_grace = \"5s\"\n"
+        );
+        for (k, v) in &self.server {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+        text.push_str(&format!(
+            "[amqp]\nexchange = \"{}\"\nqueue = \"{}\"\ndead_letter_exchange = \"{}\"\ndead_letter_queue = \"{}\"\n",
+            names.exchange, names.queue, names.dead_letter_exchange, names.dead_letter_queue
+        ));
+        if !self.amqp.iter().any(|(k, _)| k == "url") {
+            text.push_str(&format!("url = \"{}\"\n", amqp_url()));
+        }
+        for (k, v) in &self.amqp {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+        let providers = if self.providers.is_empty() {
+            vec![DREGS.to_owned()]
+        } else {
+            self.providers.clone()
+        };
+        for p in providers {
+            text.push_str("[[providers]]\n");
+            text.push_str(&p);
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Starts the listener in this process on ephemeral ports, and waits for the broker
+    /// (unless the config points at an unreachable one).
+    pub async fn start(self) -> TestListener {
+        let names = Names::new();
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (public_addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+        let text = self.config_text(&names, public_addr, admin_addr);
+        let config = ListenerConfig::parse("test.toml", &text, &self.env).unwrap();
+        let signers = ListenerConfig::parse("test.toml", &text, &self.env).unwrap();
+        let shutdown = CancellationToken::new();
+        let running = hookwarden::listener::start(config, public, admin, shutdown.clone());
+        let expect_broker = !self.amqp.iter().any(|(k, _)| k == "url");
+        if expect_broker {
+            assert!(
+                running.publisher.wait_connected(BROKER_TIMEOUT).await,
+                "listener did not connect to the broker"
+            );
+        }
+        TestListener {
+            base: format!("http://{public_addr}"),
+            admin: format!("http://{admin_addr}"),
+            addr: public_addr,
+            signers,
+            shutdown,
+            running: Some(running),
+            names,
+        }
+    }
+
+    /// Writes a config file for a listener process; returns its path and the names.
+    pub fn write_config(
+        &self,
+        public: SocketAddr,
+        admin: SocketAddr,
+    ) -> (tempdir::Dir, PathBuf, Names) {
+        let names = Names::new();
+        let dir = tempdir::Dir::new();
+        let path = dir.path.join("listener.toml");
+        std::fs::write(&path, self.config_text(&names, public, admin)).unwrap();
+        (dir, path, names)
+    }
+}
+
+/// A free loopback port (bound, then released) for process tests.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub mod tempdir {
+    use std::path::PathBuf;
+
+    /// A temporary directory removed on drop.
+    pub struct Dir {
+        pub path: PathBuf,
+    }
+
+    impl Dir {
+        pub fn new() -> Self {
+            let path =
+                std::env::temp_dir().join(format!("hwtest-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&path).unwrap();
+            Self { path }
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A listener running in this test process.
+pub struct TestListener {
+    pub base: String,
+    pub admin: String,
+    pub addr: SocketAddr,
+    signers: ListenerConfig,
+    shutdown: CancellationToken,
+    pub running: Option<hookwarden::listener::Running>,
+    pub names: Names,
+}
+
+impl TestListener {
+    /// Headers `provider` would send for `body`, signed now.
+    pub fn sign(&self, provider: &str, body: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
+        self.sign_at(provider, body, SystemTime::now())
+    }
+
+    /// Headers `provider` would send for `body`, signed at `at`.
+    pub fn sign_at(
+        &self,
+        provider: &str,
+        body: &[u8],
+        at: SystemTime,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let p = self
+            .signers
+            .provider(provider)
+            .expect("provider configured");
+        let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        p.scheme.sign(&p.keys[0], body, at, &id).unwrap()
+    }
+
+    /// POSTs `body` signed by `provider` to its route.
+    pub async fn send(&self, provider: &str, body: &str) -> Answer {
+        let headers = self.sign(provider, body.as_bytes());
+        self.post(&format!("/hooks/{provider}"), &headers, body)
+            .await
+    }
+
+    /// POSTs with exactly these headers.
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: &str,
+    ) -> Answer {
+        http_client::post(
+            &format!("{}{path}", self.base),
+            headers,
+            Bytes::from(body.to_owned()),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Stops the listener and waits until it has.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(15), running.done)
+                .await
+                .expect("listener stopped in time")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestListener {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A JSON event body with this id.
+pub fn event(id: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","type":"identity.scored","data":{{"identity_id":"usr_1","scores":{{"humanity":22}}}}}}"#
+    )
+}
+
+/// The JSON of an answer's body.
+pub fn json(answer: &Answer) -> serde_json::Value {
+    serde_json::from_str(&answer.body).unwrap_or_else(|_| panic!("not JSON: {}", answer.body))
+}
+
+/// An inspection connection to the broker.
+pub struct Broker {
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+impl Broker {
+    pub async fn connect() -> Self {
+        let connection = tokio::time::timeout(
+            BROKER_TIMEOUT,
+            Connection::connect(&amqp_url(), ConnectionProperties::default()),
+        )
+        .await
+        .expect("broker connect timed out")
+        .expect("broker reachable");
+        let channel = connection.create_channel().await.unwrap();
+        Self {
+            connection,
+            channel,
+        }
+    }
+
+    /// Takes one message off `queue` (acked), if any.
+    pub async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
+        tokio::time::timeout(
+            BROKER_TIMEOUT,
+            self.channel
+                .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .expect("basic_get timed out")
+        .unwrap()
+    }
+
+    /// Takes every message off `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<BasicGetMessage> {
+        let mut out = Vec::new();
+        while let Some(m) = self.get(queue).await {
+            out.push(m);
+        }
+        out
+    }
+
+    /// The event ids (message ids) of every message on `queue`.
+    pub async fn drain_ids(&self, queue: &str) -> Vec<String> {
+        self.drain(queue)
+            .await
+            .into_iter()
+            .filter_map(|m| {
+                m.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.to_string())
+            })
+            .collect()
+    }
+}
+
+/// GETs an admin path; returns status and body.
+pub async fn admin_get(base: &str, path: &str) -> (u16, String) {
+    let uri: http::Uri = format!("{base}{path}").parse().unwrap();
+    let host = uri.authority().unwrap().to_string();
+    let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get(uri)
+        .header(http::header::HOST, host)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends raw bytes on a new connection and returns whatever comes back before the server
+/// closes or `wait` passes.
+pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A message header as text.
+pub fn header(props: &lapin::BasicProperties, name: &str) -> Option<String> {
+    match props.headers().as_ref()?.inner().get(name)? {
+        lapin::types::AMQPValue::LongString(s) => {
+            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        other => Some(format!("{other:?}")),
+    }
+}
