@@ -197,6 +197,7 @@ impl Harness {
             admin: format!("http://{admin_addr}"),
             addr: public_addr,
             signers,
+            config_text: text,
             shutdown,
             running: Some(running),
             names,
@@ -255,6 +256,7 @@ pub struct TestListener {
     pub admin: String,
     pub addr: SocketAddr,
     signers: ListenerConfig,
+    config_text: String,
     shutdown: CancellationToken,
     pub running: Option<hookwarden::listener::Running>,
     pub names: Names,
@@ -302,6 +304,11 @@ impl TestListener {
         )
         .await
         .unwrap()
+    }
+
+    /// The config text this listener runs (for building signers elsewhere).
+    pub fn config_text_for_signing(&self) -> String {
+        self.config_text.clone()
     }
 
     /// Stops the listener and waits until it has.

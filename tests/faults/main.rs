@@ -1,0 +1,213 @@
+//! Broker and process faults under signed load: connections cut by the broker, SIGTERM of
+//! the listener. These disturb every client of the broker, so this binary runs its tests
+//! one at a time (a shared lock) and cargo runs test binaries one after another.
+//! Prerequisite: RabbitMQ running locally with `rabbitmqctl` on PATH (`.ci/run` starts it).
+
+#[path = "../it/harness.rs"]
+mod harness;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use harness::{Broker, Harness, admin_get, event, eventually, free_addr};
+use hookwarden::cli::http_client;
+use hookwarden::config::listener::ListenerConfig;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One request's result: id, status (0 = no answer), when it was answered.
+type Sent = (String, u16, Instant);
+
+/// Posts unique signed events from `workers` tasks until `until` passes or the server stops
+/// answering connections.
+async fn load(
+    url: String,
+    signer: Arc<ListenerConfig>,
+    workers: usize,
+    until: Instant,
+) -> Vec<Sent> {
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (url, signer) = (url.clone(), signer.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let p = signer.provider("dregs").unwrap();
+            let mut refused = 0;
+            for i in 0.. {
+                if Instant::now() >= until || refused > 20 {
+                    break;
+                }
+                let id = format!("evt_{w}_{i}");
+                let body = event(&id);
+                let headers = p
+                    .scheme
+                    .sign(
+                        &p.keys[0],
+                        body.as_bytes(),
+                        std::time::SystemTime::now(),
+                        &id,
+                    )
+                    .unwrap();
+                match http_client::post(&url, &headers, Bytes::from(body)).await {
+                    Ok(a) => out.push((id, a.status.as_u16(), Instant::now())),
+                    Err(_) => {
+                        refused += 1;
+                        out.push((id, 0, Instant::now()));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl on PATH");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_by_the_broker_never_yield_a_200_without_a_message() {
+    let _serial = SERIAL.lock().await;
+    let l = Harness::new().start().await;
+    let text = l.config_text_for_signing();
+    let signer = Arc::new(ListenerConfig::parse("t.toml", &text, &Default::default()).unwrap());
+    let url = format!("{}/hooks/dregs", l.base);
+    let started = Instant::now();
+    let until = started + Duration::from_secs(6);
+    let traffic = tokio::spawn(load(url, signer, 8, until));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&["close_all_connections", "hookwarden fault test"])
+    })
+    .await
+    .unwrap();
+    let cut_done = Instant::now();
+    let sent = traffic.await.unwrap();
+
+    let accepted: HashSet<&str> = sent
+        .iter()
+        .filter(|s| s.1 == 200)
+        .map(|s| s.0.as_str())
+        .collect();
+    let unavailable = sent.iter().filter(|s| s.1 == 503).count();
+    let other: Vec<_> = sent.iter().filter(|s| s.1 != 200 && s.1 != 503).collect();
+    assert!(
+        other.is_empty(),
+        "unexpected answers: {:?}",
+        &other[..other.len().min(5)]
+    );
+    assert!(
+        sent.iter().any(|s| s.1 == 200 && s.2 > cut_done),
+        "service did not resume after the cut ({} sent, {unavailable} 503)",
+        sent.len()
+    );
+    let broker = Broker::connect().await;
+    let queued: HashSet<String> = broker.drain_ids(&l.names.queue).await.into_iter().collect();
+    let lost: Vec<_> = accepted
+        .iter()
+        .filter(|id| !queued.contains(**id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "answered 200 but not in the queue: {lost:?}"
+    );
+    eprintln!(
+        "cut test: {} sent, {} accepted, {unavailable} answered 503, {} queued",
+        sent.len(),
+        accepted.len(),
+        queued.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_0_with_every_accepted_event_queued() {
+    let _serial = SERIAL.lock().await;
+    let (public, admin) = (free_addr(), free_addr());
+    let harness = Harness::new();
+    let (dir, path, names) = harness.write_config(public, admin);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let signer = Arc::new(ListenerConfig::parse("t.toml", &text, &Default::default()).unwrap());
+    let log = std::fs::File::create(dir.path.join("listener.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden-listener"))
+        .args(["--config", path.to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let admin_base = format!("http://{admin}");
+    eventually("listener ready", Duration::from_secs(15), || {
+        let admin_base = admin_base.clone();
+        async move {
+            match tokio::net::TcpStream::connect(admin).await {
+                Ok(_) => admin_get(&admin_base, "/readyz").await.0 == 200,
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+
+    let url = format!("http://{public}/hooks/dregs");
+    let traffic = tokio::spawn(load(
+        url,
+        signer,
+        8,
+        Instant::now() + Duration::from_secs(10),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let sent = traffic.await.unwrap();
+    let logged = std::fs::read_to_string(dir.path.join("listener.log")).unwrap_or_default();
+    assert_eq!(exit.code(), Some(0), "listener log:\n{logged}");
+
+    let accepted: HashSet<&str> = sent
+        .iter()
+        .filter(|s| s.1 == 200)
+        .map(|s| s.0.as_str())
+        .collect();
+    assert!(
+        accepted.len() > 10,
+        "too little load reached the listener: {}",
+        accepted.len()
+    );
+    let broker = Broker::connect().await;
+    let queued: HashSet<String> = broker.drain_ids(&names.queue).await.into_iter().collect();
+    let lost: Vec<_> = accepted
+        .iter()
+        .filter(|id| !queued.contains(**id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "answered 200 but not in the queue: {lost:?}"
+    );
+    eprintln!(
+        "sigterm test: {} sent, {} accepted, {} queued",
+        sent.len(),
+        accepted.len(),
+        queued.len()
+    );
+}
