@@ -61,7 +61,53 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench {
+            signer,
+            url,
+            concurrency,
+            duration,
+            body,
+            json,
+        } => report(bench(&signer, url, concurrency, duration, body, json, &env)),
     }
+}
+
+fn bench(
+    signer: &hookwarden::cli::SignerArgs,
+    url: Option<String>,
+    concurrency: usize,
+    duration: std::time::Duration,
+    body: Option<std::path::PathBuf>,
+    json: bool,
+    env: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let signer = sign::Signer::from_args(signer, env)?;
+    let url = url
+        .or(signer.default_url.clone())
+        .ok_or_else(|| anyhow::anyhow!("give --url (or --config to load its listener)"))?;
+    let template = body
+        .map(|p| {
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+        })
+        .transpose()?;
+    anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(hookwarden::cli::bench::run(
+        std::sync::Arc::new(signer),
+        &url,
+        concurrency,
+        duration,
+        template,
+    ))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

@@ -1,5 +1,6 @@
 //! The operator's `hookwarden` command: check configs, sign and send test events.
 
+pub mod bench;
 pub mod http_client;
 pub mod sign;
 
@@ -50,6 +51,31 @@ pub enum Command {
         url: Option<String>,
         /// JSON event file (`-` for standard input).
         event: PathBuf,
+    },
+    /// Signed load against a running listener: throughput, latency percentiles, statuses.
+    #[command(
+        after_help = "Example: hookwarden bench --config listener.toml --provider dregs --concurrency 64 --duration 20s"
+    )]
+    Bench {
+        /// How to sign.
+        #[command(flatten)]
+        signer: SignerArgs,
+        /// Where to POST; default from --config as for `send`.
+        #[arg(long)]
+        url: Option<String>,
+        /// Connections, each sending one request at a time.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// How long to run.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Body template file; `{id}` in it is replaced by a unique id per request
+        /// (default: a built-in 500-byte event).
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

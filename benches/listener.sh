@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Measures, in one run on this machine: bare confirmed publishing to a quorum queue (the
+# ceiling), then the release listener under `hookwarden bench` at 64 and 256 connections,
+# with its peak RSS. Uses its own uniquely named queues and deletes them afterwards.
+#   bash benches/listener.sh [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-15}"
+cargo build --release --bins --quiet
+cargo bench --bench publish --quiet --no-run 2>/dev/null || true
+
+tag="hwbench$(date +%s)"
+dir="$(mktemp -d)"
+cfg="$dir/listener.toml"
+sed -e "s/^exchange = .*/exchange = \"$tag\"/" \
+    -e "s/^queue = .*/queue = \"$tag.events\"/" \
+    -e "s/^dead_letter_exchange = .*/dead_letter_exchange = \"$tag.dlx\"/" \
+    -e "s/^dead_letter_queue = .*/dead_letter_queue = \"$tag.dead\"/" \
+    -e 's/^listen = .*/listen = "127.0.0.1:18080"/' \
+    -e 's/^admin_listen = .*/admin_listen = "127.0.0.1:19090"/' \
+    listener.toml > "$cfg"
+
+cleanup() {
+  [ -n "${pid:-}" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  for q in "$tag.events" "$tag.dead"; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), RabbitMQ $(rabbitmqctl -q version 2>/dev/null)"
+echo "== 1. ceiling"
+cargo bench --bench publish --quiet -- --seconds "$secs" --in-flight 64
+
+echo "== 2. listener (release), logs to a file"
+./target/release/hookwarden-listener --config "$cfg" > "$dir/listener.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 50); do curl -sf http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break; sleep 0.2; done
+for c in 64 256; do
+  echo "-- $c connections"
+  ./target/release/hookwarden bench --config "$cfg" --provider dregs --concurrency "$c" --duration "${secs}s"
+done
+echo "-- listener peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$pid/status)"
