@@ -48,9 +48,17 @@ fn main() -> ExitCode {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                let answer = runtime.block_on(http_client::post(&url, &headers, body))?;
-                println!("{} {}", answer.status.as_u16(), answer.body.trim_end());
-                Ok(answer.status.is_success())
+                match runtime.block_on(http_client::post(&url, &headers, body)) {
+                    Ok(answer) => {
+                        println!("{} {}", answer.status.as_u16(), answer.body.trim_end());
+                        Ok(answer.status.is_success())
+                    }
+                    // Reaching the listener failed: the operation failed, the input was fine.
+                    Err(err) => {
+                        eprintln!("error: {err:#}");
+                        Ok(false)
+                    }
+                }
             };
             match run() {
                 Ok(true) => ExitCode::SUCCESS,

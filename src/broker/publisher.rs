@@ -184,6 +184,18 @@ impl Publisher {
     }
 }
 
+/// Why a connection attempt failed; a refused topology needs an operator, not a retry.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Broker(#[from] lapin::Error),
+    #[error(
+        "the broker refused the topology (a queue or exchange exists with other arguments? \
+         compare [amqp] with the broker's definitions): {0}"
+    )]
+    Topology(lapin::Error),
+}
+
 struct Supervisor {
     inner: Arc<Inner>,
     urls: Vec<String>,
@@ -230,12 +242,15 @@ impl Supervisor {
         self.set_link(None);
     }
 
-    async fn connect(&self, url: &str) -> Result<Link, lapin::Error> {
+    async fn connect(&self, url: &str) -> Result<Link, ConnectError> {
         let props =
             ConnectionProperties::default().with_connection_name("hookwarden-listener".into());
         let connection = Connection::connect(url, props).await?;
         let setup = connection.create_channel().await?;
-        topology::declare(&setup, &self.topology).await?;
+        if let Err(err) = topology::declare(&setup, &self.topology).await {
+            let _ = connection.close(200, "topology refused".into()).await;
+            return Err(ConnectError::Topology(err));
+        }
         // Best effort: the declarations are done; a failed close must not fail the link.
         let _ = setup.close(200, "declared".into()).await;
         let mut channels = Vec::with_capacity(self.channels);

@@ -103,10 +103,15 @@ pub struct SignerArgs {
     /// Encoding for --scheme hmac-sha256: hex or base64.
     #[arg(long, conflicts_with = "config")]
     pub encoding: Option<String>,
+    /// Extra header to send, `NAME: VALUE` (repeatable), e.g. `X-GitHub-Event: push`.
+    /// A provider whose event id is a header gets a fresh id there unless given here.
+    #[arg(long = "add-header", value_name = "NAME: VALUE")]
+    pub add_headers: Vec<String>,
 }
 
-/// Exit codes of `hookwarden`: 0 success, 1 the operation failed (non-2xx, invalid config),
-/// 2 usage error (clap), 64 bad input (unreadable file, unknown provider).
+/// Exit codes of `hookwarden`: 0 success, 1 the operation failed (non-2xx answer, no
+/// connection, invalid config), 2 usage error (clap), 64 bad input (unreadable file,
+/// unknown provider, invalid flags).
 pub mod exit {
     /// The operation failed.
     pub const FAILED: u8 = 1;

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::cli::SignerArgs;
+use crate::config::listener::Provider;
 use crate::config::{self, listener::ListenerConfig, secret};
+use crate::listener::extract::FieldRef;
 use crate::scheme::{Scheme, SigningKey};
 
 /// A provider's scheme and first key, plus where it listens.
@@ -18,6 +20,11 @@ pub struct Signer {
     pub provider: String,
     scheme: Scheme,
     key: SigningKey,
+    /// Header the provider's event id is read from, when it is a header: a fresh id is put
+    /// there unless `--add-header` gives one.
+    id_header: Option<HeaderName>,
+    /// `--add-header` values, sent as given.
+    extra: Vec<(HeaderName, HeaderValue)>,
     /// `http://<listen>/hooks/<provider>` when built from a config.
     pub default_url: Option<String>,
 }
@@ -42,11 +49,6 @@ impl Signer {
             };
             let listen = config.server.listen;
             let provider = config.providers.swap_remove(index);
-            let key = provider
-                .keys
-                .into_iter()
-                .next()
-                .context("the provider has no secret")?;
             let host = if listen.ip().is_unspecified() {
                 "127.0.0.1".to_owned()
             } else if listen.is_ipv6() {
@@ -54,16 +56,8 @@ impl Signer {
             } else {
                 listen.ip().to_string()
             };
-            return Ok(Self {
-                default_url: Some(format!(
-                    "http://{host}:{}/hooks/{}",
-                    listen.port(),
-                    provider.name
-                )),
-                provider: provider.name,
-                scheme: provider.scheme,
-                key,
-            });
+            let url = format!("http://{host}:{}/hooks/{}", listen.port(), provider.name);
+            return Self::new(provider, Some(url), args);
         }
         let (Some(scheme), Some(reference)) = (&args.scheme, &args.secret) else {
             bail!("give --config and --provider, or --scheme and --secret");
@@ -97,12 +91,50 @@ impl Signer {
         let mut config = ListenerConfig::parse("command line", &text, &HashMap::new())
             .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("providers[0].", "--")))?;
         let provider = config.providers.remove(0);
-        let key = provider.keys.into_iter().next().context("no secret")?;
+        Self::new(provider, None, args)
+    }
+
+    fn new(
+        provider: Provider,
+        default_url: Option<String>,
+        args: &SignerArgs,
+    ) -> anyhow::Result<Self> {
+        let mut extra = Vec::new();
+        for text in &args.add_headers {
+            let (name, value) = text
+                .split_once(':')
+                .with_context(|| format!("--add-header {text:?}: write NAME: VALUE"))?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes())
+                .with_context(|| format!("--add-header {text:?}: invalid header name"))?;
+            let value = HeaderValue::from_str(value.trim())
+                .with_context(|| format!("--add-header {text:?}: invalid header value"))?;
+            extra.push((name, value));
+        }
+        let given = |h: &HeaderName| extra.iter().any(|(n, _)| n == h);
+        if let FieldRef::Header(h) = &provider.event_type
+            && !given(h)
+        {
+            bail!(
+                "provider {:?} reads the event type from header {h}; add --add-header '{h}: TYPE'",
+                provider.name
+            );
+        }
+        let id_header = match &provider.event_id {
+            FieldRef::Header(h) if !given(h) => Some(h.clone()),
+            _ => None,
+        };
+        let key = provider
+            .keys
+            .into_iter()
+            .next()
+            .context("the provider has no secret")?;
         Ok(Self {
-            provider: name,
+            provider: provider.name,
             scheme: provider.scheme,
             key,
-            default_url: None,
+            id_header,
+            extra,
+            default_url,
         })
     }
 
@@ -112,9 +144,15 @@ impl Signer {
     /// A configured prefix that cannot be a header value.
     pub fn sign(&self, body: &[u8]) -> anyhow::Result<Vec<(HeaderName, HeaderValue)>> {
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        self.scheme
+        let mut headers = self
+            .scheme
             .sign(&self.key, body, SystemTime::now(), &id)
-            .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))
+            .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
+        if let Some(h) = &self.id_header {
+            headers.push((h.clone(), HeaderValue::from_str(&id)?));
+        }
+        headers.extend(self.extra.iter().cloned());
+        Ok(headers)
     }
 }
 

@@ -199,6 +199,7 @@ impl<'a> Document<'a> {
         unknown.sort();
         for key in unknown {
             let reason = format!("unknown section; expected one of {}", known.join(", "));
+            let reason = self.unknown_field_from_env(&key, format!("unknown field: {reason}"));
             self.problem(&key, reason);
         }
     }

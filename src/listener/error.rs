@@ -26,6 +26,9 @@ pub enum RequestError {
     /// Anything but POST.
     #[error("method not allowed; use POST")]
     MethodNotAllowed,
+    /// Request headers larger in total than the listener accepts.
+    #[error("request headers too large")]
+    HeadersTooLarge,
     /// Client address outside the provider's `allow_ips`.
     #[error("source address not allowed")]
     Forbidden,
@@ -56,6 +59,7 @@ impl RequestError {
             Self::NotFound | Self::UnknownProvider => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(BodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
             Self::Body(BodyError::Read(_)) => StatusCode::BAD_REQUEST,
@@ -73,6 +77,7 @@ impl RequestError {
             Self::UnknownProvider => "unknown_provider",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Forbidden => "forbidden",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::Body(BodyError::TooLarge { .. }) => "body_too_large",
             Self::Body(BodyError::Timeout(_)) => "body_timeout",
             Self::Body(BodyError::Read(_)) => "body_unreadable",

@@ -53,6 +53,10 @@ pub struct Handler<H> {
     metrics: Arc<ListenerMetrics>,
 }
 
+/// Largest total size of request headers (names and values); provider headers are a few
+/// hundred bytes, so anything near this is an attack or a misconfigured proxy.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// Label used for requests that name no configured provider.
 const UNKNOWN: &str = "unknown";
 
@@ -134,6 +138,15 @@ impl<H: Handoff> Handler<H> {
             return Err(RequestError::MethodNotAllowed);
         }
         let (parts, body) = request.into_parts();
+        // hyper bounds its read buffer, not the headers a burst can fit into it.
+        let header_bytes: usize = parts
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        if header_bytes > MAX_HEADER_BYTES {
+            return Err(RequestError::HeadersTooLarge);
+        }
         let source = client_ip(peer, &parts.headers, &self.config.server.trusted_proxy_nets);
         if !provider.allow_ips.is_empty() && !is_in(source, &provider.allow_ips) {
             return Err(RequestError::Forbidden);

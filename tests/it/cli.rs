@@ -137,3 +137,71 @@ async fn send_posts_signed_events_and_fails_on_refusal() {
     let broker = Broker::connect().await;
     assert_eq!(broker.drain_ids(&l.names.queue).await, vec!["evt_cli"]);
 }
+
+#[tokio::test]
+async fn send_fills_header_ids_and_takes_extra_headers_for_github() {
+    let gh = "name = \"gh\"\nscheme = \"github\"\nsecrets = [\"gh-secret\"]\n";
+    let l = Harness::new().provider(gh).start().await;
+    let dir = crate::harness::tempdir::Dir::new();
+    let file = dir.path.join("e.json");
+    std::fs::write(&file, r#"{"zen":"Design for failure."}"#).unwrap();
+    let url = format!("{}/hooks/gh", l.base);
+    let run = move |extra: Vec<&'static str>| {
+        let (url, file) = (url.clone(), file.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "send",
+                "--scheme",
+                "github",
+                "--secret",
+                "gh-secret",
+                "--provider",
+                "gh",
+                "--url",
+                &url,
+            ];
+            for e in &extra {
+                args.push("--add-header");
+                args.push(e);
+            }
+            let file = file.to_str().unwrap().to_owned();
+            cli_bin().args(&args).arg(file).output().unwrap()
+        })
+    };
+    // The event type is a header GitHub sets; without it the CLI says which one to add.
+    let out = run(vec![]).await.unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("x-github-event"));
+    let out = run(vec!["X-GitHub-Event: push"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let broker = Broker::connect().await;
+    let msg = broker.get(&l.names.queue).await.expect("published");
+    assert_eq!(msg.delivery.routing_key.as_str(), "gh.push");
+}
+
+#[test]
+fn send_to_a_closed_port_fails_with_1() {
+    let dir = crate::harness::tempdir::Dir::new();
+    let file = dir.path.join("e.json");
+    std::fs::write(&file, event("evt_nowhere")).unwrap();
+    let url = format!("http://{}/hooks/dregs", crate::harness::free_addr());
+    let out = cli_bin()
+        .args([
+            "send",
+            "--scheme",
+            "stripe",
+            "--secret",
+            "whsec_x",
+            "--url",
+            &url,
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}

@@ -277,3 +277,19 @@ impl crate::harness::TestListener {
         self.post("/hooks/nobody", &[], "{}").await
     }
 }
+
+#[tokio::test]
+async fn oversized_headers_are_431_and_publish_nothing() {
+    let l = Harness::new().start().await;
+    let body = event("evt_big_header");
+    let mut headers = l.sign("dregs", body.as_bytes());
+    headers.push((
+        HeaderName::from_static("x-padding"),
+        HeaderValue::from_str(&"a".repeat(40 * 1024)).unwrap(),
+    ));
+    let a = l.post("/hooks/dregs", &headers, &body).await;
+    assert_eq!(a.status, 431);
+    assert_eq!(json(&a)["code"], "headers_too_large");
+    let broker = Broker::connect().await;
+    assert!(broker.drain_ids(&l.names.queue).await.is_empty());
+}
