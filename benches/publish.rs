@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         dead_letter_exchange: format!("hwbench.{tag}.dlx"),
         dead_letter_queue: format!("hwbench.{tag}.dead"),
         delivery_limit: 5,
+        review_queue: None,
     };
     let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
     let setup = connection.create_channel().await?;

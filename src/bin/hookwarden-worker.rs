@@ -1,7 +1,115 @@
-//! `hookwarden-worker`: placeholder until the worker lands; exits 1 so nothing mistakes it
-//! for a running consumer.
+//! `hookwarden-worker --config RULES.toml [--check]`: validate the rules file before
+//! connecting anything, then consume until SIGTERM/SIGINT; SIGHUP reloads the rules file.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("{}", hookwarden::worker::NOT_YET);
-    std::process::ExitCode::from(1)
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use hookwarden::config::{self, ConfigError, worker::WorkerConfig};
+use hookwarden::signals::{Signal, Signals};
+use tokio_util::sync::CancellationToken;
+
+/// Consumes webhook events, evaluates rules and runs actions.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Example: hookwarden-worker --config /etc/hookwarden/rules.toml --check"
+)]
+struct Args {
+    /// Rules file.
+    #[arg(long, default_value = "/etc/hookwarden/rules.toml")]
+    config: PathBuf,
+    /// Validate the rules file, print a summary, and exit (0 valid, 1 invalid).
+    #[arg(long)]
+    check: bool,
+}
+
+/// Config or usage error (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn load(path: &Path, env: &HashMap<String, String>) -> Result<WorkerConfig, ConfigError> {
+    let text = config::read_file(path)?;
+    WorkerConfig::parse(&path.display().to_string(), &text, env)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let env = config::process_env();
+    let config = match load(&args.config, &env) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(if args.check { 1 } else { EXIT_CONFIG });
+        }
+    };
+    if args.check {
+        print!("{}", config.summary());
+        println!("{}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(err) = hookwarden::telemetry::init(&config.log) {
+        eprintln!("{err}");
+        return ExitCode::from(1);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config, &args.config, env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "worker failed to start");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(
+    config: WorkerConfig,
+    path: &Path,
+    env: HashMap<String, String>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut signals = Signals::install().context("installing signal handlers")?;
+    let admin = tokio::net::TcpListener::bind(config.server.admin_listen)
+        .await
+        .with_context(|| format!("binding server.admin_listen {}", config.server.admin_listen))?;
+    let grace = config.server.shutdown_grace;
+    let shutdown = CancellationToken::new();
+    let running = hookwarden::worker::start(config, admin, shutdown.clone())?;
+    tracing::info!(rules = %path.display(), "worker started");
+    loop {
+        match signals.next().await {
+            Signal::Shutdown(name) => {
+                tracing::info!(signal = name, "shutting down");
+                break;
+            }
+            Signal::Reload => match load(path, &env) {
+                Ok(next) => {
+                    running.reload(next);
+                    tracing::info!(signal = "SIGHUP", rules = %path.display(), "rules reloaded");
+                }
+                Err(err) => {
+                    for problem in &err.problems {
+                        tracing::error!(problem = %problem, "reload refused; the old rules stay");
+                    }
+                }
+            },
+        }
+    }
+    shutdown.cancel();
+    match tokio::time::timeout(grace, running.done).await {
+        Ok(result) => result.context("worker task")?,
+        Err(_) => {
+            tracing::warn!(grace = ?grace, "in-flight events did not finish in time; they will be redelivered")
+        }
+    }
+    Ok(())
 }

@@ -146,36 +146,15 @@ impl Publisher {
         let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
         let channel = &link.channels[index];
         let _in_flight = self.inner.metrics.in_flight_guard();
-        let outcome = tokio::time::timeout(timeout, async {
-            let confirm = channel
-                .basic_publish(
-                    self.inner.exchange.clone(),
-                    envelope.routing_key.clone(),
-                    // mandatory: an unroutable message comes back instead of vanishing.
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &envelope.body,
-                    envelope.properties(),
-                )
-                .await
-                .map_err(PublishError::ChannelClosed)?;
-            confirm.await.map_err(PublishError::ChannelClosed)
-        })
+        let result = publish_confirmed(
+            channel,
+            self.inner.exchange.clone(),
+            envelope.routing_key.clone(),
+            &envelope.body,
+            envelope.properties(),
+            timeout,
+        )
         .await;
-        let result = match outcome {
-            Err(_) => Err(PublishError::ConfirmTimeout),
-            Ok(Err(err)) => Err(err),
-            // lapin reports a returned message as an ack carrying it: that is a failure.
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Returned {
-                code: returned.reply_code,
-                text: returned.reply_text.to_string(),
-            }),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nack),
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirmed),
-        };
         if matches!(result, Err(PublishError::ChannelClosed(_))) || !channel.status().connected() {
             // A dead channel stays dead (e.g. after NOT_FOUND): rebuild the link.
             self.inner.broken.notify_one();
@@ -194,6 +173,52 @@ enum ConnectError {
          compare [amqp] with the broker's definitions): {0}"
     )]
     Topology(lapin::Error),
+}
+
+/// Publishes `body` persistent-or-not as `properties` say, `mandatory`, on a confirm-mode
+/// `channel`, and waits at most `timeout` for the confirm. Shared by the listener's handoff
+/// and the worker's dead-lettering and `amqp` action.
+///
+/// # Errors
+/// Anything but a plain broker ack: nack, return, timeout, channel failure.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: ShortString,
+    routing_key: ShortString,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let outcome = tokio::time::timeout(timeout, async {
+        let confirm = channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                // mandatory: an unroutable message comes back instead of vanishing.
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(PublishError::ChannelClosed)?;
+        confirm.await.map_err(PublishError::ChannelClosed)
+    })
+    .await;
+    match outcome {
+        Err(_) => Err(PublishError::ConfirmTimeout),
+        Ok(Err(err)) => Err(err),
+        // lapin reports a returned message as an ack carrying it: that is a failure.
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Returned {
+            code: returned.reply_code,
+            text: returned.reply_text.to_string(),
+        }),
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nack),
+        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirmed),
+    }
 }
 
 struct Supervisor {

@@ -20,6 +20,8 @@ pub struct Topology {
     pub dead_letter_queue: String,
     /// `x-delivery-limit` of the events queue.
     pub delivery_limit: u32,
+    /// The review queue, declared by the worker only (the listener never publishes to it).
+    pub review_queue: Option<String>,
 }
 
 impl From<&AmqpConfig> for Topology {
@@ -30,6 +32,17 @@ impl From<&AmqpConfig> for Topology {
             dead_letter_exchange: c.dead_letter_exchange.clone(),
             dead_letter_queue: c.dead_letter_queue.clone(),
             delivery_limit: c.delivery_limit,
+            review_queue: None,
+        }
+    }
+}
+
+impl Topology {
+    /// The worker's topology: the shared one plus the review queue.
+    pub fn for_worker(c: &AmqpConfig) -> Self {
+        Self {
+            review_queue: Some(c.review_queue.clone()),
+            ..Self::from(c)
         }
     }
 }
@@ -66,7 +79,7 @@ pub fn events_queue_arguments(t: &Topology) -> FieldTable {
     args
 }
 
-fn dead_queue_arguments() -> FieldTable {
+fn durable_quorum_arguments() -> FieldTable {
     let mut args = FieldTable::default();
     // Dead letters are the evidence of what failed: keep them as durably as events.
     args.insert(name("x-queue-type"), text("quorum"));
@@ -103,7 +116,11 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error
         ..QueueDeclareOptions::default()
     };
     channel
-        .queue_declare(name(&t.dead_letter_queue), queue, dead_queue_arguments())
+        .queue_declare(
+            name(&t.dead_letter_queue),
+            queue,
+            durable_quorum_arguments(),
+        )
         .await?;
     channel
         .queue_bind(
@@ -126,5 +143,11 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error
             FieldTable::default(),
         )
         .await?;
+    if let Some(review) = &t.review_queue {
+        // Reached through the default exchange by its name, as the amqp action's default.
+        channel
+            .queue_declare(name(review), queue, durable_quorum_arguments())
+            .await?;
+    }
     Ok(())
 }

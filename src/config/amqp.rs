@@ -1,7 +1,7 @@
 //! `[amqp]`: where the broker is and the names of the topology both daemons declare.
 
 use std::fmt;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU16, NonZeroUsize};
 
 use serde::{Deserialize, Deserializer};
 
@@ -32,6 +32,12 @@ pub struct AmqpConfig {
     /// Channels the listener publishes on, each with its own confirms in flight.
     #[serde(default = "default_channels")]
     pub channels: NonZeroUsize,
+    /// Worker only: deliveries in flight (unacked) at once; also the largest batch.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: NonZeroU16,
+    /// Worker only: queue the `amqp` action publishes to by default (declared by the worker).
+    #[serde(default = "default_review_queue")]
+    pub review_queue: String,
 }
 
 fn default_url() -> Vec<String> {
@@ -52,6 +58,12 @@ fn default_dead_letter_queue() -> String {
 fn default_delivery_limit() -> u32 {
     5
 }
+fn default_prefetch() -> NonZeroU16 {
+    NonZeroU16::new(256).unwrap_or(NonZeroU16::MIN)
+}
+fn default_review_queue() -> String {
+    "hookwarden.review".to_owned()
+}
 fn default_channels() -> NonZeroUsize {
     NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN)
 }
@@ -66,6 +78,8 @@ impl Default for AmqpConfig {
             dead_letter_queue: default_dead_letter_queue(),
             delivery_limit: default_delivery_limit(),
             channels: default_channels(),
+            prefetch: default_prefetch(),
+            review_queue: default_review_queue(),
         }
     }
 }
@@ -93,6 +107,8 @@ impl fmt::Debug for AmqpConfig {
             .field("dead_letter_queue", &self.dead_letter_queue)
             .field("delivery_limit", &self.delivery_limit)
             .field("channels", &self.channels)
+            .field("prefetch", &self.prefetch)
+            .field("review_queue", &self.review_queue)
             .finish()
     }
 }
@@ -129,6 +145,7 @@ impl AmqpConfig {
             ("queue", &self.queue),
             ("dead_letter_exchange", &self.dead_letter_exchange),
             ("dead_letter_queue", &self.dead_letter_queue),
+            ("review_queue", &self.review_queue),
         ] {
             if value.len() > 255 {
                 doc.problem(

@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod listener;
 pub mod secret;
 pub mod units;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,6 +1,20 @@
-//! `hookwarden-worker`: consumes events from the queue and acts on them by rules. Not built
-//! yet (issue 3); the binary says so and exits.
+//! `hookwarden-worker`: consumes events, keeps per-subject state, evaluates rules and runs
+//! actions, exactly once in effect and in order per subject.
+//!
+//! Path of a delivery: [`consumer`] takes a batch → [`batch`] reads, dedupes and groups it →
+//! [`subject`] reads who it is about → [`decide`] evaluates [`condition`]s → [`act`] runs
+//! actions ([`http`], [`exec`], AMQP, log; [`template`]s rendered) → [`state`] commits →
+//! the consumer acks.
 
-/// What the worker binary prints until it exists.
-pub const NOT_YET: &str =
-    "hookwarden-worker is not implemented yet: events accumulate durably in the queue until it is";
+pub mod act;
+pub mod batch;
+pub mod condition;
+pub mod consumer;
+pub mod decide;
+pub mod exec;
+pub mod http;
+pub mod state;
+pub mod subject;
+pub mod template;
+
+pub use consumer::{Running, start};

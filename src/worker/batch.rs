@@ -1,0 +1,343 @@
+//! One batch of deliveries: read each, skip what was decided before, group by subject, handle
+//! each subject's events in delivery order (subjects concurrently), and say for each
+//! delivery whether it is acked as handled or dead-lettered, with the state to commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use lapin::BasicProperties;
+use lapin::types::AMQPValue;
+use serde_json::Value;
+
+use crate::config::worker::{Mode, WorkerConfig};
+use crate::envelope::HEADER_PROVIDER;
+use crate::telemetry::WorkerMetrics;
+use crate::worker::act::Runner;
+use crate::worker::decide::{self, Event};
+use crate::worker::state::{Batch, DecisionRecord, StoreError, SubjectState, now_ms};
+use crate::worker::subject::SubjectRead;
+
+/// A delivery as the batch sees it.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The raw body.
+    pub data: Vec<u8>,
+    /// AMQP properties (message id, type, headers).
+    pub properties: BasicProperties,
+    /// Routing key it arrived with.
+    pub routing_key: String,
+}
+
+/// What becomes of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Handled (acted, no match, stale, duplicate): ack.
+    Handled,
+    /// Publish to the dead-letter exchange with these reasons, then ack.
+    DeadLetter {
+        /// `x-hookwarden-error`.
+        error: String,
+        /// `x-hookwarden-rule`.
+        rule: Option<String>,
+        /// `x-hookwarden-action`.
+        action: Option<String>,
+    },
+}
+
+/// The result of handling a batch.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// One per item, in order.
+    pub fates: Vec<Fate>,
+    /// State and decisions to commit before acking.
+    pub commit: Batch,
+}
+
+fn text_header(props: &BasicProperties, name: &str) -> Option<String> {
+    match props.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads a delivery as an event.
+///
+/// # Errors
+/// Why it is unreadable: no message id, no provider, or a body that is not JSON.
+pub fn read_item(item: &Item) -> Result<Event, String> {
+    let id = item
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string())
+        .filter(|s| !s.is_empty())
+        .ok_or("message has no message_id (event id)")?;
+    let provider = text_header(&item.properties, HEADER_PROVIDER)
+        .or_else(|| item.routing_key.split_once('.').map(|(p, _)| p.to_owned()))
+        .ok_or("message has no x-provider header")?;
+    let event_type = item
+        .properties
+        .kind()
+        .as_ref()
+        .map(|s| s.to_string())
+        .or_else(|| item.routing_key.split_once('.').map(|(_, t)| t.to_owned()))
+        .unwrap_or_default();
+    let json: Value =
+        serde_json::from_slice(&item.data).map_err(|e| format!("body is not JSON: {e}"))?;
+    Ok(Event {
+        key: format!("{provider}/{id}"),
+        provider,
+        id,
+        event_type,
+        json,
+    })
+}
+
+/// Shared pieces a batch needs.
+pub struct Context {
+    /// The rules in force for this batch (a reload swaps it between batches).
+    pub config: Arc<WorkerConfig>,
+    /// Action runner.
+    pub runner: Arc<Runner>,
+    /// Metrics.
+    pub metrics: Arc<WorkerMetrics>,
+}
+
+struct Pending {
+    index: usize,
+    event: Event,
+    subject: SubjectRead,
+}
+
+/// Handles `items`.
+///
+/// # Errors
+/// The store failed; nothing is acked.
+pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError> {
+    let mut outcome = Outcome {
+        fates: vec![Fate::Handled; items.len()],
+        commit: Batch::default(),
+    };
+    let now = now_ms();
+    let mut events = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match read_item(item) {
+            Ok(e) => events.push((i, e)),
+            Err(reason) => {
+                ctx.metrics.event("dead_lettered");
+                outcome.fates[i] = Fate::DeadLetter {
+                    error: reason,
+                    rule: None,
+                    action: None,
+                };
+            }
+        }
+    }
+    let keys: Vec<String> = events.iter().map(|(_, e)| e.key.clone()).collect();
+    let store = ctx.runner.store.clone();
+    let decided = tokio::task::spawn_blocking(move || store.decided(&keys))
+        .await
+        .map_err(|_| StoreError::Poisoned)??;
+
+    // Group by subject, keeping delivery order inside each group.
+    let mut groups: Vec<(String, Vec<Pending>)> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for (i, event) in events {
+        if decided.contains(&event.key) {
+            ctx.metrics.event("duplicate");
+            continue;
+        }
+        let Some(spec) = ctx.config.subject_spec(&event.provider, &event.event_type) else {
+            ctx.metrics.event("no_subject");
+            outcome.commit.decisions.push(DecisionRecord {
+                event_key: event.key.clone(),
+                subject_key: None,
+                outcome: "no_subject".to_owned(),
+                record: serde_json::json!({"provider": event.provider, "type": event.event_type, "event_id": event.id}),
+                at_ms: now,
+            });
+            continue;
+        };
+        match spec.read(&event.json) {
+            Ok(subject) => {
+                let key = format!("{}/{}", event.provider, subject.id);
+                let g = *group_of.entry(key.clone()).or_insert_with(|| {
+                    groups.push((key, Vec::new()));
+                    groups.len() - 1
+                });
+                groups[g].1.push(Pending {
+                    index: i,
+                    event,
+                    subject,
+                });
+            }
+            Err(reason) => {
+                ctx.metrics.event("dead_lettered");
+                outcome.fates[i] = Fate::DeadLetter {
+                    error: reason,
+                    rule: None,
+                    action: None,
+                };
+            }
+        }
+    }
+
+    let subject_keys: Vec<String> = groups.iter().map(|(k, _)| k.clone()).collect();
+    let store = ctx.runner.store.clone();
+    let mut states = tokio::task::spawn_blocking(move || store.load_subjects(&subject_keys))
+        .await
+        .map_err(|_| StoreError::Poisoned)??;
+
+    let handled = join_all(groups.into_iter().map(|(key, pending)| {
+        let prior = states.remove(&key).unwrap_or_default();
+        handle_subject(ctx, key, pending, prior, now)
+    }))
+    .await;
+    for (key, state, results) in handled {
+        if let Some(state) = state {
+            outcome.commit.subjects.insert(key, state);
+        }
+        for (index, fate, decision) in results {
+            outcome.fates[index] = fate;
+            outcome.commit.decisions.push(decision);
+        }
+    }
+    Ok(outcome)
+}
+
+type Handled = (
+    String,
+    Option<SubjectState>,
+    Vec<(usize, Fate, DecisionRecord)>,
+);
+
+async fn handle_subject(
+    ctx: &Context,
+    key: String,
+    pending: Vec<Pending>,
+    mut state: SubjectState,
+    now: i64,
+) -> Handled {
+    let config = &ctx.config;
+    let mut changed = false;
+    let mut seen = HashSet::new();
+    let mut results = Vec::new();
+    for Pending {
+        index,
+        event,
+        subject,
+    } in pending
+    {
+        let mut record = serde_json::json!({
+            "provider": event.provider, "type": event.event_type, "event_id": event.id,
+            "subject": subject.id, "score": subject.scores,
+        });
+        if !seen.insert(event.key.clone()) {
+            // The same event twice in one batch: the second is a duplicate.
+            ctx.metrics.event("duplicate");
+            continue;
+        }
+        if decide::is_stale(&state, &subject) {
+            ctx.metrics.event("stale");
+            record["stale"] = Value::from(true);
+            results.push((
+                index,
+                Fate::Handled,
+                decision(&event, &key, "stale", record, now),
+            ));
+            continue;
+        }
+        let verdicts = decide::evaluate(config, &event, &subject, &state, now);
+        let mut rules_json = Vec::new();
+        let mut fired = Vec::new();
+        let mut acted = false;
+        let mut failure = None;
+        for v in &verdicts {
+            let rule = &config.rules[v.rule];
+            if v.matched {
+                ctx.metrics.rule_matched(&rule.name, rule.mode.as_str());
+            }
+            if let Some(err) = &v.error {
+                tracing::warn!(rule = %rule.name, event_id = %event.id, error = %err, "condition failed to evaluate");
+            }
+            let mut actions_json = Vec::new();
+            if v.fires() && failure.is_none() {
+                fired.push(rule.name.as_str());
+                if rule.mode == Mode::Enforce {
+                    let context =
+                        decide::template_context(config, &event, &subject, &state, &rule.name);
+                    for &a in &rule.actions {
+                        let result = ctx
+                            .runner
+                            .run(config, a, &rule.name, &event, &context)
+                            .await;
+                        ctx.metrics
+                            .action(&result.action, result.outcome, result.latency_ms);
+                        actions_json.push(result.to_json());
+                        if result.outcome == "failed" {
+                            failure = Some(Fate::DeadLetter {
+                                error: result
+                                    .error
+                                    .clone()
+                                    .unwrap_or_else(|| "action failed".to_owned()),
+                                rule: Some(rule.name.clone()),
+                                action: Some(result.action.clone()),
+                            });
+                            break;
+                        }
+                        acted |= result.outcome != "failed";
+                    }
+                }
+            }
+            rules_json.push(decide::verdict_json(config, v, actions_json));
+        }
+        record["rules"] = Value::from(rules_json);
+        match failure {
+            Some(fate) => {
+                // State stays as it was: replaying the dead letter must see the same past.
+                ctx.metrics.event("dead_lettered");
+                results.push((
+                    index,
+                    fate,
+                    decision(&event, &key, "dead_lettered", record, now),
+                ));
+            }
+            None => {
+                let label = if acted {
+                    "acted"
+                } else if verdicts.iter().any(|v| v.fires()) {
+                    "matched"
+                } else {
+                    "no_match"
+                };
+                ctx.metrics.event(label);
+                state = decide::next_state(&state, &subject, &fired, now);
+                changed = true;
+                results.push((
+                    index,
+                    Fate::Handled,
+                    decision(&event, &key, label, record, now),
+                ));
+            }
+        }
+    }
+    (key, changed.then_some(state), results)
+}
+
+fn decision(
+    event: &Event,
+    subject_key: &str,
+    outcome: &str,
+    record: Value,
+    at_ms: i64,
+) -> DecisionRecord {
+    DecisionRecord {
+        event_key: event.key.clone(),
+        subject_key: Some(subject_key.to_owned()),
+        outcome: outcome.to_owned(),
+        record,
+        at_ms,
+    }
+}

@@ -1,0 +1,401 @@
+//! The worker's consumer: connects, declares the shared topology, consumes with manual acks
+//! and `prefetch`, hands each batch to [`crate::worker::batch`], dead-letters what must be,
+//! commits, then acks the batch with one multiple-ack. Reconnects with backoff; anything not
+//! acked when a connection dies is redelivered and handled by the same rules.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::publisher::publish_confirmed;
+use crate::broker::topology::{self, Topology};
+use crate::config::amqp::redact;
+use crate::config::worker::WorkerConfig;
+use crate::listener::admin;
+use crate::telemetry::WorkerMetrics;
+use crate::worker::act::Runner;
+use crate::worker::batch::{self, Fate, Item};
+use crate::worker::state::{SqliteStore, Store};
+
+/// Header: why an event was dead-lettered.
+pub const HEADER_ERROR: &str = "x-hookwarden-error";
+/// Header: the rule whose action failed.
+pub const HEADER_RULE: &str = "x-hookwarden-rule";
+/// Header: the action that failed.
+pub const HEADER_ACTION: &str = "x-hookwarden-action";
+/// Header: the routing key the event had, so a replay can restore it.
+pub const HEADER_ROUTING_KEY: &str = "x-hookwarden-routing-key";
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// A started worker.
+pub struct Running {
+    /// The rules in force; [`Running::reload`] swaps them between batches.
+    pub config: Arc<RwLock<Arc<WorkerConfig>>>,
+    /// Metrics (tests read them).
+    pub metrics: Arc<WorkerMetrics>,
+    /// True while consuming.
+    pub consuming: Arc<AtomicBool>,
+    /// Completes when the worker has stopped.
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Puts `next` in force from the next batch on. Broker and state settings keep their
+    /// start-up values (they need a restart), which is logged when they differ.
+    pub fn reload(&self, next: WorkerConfig) {
+        if let Ok(mut slot) = self.config.write() {
+            if slot.amqp.url != next.amqp.url
+                || slot.amqp.queue != next.amqp.queue
+                || slot.state.path != next.state.path
+            {
+                tracing::warn!("[amqp] and [state] changes take effect at the next restart");
+            }
+            *slot = Arc::new(next);
+        }
+    }
+}
+
+struct Status {
+    consuming: Arc<AtomicBool>,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl admin::Status for Status {
+    fn ready(&self) -> bool {
+        self.consuming.load(Ordering::Relaxed)
+    }
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+}
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state store cannot be opened.
+    #[error("opening the state store {path}: {source}")]
+    Store {
+        /// Its path.
+        path: String,
+        /// Why.
+        source: crate::worker::state::StoreError,
+    },
+    /// No HTTP client (TLS roots and the like).
+    #[error("building the HTTP client: {0}")]
+    Http(String),
+}
+
+/// Opens the store and starts consuming; runs until `shutdown`, then finishes the batch in
+/// hand, commits, acks, and closes.
+///
+/// # Errors
+/// The store or HTTP client cannot be set up.
+pub fn start(
+    config: WorkerConfig,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state.path).map_err(
+        |source| StartError::Store {
+            path: config.state.path.display().to_string(),
+            source,
+        },
+    )?);
+    let http = crate::worker::http::client().map_err(StartError::Http)?;
+    let metrics = Arc::new(WorkerMetrics::new());
+    let consuming = Arc::new(AtomicBool::new(false));
+    let config = Arc::new(RwLock::new(Arc::new(config)));
+    let status = Arc::new(Status {
+        consuming: consuming.clone(),
+        metrics: metrics.clone(),
+    });
+    let admin_shutdown = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(admin_listener, status, admin_shutdown.clone()));
+    let prune = tokio::spawn(prune_loop(store.clone(), config.clone(), shutdown.clone()));
+    let consumer = Consumer {
+        config: config.clone(),
+        store,
+        http,
+        metrics: metrics.clone(),
+        consuming: consuming.clone(),
+        shutdown,
+    };
+    let done = tokio::spawn(async move {
+        consumer.run().await;
+        prune.abort();
+        admin_shutdown.cancel();
+        let _ = admin_task.await;
+        tracing::info!("worker stopped");
+    });
+    Ok(Running {
+        config,
+        metrics,
+        consuming,
+        done,
+    })
+}
+
+async fn prune_loop(
+    store: Arc<dyn Store>,
+    config: Arc<RwLock<Arc<WorkerConfig>>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let retention = config
+            .read()
+            .map(|c| c.state.retention)
+            .unwrap_or(Duration::MAX);
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune(retention)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(removed = n, "pruned old decisions and done-marks")
+            }
+            Ok(Err(err)) => tracing::warn!(error = %err, "pruning failed"),
+            _ => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+struct Consumer {
+    config: Arc<RwLock<Arc<WorkerConfig>>>,
+    store: Arc<dyn Store>,
+    http: reqwest::Client,
+    metrics: Arc<WorkerMetrics>,
+    consuming: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+}
+
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+impl Consumer {
+    fn current(&self) -> Option<Arc<WorkerConfig>> {
+        self.config.read().ok().map(|c| c.clone())
+    }
+
+    async fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut attempt = 0usize;
+        while !self.shutdown.is_cancelled() {
+            let Some(config) = self.current() else { return };
+            let url = config.amqp.url[attempt % config.amqp.url.len()].clone();
+            attempt += 1;
+            match self.session(&config, &url).await {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::Lost(reason)) => {
+                    backoff = BACKOFF_MIN;
+                    tracing::warn!(broker = %redact(&url), reason, "broker connection lost; reconnecting");
+                }
+                Err(err) => {
+                    tracing::warn!(broker = %redact(&url), error = %err, retry_in = ?backoff, "cannot consume from the broker")
+                }
+            }
+            self.consuming.store(false, Ordering::Relaxed);
+            self.metrics.consuming.set(0);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.consuming.store(false, Ordering::Relaxed);
+        self.metrics.consuming.set(0);
+    }
+
+    /// One connection's life: set up, then batches until it fails or shutdown.
+    async fn session(&self, config: &WorkerConfig, url: &str) -> Result<Ended, String> {
+        let props =
+            ConnectionProperties::default().with_connection_name("hookwarden-worker".into());
+        let connection = Connection::connect(url, props)
+            .await
+            .map_err(|e| e.to_string())?;
+        let result = self.consume(config, &connection).await;
+        if connection.status().connected() {
+            let _ = connection.close(200, "bye".into()).await;
+        }
+        result
+    }
+
+    async fn consume(
+        &self,
+        config: &WorkerConfig,
+        connection: &Connection,
+    ) -> Result<Ended, String> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| e.to_string())?;
+        let topology = Topology::for_worker(&config.amqp);
+        topology::declare(&channel, &topology).await.map_err(|e| {
+            format!("the broker refused the topology (a queue exists with other arguments?): {e}")
+        })?;
+        let publish = connection
+            .create_channel()
+            .await
+            .map_err(|e| e.to_string())?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        channel
+            .basic_qos(config.amqp.prefetch.get(), BasicQosOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let queue = ShortString::try_new(config.amqp.queue.as_str()).map_err(|e| e.to_string())?;
+        let mut consumer = channel
+            .basic_consume(
+                queue,
+                ShortString::from("hookwarden-worker"),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let runner = Arc::new(Runner {
+            http: self.http.clone(),
+            channel: publish.clone(),
+            store: self.store.clone(),
+        });
+        self.consuming.store(true, Ordering::Relaxed);
+        self.metrics.consuming.set(1);
+        tracing::info!(queue = %config.amqp.queue, prefetch = config.amqp.prefetch.get(), "consuming");
+        let dead_letter_exchange = ShortString::try_new(config.amqp.dead_letter_exchange.as_str())
+            .map_err(|e| e.to_string())?;
+        let limit = usize::from(config.amqp.prefetch.get());
+        loop {
+            let first = tokio::select! {
+                next = consumer.next() => next,
+                () = self.shutdown.cancelled() => {
+                    let _ = channel.basic_cancel(ShortString::from("hookwarden-worker"), BasicCancelOptions::default()).await;
+                    return Ok(Ended::Shutdown);
+                }
+            };
+            let mut deliveries = match first {
+                Some(Ok(d)) => vec![d],
+                Some(Err(e)) => return Ok(Ended::Lost(e.to_string())),
+                None => return Ok(Ended::Lost("consumer cancelled".to_owned())),
+            };
+            // Take what is already here, up to prefetch: one commit and one ack for all.
+            while deliveries.len() < limit {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(d))) => deliveries.push(d),
+                    Some(Some(Err(e))) => return Ok(Ended::Lost(e.to_string())),
+                    _ => break,
+                }
+            }
+            let Some(rules) = self.current() else {
+                return Ok(Ended::Shutdown);
+            };
+            let items: Vec<Item> = deliveries
+                .iter()
+                .map(|d| Item {
+                    data: d.data.clone(),
+                    properties: d.properties.clone(),
+                    routing_key: d.routing_key.to_string(),
+                })
+                .collect();
+            let ctx = batch::Context {
+                config: rules,
+                runner: runner.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let outcome = batch::handle(&ctx, &items)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (item, fate) in items.iter().zip(&outcome.fates) {
+                if let Fate::DeadLetter {
+                    error,
+                    rule,
+                    action,
+                } = fate
+                {
+                    dead_letter(
+                        &publish,
+                        &dead_letter_exchange,
+                        item,
+                        error,
+                        rule.as_deref(),
+                        action.as_deref(),
+                    )
+                    .await
+                    .map_err(|e| format!("dead-lettering failed: {e}"))?;
+                    tracing::warn!(error = %error, rule, action, "event dead-lettered");
+                }
+            }
+            let store = self.store.clone();
+            let commit = outcome.commit;
+            tokio::task::spawn_blocking(move || store.commit(&commit))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if let Some(last) = deliveries.last() {
+                match last.acker.ack(BasicAckOptions { multiple: true }).await {
+                    Ok(true) => {}
+                    // The channel changed under us: the broker redelivers, the rules skip.
+                    Ok(false) => return Ok(Ended::Lost("ack not delivered".to_owned())),
+                    Err(e) => return Ok(Ended::Lost(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Publishes `item` to the dead-letter exchange with the reasons as headers, confirmed.
+async fn dead_letter(
+    channel: &Channel,
+    exchange: &ShortString,
+    item: &Item,
+    error: &str,
+    rule: Option<&str>,
+    action: Option<&str>,
+) -> Result<(), crate::broker::publisher::PublishError> {
+    let mut headers = item.properties.headers().clone().unwrap_or_default();
+    // Long errors (captured output, parser messages) are cut: headers are not a log.
+    let error: String = error.chars().take(1000).collect();
+    headers.insert(ShortString::from(HEADER_ERROR), text(&error));
+    if let Some(rule) = rule {
+        headers.insert(ShortString::from(HEADER_RULE), text(rule));
+    }
+    if let Some(action) = action {
+        headers.insert(ShortString::from(HEADER_ACTION), text(action));
+    }
+    headers.insert(
+        ShortString::from(HEADER_ROUTING_KEY),
+        text(&item.routing_key),
+    );
+    let props: BasicProperties = item.properties.clone().with_headers(headers);
+    let routing_key =
+        ShortString::try_new(item.routing_key.as_str()).unwrap_or_else(|_| ShortString::from(""));
+    publish_confirmed(
+        channel,
+        exchange.clone(),
+        routing_key,
+        &item.data,
+        props,
+        DEAD_LETTER_TIMEOUT,
+    )
+    .await
+}

@@ -1,0 +1,406 @@
+//! The worker's state behind one interface: per subject its last version, scores and time;
+//! per (subject, rule) when it last fired; per action key a done-mark; per event a decision
+//! record. [`SqliteStore`] is the embedded implementation (SQLite in WAL mode).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// A store failure; the worker does not ack what it could not record.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("state store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Stored JSON could not be read back.
+    #[error("state store: corrupt record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// The store's lock was poisoned by a panic elsewhere.
+    #[error("state store: lock poisoned")]
+    Poisoned,
+}
+
+/// What the worker knows about one subject before an event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubjectState {
+    /// Last accepted version (integer, or RFC 3339 as Unix nanoseconds).
+    pub version: Option<i64>,
+    /// Scores of the last event.
+    pub scores: BTreeMap<String, f64>,
+    /// When the last event was handled, Unix milliseconds.
+    pub at_ms: Option<i64>,
+    /// Per rule, when it last fired, Unix milliseconds.
+    pub fired_ms: BTreeMap<String, i64>,
+}
+
+/// A decision to record for one event.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    /// `provider/event_id`.
+    pub event_key: String,
+    /// Subject key (`provider/subject`), when the event had one.
+    pub subject_key: Option<String>,
+    /// `acted`, `no_match`, `stale`, `duplicate`, `dead_lettered`, `no_subject`, ...
+    pub outcome: String,
+    /// The whole record as JSON (rules, actions, attempts, errors, latencies).
+    pub record: serde_json::Value,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// Everything one batch changes, committed in one transaction before its acks.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// New state per subject key.
+    pub subjects: HashMap<String, SubjectState>,
+    /// Decision records.
+    pub decisions: Vec<DecisionRecord>,
+}
+
+/// The worker's state. Calls block; async callers use `spawn_blocking`.
+pub trait Store: Send + Sync + 'static {
+    /// State of each of `keys` that has been seen.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn load_subjects(&self, keys: &[String]) -> Result<HashMap<String, SubjectState>, StoreError>;
+    /// Which of `event_keys` already have a final decision.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn decided(&self, event_keys: &[String]) -> Result<HashSet<String>, StoreError>;
+    /// Whether the action with this idempotency key completed before.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn is_done(&self, key: &str) -> Result<bool, StoreError>;
+    /// Records, durably and at once, that the action with this key completed.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn mark_done(&self, key: &str) -> Result<(), StoreError>;
+    /// Commits a batch atomically.
+    ///
+    /// # Errors
+    /// Store failure; nothing of the batch is kept.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Decision records of an event or a subject, newest first.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn decisions(
+        &self,
+        event_key: Option<&str>,
+        subject_key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRecord>, StoreError>;
+    /// Deletes decision records and done-marks older than `retention`; returns rows removed.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn prune(&self, retention: Duration) -> Result<usize, StoreError>;
+}
+
+/// SQLite in WAL mode with `synchronous=NORMAL`: a commit survives a killed process (the
+/// WAL is in the OS page cache); a power loss can lose the last commits, which redelivery
+/// then replays (done-marks and Idempotency-Keys keep that from repeating actions).
+pub struct SqliteStore {
+    connection: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS subjects (
+    key TEXT PRIMARY KEY,
+    version INTEGER,
+    scores TEXT NOT NULL,
+    at_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS fired (
+    subject TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (subject, rule)
+);
+CREATE TABLE IF NOT EXISTS done (
+    key TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    event_key TEXT PRIMARY KEY,
+    subject_key TEXT,
+    outcome TEXT NOT NULL,
+    record TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_subject ON decisions (subject_key, at_ms);
+CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at_ms);
+";
+
+/// Outcomes after which a redelivered event is not handled again. A dead-lettered event is
+/// not final: replaying it from the dead-letter queue must run what did not complete.
+const FINAL: &str = "outcome <> 'dead_lettered'";
+
+impl SqliteStore {
+    /// Opens (creating) the store at `path`.
+    ///
+    /// # Errors
+    /// The file cannot be opened or is not a hookwarden store.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.execute_batch(SCHEMA)?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.connection.lock().map_err(|_| StoreError::Poisoned)?;
+        f(&mut guard)
+    }
+}
+
+/// Now as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Store for SqliteStore {
+    fn load_subjects(&self, keys: &[String]) -> Result<HashMap<String, SubjectState>, StoreError> {
+        self.with(|c| {
+            let mut out = HashMap::new();
+            let mut subject =
+                c.prepare_cached("SELECT version, scores, at_ms FROM subjects WHERE key = ?1")?;
+            let mut fired = c.prepare_cached("SELECT rule, at_ms FROM fired WHERE subject = ?1")?;
+            for key in keys {
+                let row = subject
+                    .query_row(params![key], |r| {
+                        Ok((
+                            r.get::<_, Option<i64>>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                        ))
+                    })
+                    .optional()?;
+                let mut state = match row {
+                    Some((version, scores, at_ms)) => SubjectState {
+                        version,
+                        scores: serde_json::from_str(&scores)?,
+                        at_ms,
+                        fired_ms: BTreeMap::new(),
+                    },
+                    None => SubjectState::default(),
+                };
+                let rows = fired.query_map(params![key], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?;
+                for row in rows {
+                    let (rule, at) = row?;
+                    state.fired_ms.insert(rule, at);
+                }
+                if state != SubjectState::default() {
+                    out.insert(key.clone(), state);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn decided(&self, event_keys: &[String]) -> Result<HashSet<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT 1 FROM decisions WHERE event_key = ?1 AND {FINAL}"
+            ))?;
+            let mut out = HashSet::new();
+            for key in event_keys {
+                if stmt.exists(params![key])? {
+                    out.insert(key.clone());
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn is_done(&self, key: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.prepare_cached("SELECT 1 FROM done WHERE key = ?1")?
+                .exists(params![key])?)
+        })
+    }
+
+    fn mark_done(&self, key: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached("INSERT OR IGNORE INTO done (key, at_ms) VALUES (?1, ?2)")?
+                .execute(params![key, now_ms()])?;
+            Ok(())
+        })
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut subject = tx.prepare_cached(
+                    "INSERT INTO subjects (key, version, scores, at_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (key) DO UPDATE SET version = excluded.version,
+                       scores = excluded.scores, at_ms = excluded.at_ms",
+                )?;
+                let mut fired = tx.prepare_cached(
+                    "INSERT INTO fired (subject, rule, at_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (subject, rule) DO UPDATE SET at_ms = excluded.at_ms",
+                )?;
+                for (key, state) in &batch.subjects {
+                    subject.execute(params![
+                        key,
+                        state.version,
+                        serde_json::to_string(&state.scores)?,
+                        state.at_ms
+                    ])?;
+                    for (rule, at) in &state.fired_ms {
+                        fired.execute(params![key, rule, at])?;
+                    }
+                }
+                let mut decision = tx.prepare_cached(
+                    "INSERT INTO decisions (event_key, subject_key, outcome, record, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (event_key) DO UPDATE SET subject_key = excluded.subject_key,
+                       outcome = excluded.outcome, record = excluded.record, at_ms = excluded.at_ms
+                     WHERE decisions.outcome = 'dead_lettered'",
+                )?;
+                for d in &batch.decisions {
+                    decision.execute(params![
+                        d.event_key,
+                        d.subject_key,
+                        d.outcome,
+                        d.record.to_string(),
+                        d.at_ms
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn decisions(
+        &self,
+        event_key: Option<&str>,
+        subject_key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRecord>, StoreError> {
+        self.with(|c| {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut stmt = c.prepare_cached(
+                "SELECT event_key, subject_key, outcome, record, at_ms FROM decisions
+                 WHERE (?1 IS NULL OR event_key = ?1) AND (?2 IS NULL OR subject_key = ?2)
+                 ORDER BY at_ms DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![event_key, subject_key, limit], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (event_key, subject_key, outcome, record, at_ms) = row?;
+                out.push(DecisionRecord {
+                    event_key,
+                    subject_key,
+                    outcome,
+                    record: serde_json::from_str(&record)?,
+                    at_ms,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn prune(&self, retention: Duration) -> Result<usize, StoreError> {
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        self.with(|c| {
+            let mut removed =
+                c.execute("DELETE FROM decisions WHERE at_ms < ?1", params![cutoff])?;
+            removed += c.execute("DELETE FROM done WHERE at_ms < ?1", params![cutoff])?;
+            Ok(removed)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (SqliteStore, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("hw-state-{}.db", uuid::Uuid::new_v4().simple()));
+        (SqliteStore::open(&path).unwrap(), path)
+    }
+
+    #[test]
+    fn subjects_decisions_and_done_marks_round_trip() {
+        let (s, path) = store();
+        assert!(s.load_subjects(&["dregs/u1".into()]).unwrap().is_empty());
+        let mut batch = Batch::default();
+        let mut state = SubjectState {
+            version: Some(7),
+            at_ms: Some(1),
+            ..SubjectState::default()
+        };
+        state.scores.insert("humanity".into(), 22.0);
+        state.fired_ms.insert("quarantine".into(), 5);
+        batch.subjects.insert("dregs/u1".into(), state.clone());
+        batch.decisions.push(DecisionRecord {
+            event_key: "dregs/e1".into(),
+            subject_key: Some("dregs/u1".into()),
+            outcome: "acted".into(),
+            record: serde_json::json!({"rules": []}),
+            at_ms: 10,
+        });
+        batch.decisions.push(DecisionRecord {
+            event_key: "dregs/e2".into(),
+            subject_key: Some("dregs/u1".into()),
+            outcome: "dead_lettered".into(),
+            record: serde_json::json!({}),
+            at_ms: 11,
+        });
+        s.commit(&batch).unwrap();
+        let loaded = s.load_subjects(&["dregs/u1".into()]).unwrap();
+        assert_eq!(loaded["dregs/u1"], state);
+        // A dead-lettered event is not final: its replay must be handled.
+        let decided = s.decided(&["dregs/e1".into(), "dregs/e2".into()]).unwrap();
+        assert_eq!(decided, HashSet::from(["dregs/e1".to_owned()]));
+        assert!(!s.is_done("k").unwrap());
+        s.mark_done("k").unwrap();
+        s.mark_done("k").unwrap();
+        assert!(s.is_done("k").unwrap());
+        assert_eq!(s.decisions(None, Some("dregs/u1"), 10).unwrap().len(), 2);
+        assert_eq!(
+            s.decisions(Some("dregs/e1"), None, 10).unwrap()[0].outcome,
+            "acted"
+        );
+        // Old records go; done-marks too.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.prune(Duration::ZERO).unwrap(), 3);
+        drop(s);
+        let _ = std::fs::remove_file(&path);
+    }
+}
