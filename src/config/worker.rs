@@ -156,7 +156,7 @@ pub enum ActionKind {
     Amqp {
         /// Exchange (`""` = default exchange).
         exchange: String,
-        /// Routing key.
+        /// Routing key (default: `[amqp] review_queue`).
         routing_key: String,
         /// Body template; default: the event plus the decision.
         body: Option<TemplateId>,
@@ -266,7 +266,11 @@ impl WorkerConfig {
         let mut actions = Vec::new();
         for (name, raw) in raw_actions.unwrap_or_default() {
             let key = format!("actions.{name}");
-            if let Some(kind) = build_action(&mut doc, &key, raw, &mut templates) {
+            let review = amqp
+                .as_ref()
+                .map(|a| a.review_queue.clone())
+                .unwrap_or_default();
+            if let Some(kind) = build_action(&mut doc, &key, raw, &mut templates, &review) {
                 actions.push(Action { name, kind });
             }
         }
@@ -487,6 +491,7 @@ fn build_action(
     key: &str,
     raw: RawAction,
     templates: &mut Templates,
+    review_queue: &str,
 ) -> Option<ActionKind> {
     let mut ok = true;
     let mut template = |doc: &mut Document<'_>, field: &str, source: &str| -> Option<TemplateId> {
@@ -588,9 +593,8 @@ fn build_action(
         }
         "amqp" => {
             let exchange = raw.exchange.unwrap_or_default();
-            let routing_key = raw
-                .routing_key
-                .unwrap_or_else(|| "hookwarden.review".to_owned());
+            // Default: the review queue, through the default exchange.
+            let routing_key = raw.routing_key.unwrap_or_else(|| review_queue.to_owned());
             if exchange.len() > 255 || routing_key.len() > 255 {
                 doc.problem(
                     key,

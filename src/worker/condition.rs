@@ -35,9 +35,11 @@ const MAX_DEPTH: usize = 32;
 pub struct Input<'a> {
     /// The payload.
     pub event: &'a serde_json::Value,
+    /// Configured name of the provider the event came from.
     pub provider: &'a str,
     /// Exposed to CEL as `type`.
     pub event_type: &'a str,
+    /// Id of the subject the event is about, as read by its `[[subjects]]` spec.
     pub subject: &'a str,
     /// Named scores of this event.
     pub score: &'a BTreeMap<String, f64>,
@@ -65,6 +67,7 @@ pub struct PreparedInput<'a> {
 }
 
 impl<'a> PreparedInput<'a> {
+    /// Converts `input` to CEL values: numbers become doubles, strings are borrowed.
     pub fn new(input: &Input<'a>) -> Self {
         // `previous.score` is always a map, empty on first sighting: `has()` on a missing
         // intermediate key is an error in CEL, so `has(previous.score.x)` needs it present.
@@ -198,6 +201,7 @@ impl Condition {
         }
     }
 
+    /// The expression text this condition was compiled from.
     pub fn source(&self) -> &str {
         &self.source
     }

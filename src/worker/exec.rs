@@ -16,14 +16,17 @@ const READ_CHUNK: usize = 8 * 1024;
 /// What happened to a command. `error` is set whenever `ok` is false.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutcome {
+    /// Exited with status 0 within the deadline.
     pub ok: bool,
     /// `None` if the process could not start or was ended by a signal.
     pub exit_code: Option<i32>,
+    /// The deadline passed before it exited and closed its output; its group was killed.
     pub timed_out: bool,
     /// At most `max_output` bytes, lossy UTF-8.
     pub stdout: String,
     /// At most `max_output` bytes, lossy UTF-8.
     pub stderr: String,
+    /// One-line reason for failure (start error, exit status, signal, timeout); `None` if `ok`.
     pub error: Option<String>,
 }
 

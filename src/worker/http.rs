@@ -16,9 +16,13 @@ const DRAIN_BYTES: usize = 64 * 1024;
 /// A fully rendered request.
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
+    /// HTTP method.
     pub method: Method,
+    /// Absolute target URL; kept out of error messages, as it may carry secrets.
     pub url: String,
+    /// Headers in order (a repeated name sends each value); they override client defaults.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Request body, if any; resent unchanged on each retry.
     pub body: Option<Bytes>,
 }
 
@@ -26,8 +30,11 @@ pub struct HttpRequest {
 /// `[0, min(max, base * 2^n)]` ("full jitter"), or a numeric `Retry-After` capped at `max`.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
+    /// Retries after the first attempt, so at most `1 + retries` attempts.
     pub retries: u32,
+    /// Upper bound of the random wait before the first retry; doubles for each later retry.
     pub base: Duration,
+    /// Cap on any wait between attempts, including a server's `Retry-After`.
     pub max: Duration,
 }
 
@@ -35,9 +42,13 @@ pub struct RetryPolicy {
 /// attempt; `error` is set whenever `ok` is false (transport failure or non-2xx status).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpOutcome {
+    /// The last attempt got a 2xx response.
     pub ok: bool,
+    /// Attempts made, including the first (at least 1).
     pub attempts: u32,
+    /// HTTP status code of the last response; `None` if the last attempt got none.
     pub status: Option<u16>,
+    /// Why the last attempt failed (transport error or `HTTP <status>`); `None` if `ok`.
     pub error: Option<String>,
     /// First ≤512 bytes of the last response body, lossy UTF-8.
     pub response_snippet: Option<String>,

@@ -38,6 +38,7 @@ impl std::fmt::Debug for Templates {
 }
 
 impl Templates {
+    /// An empty set: strict about undefined variables, no auto-escaping, error spans recorded.
     pub fn new() -> Self {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);

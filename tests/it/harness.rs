@@ -45,6 +45,7 @@ pub struct Names {
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    pub review_queue: String,
 }
 
 impl Names {
@@ -56,13 +57,18 @@ impl Names {
             queue: format!("hwtest.{tag}.events"),
             dead_letter_exchange: format!("hwtest.{tag}.dlx"),
             dead_letter_queue: format!("hwtest.{tag}.dead"),
+            review_queue: format!("hwtest.{tag}.review"),
         }
     }
 }
 
 impl Drop for Names {
     fn drop(&mut self) {
-        let queues = [self.queue.clone(), self.dead_letter_queue.clone()];
+        let queues = [
+            self.queue.clone(),
+            self.dead_letter_queue.clone(),
+            self.review_queue.clone(),
+        ];
         let exchanges = [self.exchange.clone(), self.dead_letter_exchange.clone()];
         // Drop may run inside a runtime: clean up from a thread with its own.
         let cleanup = std::thread::spawn(move || {
@@ -460,5 +466,20 @@ pub fn header(props: &lapin::BasicProperties, name: &str) -> Option<String> {
             Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
         }
         other => Some(format!("{other:?}")),
+    }
+}
+
+/// Waits for a message on `queue` and takes it.
+pub async fn eventually_get(broker: &Broker, queue: &str) -> BasicGetMessage {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(m) = broker.get(queue).await {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing arrived on {queue}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -3,6 +3,8 @@
 //! Prerequisite: RabbitMQ running (`.ci/run` starts it).
 
 mod harness;
+mod sink;
+mod worker_harness;
 
 mod admin;
 mod cli;
@@ -10,3 +12,4 @@ mod config_files;
 mod handoff;
 mod http_answers;
 mod schemes;
+mod worker;

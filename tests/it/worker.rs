@@ -1,0 +1,351 @@
+//! The worker against the real broker and real local HTTP targets: thresholds, drops,
+//! crossings, cooldown, shadow mode, stale versions, duplicates through the queue, failing
+//! targets, dead letters with reasons, unreadable messages.
+
+use std::time::Duration;
+
+use crate::harness::header;
+use crate::sink::Sink;
+use crate::worker_harness::{WorkerHarness, dregs};
+
+const RULES: &str = r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.*"]
+subject = "/data/identity_id"
+version = "/data/scored_at"
+scores = { humanity = "/data/scores/humanity" }
+
+[[rules]]
+name = "quarantine"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 30.0 && (!has(previous.score.humanity) || previous.score.humanity >= 30.0)"
+actions = ["quarantine"]
+cooldown = "1h"
+
+[[rules]]
+name = "drop"
+events = ["dregs:*"]
+when = "has(previous.score.humanity) && previous.score.humanity - score.humanity >= 25"
+actions = ["review"]
+
+[[rules]]
+name = "watch"
+events = ["dregs:*"]
+when = "score.humanity < 50"
+actions = ["quarantine"]
+mode = "shadow"
+
+[[rules]]
+name = "broken"
+events = ["dregs:*"]
+when = "event.data.missing.deeper > 1"
+actions = ["note"]
+
+[actions.quarantine]
+kind = "http"
+url = "{SINK}/accounts/{{ subject }}/quarantine"
+body = '{"humanity": {{ score.humanity }}, "rule": {{ rule | tojson }}}'
+retries = 2
+timeout = "2s"
+
+[actions.review]
+kind = "amqp"
+
+[actions.note]
+kind = "log"
+"#;
+
+fn paths(sink: &Sink) -> Vec<String> {
+    sink.received().into_iter().map(|r| r.path).collect()
+}
+
+#[tokio::test]
+async fn thresholds_drops_crossings_cooldown_shadow_and_stale_events() {
+    let sink = Sink::start().await;
+    let w = WorkerHarness::new(RULES).start(&sink.url()).await;
+    // u1, first sighting below 30: quarantined once (the shadow rule only records).
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "e1",
+        &dregs("e1", "u1", "2026-11-21T10:00:00Z", 22),
+    )
+    .await;
+    let d = w.decision("dregs", "e1").await;
+    assert_eq!(d.outcome, "acted", "{}", d.record);
+    assert_eq!(paths(&sink), ["/accounts/u1/quarantine"]);
+    let rules = d.record["rules"].as_array().unwrap();
+    let watch = rules.iter().find(|r| r["rule"] == "watch").unwrap();
+    assert_eq!(watch["would_act"], true);
+    assert!(
+        watch.get("actions").is_none(),
+        "shadow rules never act: {watch}"
+    );
+    // A condition that cannot be evaluated is recorded; the event went on.
+    let broken = rules.iter().find(|r| r["rule"] == "broken").unwrap();
+    assert!(broken["error"].as_str().is_some(), "{broken}");
+
+    // u1 again, still below 30: no crossing, no action.
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "e2",
+        &dregs("e2", "u1", "2026-11-21T10:01:00Z", 20),
+    )
+    .await;
+    assert_eq!(w.decision("dregs", "e2").await.outcome, "matched");
+    // u1, an older version arriving late: stale, skipped.
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "e0",
+        &dregs("e0", "u1", "2026-11-21T09:00:00Z", 90),
+    )
+    .await;
+    assert_eq!(w.decision("dregs", "e0").await.outcome, "stale");
+
+    // u2: 80, then a sharp drop to 50 (review), then a crossing to 25 (quarantine).
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "f1",
+        &dregs("f1", "u2", "2026-11-21T10:00:00Z", 80),
+    )
+    .await;
+    assert_eq!(w.decision("dregs", "f1").await.outcome, "no_match");
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "f2",
+        &dregs("f2", "u2", "2026-11-21T10:01:00Z", 50),
+    )
+    .await;
+    let d = w.decision("dregs", "f2").await;
+    assert_eq!(d.outcome, "acted", "{}", d.record);
+    let review = w
+        .broker
+        .get(&w.names.review_queue)
+        .await
+        .unwrap_or_else(|| panic!("review message; {}", d.record));
+    let body: serde_json::Value = serde_json::from_slice(&review.delivery.data).unwrap();
+    assert_eq!(body["decision"]["rule"], "drop");
+    assert_eq!(body["decision"]["subject"], "u2");
+    assert_eq!(body["event"]["id"], "f2");
+    assert_eq!(
+        review
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().len()),
+        Some(32)
+    );
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "f3",
+        &dregs("f3", "u2", "2026-11-21T10:02:00Z", 25),
+    )
+    .await;
+    assert_eq!(w.decision("dregs", "f3").await.outcome, "acted");
+    // Back up, then down through 30 again within the hour: the cooldown holds it.
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "f4",
+        &dregs("f4", "u2", "2026-11-21T10:03:00Z", 90),
+    )
+    .await;
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "f5",
+        &dregs("f5", "u2", "2026-11-21T10:04:00Z", 20),
+    )
+    .await;
+    let d = w.decision("dregs", "f5").await;
+    let q = d.record["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "quarantine")
+        .unwrap()
+        .clone();
+    assert_eq!(q["cooldown"], true, "{d:?}");
+    assert_eq!(
+        paths(&sink),
+        ["/accounts/u1/quarantine", "/accounts/u2/quarantine"]
+    );
+    let metrics = w.metrics();
+    assert!(
+        metrics.contains(r#"hookwarden_worker_events_total{outcome="stale"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"hookwarden_worker_rule_matches_total{rule="watch",mode="shadow"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_event_twice_through_the_queue_acts_once() {
+    let sink = Sink::start().await;
+    let w = WorkerHarness::new(RULES).start(&sink.url()).await;
+    let body = dregs("dup", "u9", "2026-11-21T10:00:00Z", 10);
+    w.publish("dregs", "identity.scored", "dup", &body).await;
+    assert_eq!(w.decision("dregs", "dup").await.outcome, "acted");
+    w.publish("dregs", "identity.scored", "dup", &body).await;
+    // A later event proves the duplicate was consumed before it.
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "next",
+        &dregs("next", "u9", "2026-11-21T10:01:00Z", 95),
+    )
+    .await;
+    w.decision("dregs", "next").await;
+    assert_eq!(paths(&sink), ["/accounts/u9/quarantine"]);
+    assert!(
+        w.metrics()
+            .contains(r#"hookwarden_worker_events_total{outcome="duplicate"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn a_failing_target_is_retried_and_one_that_never_recovers_dead_letters() {
+    let sink = Sink::start().await;
+    let w = WorkerHarness::new(RULES).start(&sink.url()).await;
+    sink.fail_first(2);
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "r1",
+        &dregs("r1", "u1", "2026-11-21T10:00:00Z", 10),
+    )
+    .await;
+    let d = w.decision("dregs", "r1").await;
+    assert_eq!(d.outcome, "acted", "{}", d.record);
+    let q = d.record["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "quarantine")
+        .unwrap()
+        .clone();
+    assert_eq!(q["actions"][0]["attempts"], 3, "{q}");
+    let key = sink.received()[0]
+        .idempotency_key
+        .clone()
+        .expect("Idempotency-Key sent");
+
+    sink.fail_always(true);
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "r2",
+        &dregs("r2", "u2", "2026-11-21T10:00:00Z", 10),
+    )
+    .await;
+    let d = w.decision("dregs", "r2").await;
+    assert_eq!(d.outcome, "dead_lettered");
+    let dead = crate::harness::eventually_get(&w.broker, &w.names.dead_letter_queue).await;
+    let p = &dead.delivery.properties;
+    assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("r2"));
+    assert_eq!(
+        header(p, "x-hookwarden-rule").as_deref(),
+        Some("quarantine")
+    );
+    assert_eq!(
+        header(p, "x-hookwarden-action").as_deref(),
+        Some("quarantine")
+    );
+    assert!(
+        header(p, "x-hookwarden-error").unwrap().contains("500"),
+        "{:?}",
+        header(p, "x-hookwarden-error")
+    );
+    assert_eq!(
+        header(p, "x-hookwarden-routing-key").as_deref(),
+        Some("dregs.identity.scored")
+    );
+    assert_eq!(
+        dead.delivery.data,
+        dregs("r2", "u2", "2026-11-21T10:00:00Z", 10).as_bytes()
+    );
+    assert_ne!(key, "");
+}
+
+#[tokio::test]
+async fn unreadable_messages_dead_letter_at_once_and_unknown_subjects_are_recorded() {
+    let sink = Sink::start().await;
+    let w = WorkerHarness::new(RULES).start(&sink.url()).await;
+    let props = lapin::BasicProperties::default().with_message_id("junk".into());
+    w.publish_raw("dregs.identity.scored", props, b"not json {")
+        .await;
+    let dead = crate::harness::eventually_get(&w.broker, &w.names.dead_letter_queue).await;
+    assert!(
+        header(&dead.delivery.properties, "x-hookwarden-error")
+            .unwrap()
+            .starts_with("body is not JSON")
+    );
+    // JSON, but without the subject its spec requires.
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "nosub",
+        r#"{"id":"nosub","data":{}}"#,
+    )
+    .await;
+    let dead = crate::harness::eventually_get(&w.broker, &w.names.dead_letter_queue).await;
+    assert_eq!(
+        header(&dead.delivery.properties, "x-hookwarden-error").as_deref(),
+        Some("no subject at /data/identity_id")
+    );
+    // A provider no [[subjects]] entry reads: recorded and acked, not an error.
+    w.publish("rewards", "tier.changed", "t1", r#"{"id":"t1"}"#)
+        .await;
+    assert_eq!(w.decision("rewards", "t1").await.outcome, "no_subject");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(w.broker.get(&w.names.dead_letter_queue).await.is_none());
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn exec_actions_run_argv_without_a_shell() {
+    let sink = Sink::start().await;
+    let dir = crate::harness::tempdir::Dir::new();
+    let rules = format!(
+        r#"
+[[subjects]]
+provider = "dregs"
+types = ["*"]
+subject = "/data/identity_id"
+scores = {{ humanity = "/data/scores/humanity" }}
+
+[[rules]]
+name = "touch"
+events = ["dregs:*"]
+when = "score.humanity < 30.0"
+actions = ["touch"]
+
+[actions.touch]
+kind = "exec"
+command = ["/usr/bin/touch", "{}/{{{{ subject }}}}"]
+"#,
+        dir.path.display()
+    );
+    let w = WorkerHarness::new(&rules).start(&sink.url()).await;
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "x1",
+        &dregs("x1", "a; rm -rf x", "2026-11-21T10:00:00Z", 10),
+    )
+    .await;
+    assert_eq!(w.decision("dregs", "x1").await.outcome, "acted");
+    assert!(
+        dir.path.join("a; rm -rf x").exists(),
+        "the argument arrived as one literal argv entry"
+    );
+}

@@ -1,0 +1,193 @@
+//! Worker test harness: a worker started in this process against the real broker with
+//! unique queue names and its own state file, events published into its exchange exactly
+//! as the listener publishes them, and decisions read back from its store.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hookwarden::broker::publisher::publish_confirmed;
+use hookwarden::config::worker::WorkerConfig;
+use hookwarden::envelope::Envelope;
+use hookwarden::worker::state::{DecisionRecord, SqliteStore, Store};
+use lapin::options::ConfirmSelectOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{BROKER_TIMEOUT, Broker, Names, amqp_url, tempdir};
+
+/// A rules file for one test; `{SINK}` in it becomes the sink's base URL.
+pub struct WorkerHarness {
+    rules: String,
+    amqp: Vec<(String, String)>,
+}
+
+impl WorkerHarness {
+    pub fn new(rules: &str) -> Self {
+        Self {
+            rules: rules.to_owned(),
+            amqp: Vec::new(),
+        }
+    }
+
+    pub fn amqp(mut self, key: &str, value: &str) -> Self {
+        self.amqp.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn text(&self, names: &Names, state: &std::path::Path, sink: &str) -> String {
+        let mut text = format!(
+            "[amqp]\nurl = \"{}\"\nexchange = \"{}\"\nqueue = \"{}\"\ndead_letter_exchange = \"{}\"\ndead_letter_queue = \"{}\"\nreview_queue = \"{}\"\n",
+            amqp_url(),
+            names.exchange,
+            names.queue,
+            names.dead_letter_exchange,
+            names.dead_letter_queue,
+            names.review_queue
+        );
+        for (k, v) in &self.amqp {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+        text.push_str(&format!(
+            "[server]\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\n[state]\npath = \"{}\"\n",
+            state.display()
+        ));
+        text.push_str(&self.rules.replace("{SINK}", sink));
+        text
+    }
+
+    pub async fn start(self, sink: &str) -> TestWorker {
+        let names = Names::new();
+        let dir = tempdir::Dir::new();
+        let state = dir.path.join("worker.db");
+        let text = self.text(&names, &state, sink);
+        let config = WorkerConfig::parse("rules.toml", &text, &HashMap::new())
+            .unwrap_or_else(|e| panic!("test rules invalid:\n{e}"));
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = CancellationToken::new();
+        let running = hookwarden::worker::start(config, admin, shutdown.clone()).unwrap();
+        crate::harness::eventually("worker consuming", BROKER_TIMEOUT, || {
+            let c = running.consuming.clone();
+            async move { c.load(std::sync::atomic::Ordering::Relaxed) }
+        })
+        .await;
+        let broker = Broker::connect().await;
+        let publisher = broker.connection.create_channel().await.unwrap();
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let store = SqliteStore::open(&state).unwrap();
+        TestWorker {
+            names,
+            text,
+            dir,
+            shutdown,
+            running: Some(running),
+            broker,
+            publisher,
+            store,
+        }
+    }
+}
+
+pub struct TestWorker {
+    pub names: Names,
+    pub text: String,
+    pub dir: tempdir::Dir,
+    shutdown: CancellationToken,
+    pub running: Option<hookwarden::worker::Running>,
+    pub broker: Broker,
+    publisher: Channel,
+    pub store: SqliteStore,
+}
+
+impl TestWorker {
+    /// Publishes `body` as the listener would for `provider`, `event_type`, `id`.
+    pub async fn publish(&self, provider: &str, event_type: &str, id: &str, body: &str) {
+        let envelope = Envelope::new(
+            provider,
+            id.to_owned(),
+            event_type.to_owned(),
+            "hmac-sha256",
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            SystemTime::now(),
+            Bytes::from(body.to_owned()),
+        )
+        .unwrap();
+        self.publish_raw(
+            &envelope.routing_key.to_string(),
+            envelope.properties(),
+            body.as_bytes(),
+        )
+        .await;
+    }
+
+    /// Publishes arbitrary bytes and properties into the events exchange.
+    pub async fn publish_raw(&self, routing_key: &str, props: BasicProperties, body: &[u8]) {
+        publish_confirmed(
+            &self.publisher,
+            ShortString::from(self.names.exchange.as_str()),
+            ShortString::from(routing_key),
+            body,
+            props,
+            BROKER_TIMEOUT,
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Waits for the decision record of `provider/id`.
+    pub async fn decision(&self, provider: &str, id: &str) -> DecisionRecord {
+        let key = format!("{provider}/{id}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(d) = self
+                .store
+                .decisions(Some(&key), None, 1)
+                .unwrap()
+                .into_iter()
+                .next()
+            {
+                return d;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no decision for {key}"
+            );
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        self.running
+            .as_ref()
+            .map(|r| r.metrics.encode())
+            .unwrap_or_default()
+    }
+
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(20), running.done)
+                .await
+                .expect("worker stopped in time")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A Dregs-style event.
+pub fn dregs(id: &str, subject: &str, at: &str, humanity: u32) -> String {
+    format!(
+        r#"{{"id":"{id}","type":"identity.scored","data":{{"identity_id":"{subject}","scored_at":"{at}","scores":{{"humanity":{humanity},"uniqueness":61,"authenticity":48}},"reason":"test"}}}}"#
+    )
+}
