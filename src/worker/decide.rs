@@ -48,7 +48,7 @@ impl RuleVerdict {
 /// The subject's state as conditions and templates see it.
 pub fn previous_json(prior: &SubjectState) -> Value {
     let at = prior.at_ms.and_then(rfc3339_ms);
-    serde_json::json!({ "score": prior.scores, "at": at })
+    serde_json::json!({ "score": scores_json(&prior.scores), "at": at })
 }
 
 /// Unix milliseconds as RFC 3339.
@@ -103,6 +103,23 @@ pub fn evaluate(
     out
 }
 
+/// Scores as JSON, whole numbers as integers so templates print `22`, not `22.0`.
+pub fn scores_json(scores: &BTreeMap<String, f64>) -> Value {
+    let map = scores
+        .iter()
+        .map(|(k, v)| {
+            // Below 2^53 a whole f64 is an exact integer.
+            let n = if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 {
+                Value::from(*v as i64)
+            } else {
+                Value::from(*v)
+            };
+            (k.clone(), n)
+        })
+        .collect::<serde_json::Map<_, _>>();
+    Value::Object(map)
+}
+
 /// The template context for one rule firing on one event.
 pub fn template_context(
     config: &WorkerConfig,
@@ -116,7 +133,7 @@ pub fn template_context(
         "provider": event.provider,
         "type": event.event_type,
         "subject": subject.id,
-        "score": subject.scores,
+        "score": scores_json(&subject.scores),
         "previous": previous_json(prior),
         "rule": rule,
         "event_id": event.id,

@@ -5,6 +5,11 @@
 
 #[path = "../it/harness.rs"]
 mod harness;
+#[path = "../it/sink.rs"]
+mod sink;
+#[path = "../it/worker_harness.rs"]
+mod worker_harness;
+mod worker;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use harness::{Broker, Harness, admin_get, event, eventually, free_addr};
 use hookwarden::cli::http_client;
 use hookwarden::config::listener::ListenerConfig;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One request's result: id, status (0 = no answer), when it was answered.
 type Sent = (String, u16, Instant);
