@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Measures, in one run on this machine: the raw consume rate of a quorum queue (the ceiling),
+# then the release worker's events/s with state commits and a `log` action, and with an
+# `http` action to a local sink. Own uniquely named queues, deleted afterwards.
+#   bash benches/worker.sh [events]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-20000}"
+cargo build --release --bins --quiet
+cargo bench --bench consume --quiet -- >/dev/null   # builds the helper binary
+bench() { cargo bench --bench consume --quiet -- "$@"; }
+
+tag="hwwb$(date +%s)"
+dir="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for q in "$tag.events" "$tag.dead" "$tag.review" "$tag.raw.events" "$tag.raw.dead"; do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+  done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+rules() { # name action-table
+  cat > "$dir/$1.toml" <<TOML
+[amqp]
+exchange = "$tag.$1"
+queue = "$tag.events"
+dead_letter_exchange = "$tag.dlx"
+dead_letter_queue = "$tag.dead"
+review_queue = "$tag.review"
+[server]
+admin_listen = "127.0.0.1:19191"
+[state]
+path = "$dir/$1.db"
+[log]
+level = "info"
+[[subjects]]
+provider = "dregs"
+types = ["identity.scored"]
+subject = "/data/identity_id"
+version = "/data/scored_at"
+scores = { humanity = "/data/scores/humanity" }
+[[rules]]
+name = "low"
+events = ["dregs:*"]
+when = "score.humanity < 50.0"
+actions = ["act"]
+$2
+TOML
+}
+
+events_done() {
+  curl -sf http://127.0.0.1:19191/metrics 2>/dev/null \
+    | awk '/^hookwarden_worker_events_total/ { s += $2 } END { print s + 0 }'
+}
+
+run_worker() { # name
+  ./target/release/hookwarden-worker --config "$dir/$1.toml" > "$dir/$1.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  # Declare the topology, then stop consuming while the queue is filled.
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19191/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+  kill -STOP "$pid"
+  bench fill --exchange "$tag.$1" --count "$n" >/dev/null
+  local start end
+  start=$(date +%s.%N)
+  kill -CONT "$pid"
+  while [ "$(events_done)" -lt "$n" ]; do sleep 0.05; done
+  end=$(date +%s.%N)
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  awk -v n="$n" -v s="$start" -v e="$end" -v name="$1" \
+    'BEGIN { printf "%s: %d events in %.2f s, %.0f events/s\n", name, n, e - s, n / (e - s) }' 
+}
+
+echo "== machine: $(nproc) cores, RabbitMQ $(rabbitmqctl -q version 2>/dev/null), $n events"
+echo "== 1. raw consume (the ceiling)"
+rules raw '[actions.act]
+kind = "log"'
+sed -i "s/queue = \"$tag.events\"/queue = \"$tag.raw.events\"/; s/dead_letter_queue = \"$tag.dead\"/dead_letter_queue = \"$tag.raw.dead\"/" "$dir/raw.toml"
+./target/release/hookwarden-worker --config "$dir/raw.toml" > "$dir/raw.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19191/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+kill -TERM "$pid"; wait "$pid" 2>/dev/null || true   # it only declared the queue
+bench fill --exchange "$tag.raw" --count "$n" >/dev/null
+bench raw --queue "$tag.raw.events" --count "$n"
+
+echo "== 2. worker, log action (state committed per batch)"
+rules log '[actions.act]
+kind = "log"'
+run_worker log
+
+echo "== 3. worker, http action to a local sink"
+bench sink --port 18089 & pids+=($!)
+rules http '[actions.act]
+kind = "http"
+url = "http://127.0.0.1:18089/hook/{{ subject }}"
+body = "{\"humanity\": {{ score.humanity }}}"'
+run_worker http
