@@ -22,20 +22,40 @@ use lapin::{Connection, ConnectionProperties};
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn url() -> String {
-    std::env::var("HOOKWARDEN_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    std::env::var("HOOKWARDEN_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mode = std::env::args().skip(1).find(|a| ["fill", "raw", "sink"].contains(&a.as_str()));
-    let count: usize = arg("--count").and_then(|c| c.parse().ok()).unwrap_or(20_000);
+    let mode = std::env::args()
+        .skip(1)
+        .find(|a| ["fill", "raw", "sink"].contains(&a.as_str()));
+    let count: usize = arg("--count")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(20_000);
     match mode.as_deref() {
-        Some("fill") => fill(&arg("--exchange").unwrap_or_else(|| "hookwarden".into()), count).await,
-        Some("raw") => raw(&arg("--queue").unwrap_or_else(|| "hookwarden.events".into()), count).await,
+        Some("fill") => {
+            fill(
+                &arg("--exchange").unwrap_or_else(|| "hookwarden".into()),
+                count,
+            )
+            .await
+        }
+        Some("raw") => {
+            raw(
+                &arg("--queue").unwrap_or_else(|| "hookwarden.events".into()),
+                count,
+            )
+            .await
+        }
         Some("sink") => sink(arg("--port").and_then(|p| p.parse().ok()).unwrap_or(8089)).await,
         // `cargo bench` with no mode: nothing to do without a broker set up by worker.sh.
         _ => {
@@ -48,7 +68,9 @@ async fn main() -> anyhow::Result<()> {
 async fn fill(exchange: &str, count: usize) -> anyhow::Result<()> {
     let connection = Connection::connect(&url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let exchange = ShortString::try_new(exchange)?;
     let started = Instant::now();
     let mut in_flight = Vec::new();
@@ -90,7 +112,10 @@ async fn fill(exchange: &str, count: usize) -> anyhow::Result<()> {
     for t in in_flight {
         t.await??;
     }
-    println!("filled {count} events in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "filled {count} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
@@ -110,17 +135,25 @@ async fn raw(queue: &str, count: usize) -> anyhow::Result<()> {
     let mut started = None;
     let mut n = 0;
     while n < count {
-        let Some(delivery) = consumer.next().await else { break };
+        let Some(delivery) = consumer.next().await else {
+            break;
+        };
         let delivery = delivery?;
         started.get_or_insert_with(Instant::now);
         n += 1;
         // Ack in batches as the worker does: one multiple-ack per 64 deliveries.
         if n % 64 == 0 || n == count {
-            delivery.acker.ack(BasicAckOptions { multiple: true }).await?;
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
         }
     }
     let elapsed = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
-    println!("raw consume: {n} messages in {elapsed:.2} s, {:.0} msg/s (prefetch 256, multiple acks)", n as f64 / elapsed);
+    println!(
+        "raw consume: {n} messages in {elapsed:.2} s, {:.0} msg/s (prefetch 256, multiple acks)",
+        n as f64 / elapsed
+    );
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
@@ -134,7 +167,9 @@ async fn sink(port: u16) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |_req| {
                 served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                async { Ok::<_, Infallible>(hyper::Response::new(http_body_util::Empty::<Bytes>::new())) }
+                async {
+                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Empty::<Bytes>::new()))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)

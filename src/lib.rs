@@ -14,9 +14,11 @@
 //! - [`envelope`]: the message format between listener and worker.
 //! - [`broker`]: [`broker::topology`] (declared identically by both daemons) and
 //!   [`broker::publisher`] (confirmed publishing, reconnects).
-//! - [`worker`]: consumes events and acts on rules (in progress).
+//! - [`worker`]: [`worker::consumer`] takes batches → [`worker::batch`] groups them by subject →
+//!   [`worker::decide`] evaluates rules → [`worker::act`] runs actions → [`worker::state`] commits.
 //! - [`config`]: files + environment → validated types, every problem named.
 //! - [`telemetry`]: logs and Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
+//!   [`systemd`]: readiness, watchdog, socket activation.
 //! - [`cli`]: the operator's `hookwarden` command.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -29,5 +31,6 @@ pub mod envelope;
 pub mod listener;
 pub mod scheme;
 pub mod signals;
+pub mod systemd;
 pub mod telemetry;
 pub mod worker;

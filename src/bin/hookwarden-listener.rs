@@ -48,6 +48,14 @@ fn main() -> ExitCode {
         eprintln!("{err}");
         return ExitCode::from(1);
     }
+    // Before the runtime starts: taking the socket edits the environment.
+    let activated = match hookwarden::systemd::activated_listener() {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("the socket passed by systemd is unusable: {err}");
+            return ExitCode::from(1);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,7 +66,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, activated)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "listener failed to start");
@@ -67,18 +75,36 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: ListenerConfig) -> anyhow::Result<()> {
+async fn run(
+    config: ListenerConfig,
+    activated: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut signals = Signals::install().context("installing signal handlers")?;
-    let public = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+    let public = match activated {
+        // systemd holds the port across restarts: no connection is refused meanwhile.
+        Some(socket) => tokio::net::TcpListener::from_std(socket)
+            .context("using the socket passed by systemd")?,
+        None => tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", config.server.listen))?,
+    };
     let admin = tokio::net::TcpListener::bind(config.server.admin_listen)
         .await
         .with_context(|| format!("binding server.admin_listen {}", config.server.admin_listen))?;
     tracing::info!(listen = %public.local_addr()?, admin = %admin.local_addr()?, "listener started");
     let shutdown = CancellationToken::new();
     let running = hookwarden::listener::start(config, public, admin, shutdown.clone());
+    let _watchdog = hookwarden::systemd::spawn_watchdog();
+    let publisher = running.publisher.clone();
+    tokio::spawn(async move {
+        // Ready means serving and able to hand off: once the broker is connected.
+        while !publisher
+            .wait_connected(std::time::Duration::from_secs(3600))
+            .await
+        {}
+        hookwarden::systemd::ready("serving; broker connected");
+    });
     loop {
         match signals.next().await {
             Signal::Shutdown(name) => {
@@ -91,6 +117,7 @@ async fn run(config: ListenerConfig) -> anyhow::Result<()> {
             ),
         }
     }
+    hookwarden::systemd::stopping();
     shutdown.cancel();
     running.done.await.context("listener task")?;
     Ok(())

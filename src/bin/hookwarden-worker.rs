@@ -85,25 +85,38 @@ async fn run(
     let shutdown = CancellationToken::new();
     let running = hookwarden::worker::start(config, admin, shutdown.clone())?;
     tracing::info!(rules = %path.display(), "worker started");
+    let _watchdog = hookwarden::systemd::spawn_watchdog();
+    let consuming = running.consuming.clone();
+    tokio::spawn(async move {
+        while !consuming.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        hookwarden::systemd::ready("consuming");
+    });
     loop {
         match signals.next().await {
             Signal::Shutdown(name) => {
                 tracing::info!(signal = name, "shutting down");
                 break;
             }
-            Signal::Reload => match load(path, &env) {
-                Ok(next) => {
-                    running.reload(next);
-                    tracing::info!(signal = "SIGHUP", rules = %path.display(), "rules reloaded");
-                }
-                Err(err) => {
-                    for problem in &err.problems {
-                        tracing::error!(problem = %problem, "reload refused; the old rules stay");
+            Signal::Reload => {
+                hookwarden::systemd::reloading();
+                match load(path, &env) {
+                    Ok(next) => {
+                        running.reload(next);
+                        tracing::info!(signal = "SIGHUP", rules = %path.display(), "rules reloaded");
+                    }
+                    Err(err) => {
+                        for problem in &err.problems {
+                            tracing::error!(problem = %problem, "reload refused; the old rules stay");
+                        }
                     }
                 }
-            },
+                hookwarden::systemd::ready("consuming");
+            }
         }
     }
+    hookwarden::systemd::stopping();
     shutdown.cancel();
     match tokio::time::timeout(grace, running.done).await {
         Ok(result) => result.context("worker task")?,

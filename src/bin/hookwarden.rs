@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hookwarden::cli::{Cli, Command, exit, http_client, sign};
+use hookwarden::cli::{Cli, Command, dead_letters, decisions, exit, http_client, rules, sign};
 use hookwarden::config::{self, listener::ListenerConfig};
 
 fn main() -> ExitCode {
@@ -77,6 +77,78 @@ fn main() -> ExitCode {
             body,
             json,
         } => report(bench(&signer, url, concurrency, duration, body, json, &env)),
+        Command::Rules {
+            command: rules::RulesCommand::Test(args),
+        } => rules_test(&args, &env),
+        Command::Decisions(args) => decisions(&args, &env),
+        Command::DeadLetters(args) => {
+            let config = match rules::load_rules(&args.rules, &env) {
+                Ok(config) => config,
+                Err(err) => return usage(&err),
+            };
+            // Past the rules file, what fails is the broker or the queue: the operation.
+            match dead_letters::run(&config, &args.command) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(exit::FAILED),
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(exit::FAILED)
+                }
+            }
+        }
+    }
+}
+
+fn usage(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    ExitCode::from(exit::USAGE)
+}
+
+/// `rules test`: 0 it ran, 1 a condition or template failed, 64 bad input.
+fn rules_test(args: &rules::TestArgs, env: &std::collections::HashMap<String, String>) -> ExitCode {
+    let report = match rules::test(args, env) {
+        Ok(report) => report,
+        Err(err) => return usage(&err),
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(err) => return usage(&err.into()),
+        }
+    } else {
+        print!("{report}");
+    }
+    if report.errored() {
+        ExitCode::from(exit::FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `decisions`: 0 read (also when there are none), 1 the state file cannot be read, 64 bad
+/// input.
+fn decisions(
+    args: &decisions::DecisionsArgs,
+    env: &std::collections::HashMap<String, String>,
+) -> ExitCode {
+    let (config, query) =
+        match rules::load_rules(&args.rules, env).and_then(|c| Ok((c, args.query()?))) {
+            Ok(pair) => pair,
+            Err(err) => return usage(&err),
+        };
+    match decisions::read(&config, &query, args.limit) {
+        Ok(records) => {
+            if args.json {
+                println!("{:#}", decisions::to_json(&records));
+            } else {
+                print!("{}", decisions::to_text(&records));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::FAILED)
+        }
     }
 }
 

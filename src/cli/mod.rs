@@ -1,14 +1,18 @@
-//! The operator's `hookwarden` command: check configs, sign and send test events.
+//! The operator's `hookwarden` command: check configs, sign and send test events, dry-run
+//! the worker's rules, read its decisions, list and replay its dead letters.
 
 pub mod bench;
+pub mod dead_letters;
+pub mod decisions;
 pub mod http_client;
+pub mod rules;
 pub mod sign;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Operate hookwarden: check configs, sign and send test events.
+/// Operate hookwarden: check configs, sign and send test events, inspect the worker.
 #[derive(Parser)]
 #[command(version, name = "hookwarden")]
 pub struct Cli {
@@ -77,6 +81,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Work with the worker's rules file without running the worker.
+    #[command(
+        after_help = "Example: hookwarden rules test --rules deploy/rules.toml --provider dregs examples/dregs-identity-scored.json"
+    )]
+    Rules {
+        /// What to do with the rules.
+        #[command(subcommand)]
+        command: rules::RulesCommand,
+    },
+    /// Print the worker's decision records for a subject or an event, newest first.
+    #[command(
+        after_help = "Example: hookwarden decisions --rules /etc/hookwarden/rules.toml --subject dregs/usr_48213 --limit 5"
+    )]
+    Decisions(decisions::DecisionsArgs),
+    /// List or replay the dead-letter queue named in the worker's rules file.
+    #[command(
+        after_help = "Example: hookwarden dead-letters --rules /etc/hookwarden/rules.toml list --limit 20"
+    )]
+    DeadLetters(dead_letters::DeadLettersArgs),
 }
 
 /// A provider from a listener config, or a scheme and secret given directly.

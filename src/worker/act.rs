@@ -108,10 +108,10 @@ impl Runner {
                 return result;
             }
         }
-        let ctx = crate::worker::template::context(Arc::new(context.clone()));
-        let outcome = self
-            .execute(config, &action.kind, &key, event, &ctx, context)
-            .await;
+        let outcome = match render(config, &action.kind, &key, event, context) {
+            Ok(rendered) => self.execute(rendered, event, context).await,
+            Err(error) => Err((0, error, Value::Null)),
+        };
         result.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
             Ok((attempts, detail)) => {
@@ -135,64 +135,22 @@ impl Runner {
 
     async fn execute(
         &self,
-        config: &WorkerConfig,
-        kind: &ActionKind,
-        key: &str,
+        rendered: Rendered,
         event: &Event,
-        ctx: &minijinja::Value,
         context: &Value,
     ) -> Result<(u32, Value), (u32, String, Value)> {
-        let render = |id| {
-            config
-                .templates
-                .render(id, ctx)
-                .map_err(|e| (0, e, Value::Null))
-        };
-        match kind {
-            ActionKind::Http {
-                method,
-                url,
-                headers,
-                body,
+        match rendered {
+            Rendered::Http {
+                request,
                 timeout,
                 retries,
             } => {
-                let mut request = http_action::HttpRequest {
-                    method: method.clone(),
-                    url: render(*url)?,
-                    headers: Vec::new(),
-                    body: body.map(render).transpose()?.map(Bytes::from),
-                };
-                for (name, id) in headers {
-                    let value = render(*id)?;
-                    let value = HeaderValue::from_str(&value).map_err(|_| {
-                        (
-                            0,
-                            format!("header {name} renders to an invalid value"),
-                            Value::Null,
-                        )
-                    })?;
-                    request.headers.push((name.clone(), value));
-                }
-                if request.body.is_some()
-                    && !headers.iter().any(|(n, _)| n == http::header::CONTENT_TYPE)
-                {
-                    request.headers.push((
-                        http::header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    ));
-                }
-                // The target dedupes repeats of one event, rule and action with this.
-                request.headers.push((
-                    HeaderName::from_static("idempotency-key"),
-                    HeaderValue::from_str(key).map_err(|e| (0, e.to_string(), Value::Null))?,
-                ));
                 let policy = http_action::RetryPolicy {
-                    retries: *retries,
+                    retries,
                     base: Duration::from_millis(200),
                     max: Duration::from_secs(10),
                 };
-                let outcome = http_action::send(&self.http, &request, *timeout, policy).await;
+                let outcome = http_action::send(&self.http, &request, timeout, policy).await;
                 let detail = serde_json::json!({ "status": outcome.status, "response": outcome.response_snippet });
                 if outcome.ok {
                     Ok((outcome.attempts, detail))
@@ -206,42 +164,20 @@ impl Runner {
                     Err((outcome.attempts, error, detail))
                 }
             }
-            ActionKind::Amqp {
+            Rendered::Amqp {
                 exchange,
                 routing_key,
                 body,
+                properties,
             } => {
-                let payload = match body {
-                    Some(id) => render(*id)?.into_bytes(),
-                    None => serde_json::to_vec(&serde_json::json!({
-                        "event": event.json,
-                        "decision": {
-                            "provider": context["provider"], "type": context["type"],
-                            "event_id": context["event_id"], "subject": context["subject"],
-                            "rule": context["rule"], "score": context["score"], "previous": context["previous"],
-                        }
-                    }))
-                    .map_err(|e| (0, e.to_string(), Value::Null))?,
-                };
-                let props = BasicProperties::default()
-                    .with_content_type(ShortString::from("application/json"))
-                    .with_delivery_mode(2)
-                    .with_message_id(
-                        ShortString::try_new(key).map_err(|e| (0, e.to_string(), Value::Null))?,
-                    )
-                    .with_app_id(ShortString::from("hookwarden-worker"));
-                let exchange = ShortString::try_new(exchange.as_str())
-                    .map_err(|e| (0, e.to_string(), Value::Null))?;
-                let rk = ShortString::try_new(routing_key.as_str())
-                    .map_err(|e| (0, e.to_string(), Value::Null))?;
                 let mut last = String::new();
                 for attempt in 1..=3u32 {
                     match publish_confirmed(
                         &self.channel,
                         exchange.clone(),
-                        rk.clone(),
-                        &payload,
-                        props.clone(),
+                        routing_key.clone(),
+                        &body,
+                        (*properties).clone(),
                         AMQP_TIMEOUT,
                     )
                     .await
@@ -253,12 +189,8 @@ impl Runner {
                 }
                 Err((3, last, Value::Null))
             }
-            ActionKind::Exec { command, timeout } => {
-                let mut argv = Vec::with_capacity(command.len());
-                for id in command {
-                    argv.push(render(*id)?);
-                }
-                let outcome = exec::run(&argv, &[], *timeout, EXEC_OUTPUT).await;
+            Rendered::Exec { argv, timeout } => {
+                let outcome = exec::run(&argv, &[], timeout, EXEC_OUTPUT).await;
                 let detail = serde_json::json!({
                     "exit_code": outcome.exit_code, "timed_out": outcome.timed_out,
                     "stdout": outcome.stdout, "stderr": outcome.stderr,
@@ -276,11 +208,7 @@ impl Runner {
                     Err((1, error, detail))
                 }
             }
-            ActionKind::Log { message } => {
-                let message = match message {
-                    Some(id) => render(*id)?,
-                    None => "rule matched".to_owned(),
-                };
+            Rendered::Log { message } => {
                 tracing::info!(
                     rule = %context["rule"].as_str().unwrap_or_default(),
                     provider = %event.provider,
@@ -293,6 +221,152 @@ impl Runner {
             }
         }
     }
+}
+
+/// An action with its templates rendered: exactly what it sends, and how.
+#[derive(Debug, Clone)]
+pub enum Rendered {
+    /// The request, with `Content-Type` (when there is a body) and `Idempotency-Key` added.
+    Http {
+        /// Method, URL, headers, body.
+        request: http_action::HttpRequest,
+        /// Per attempt.
+        timeout: Duration,
+        /// Attempts after the first.
+        retries: u32,
+    },
+    /// A persistent JSON message whose message id is the idempotency key.
+    Amqp {
+        /// Exchange (`""` = default exchange).
+        exchange: ShortString,
+        /// Routing key.
+        routing_key: ShortString,
+        /// The rendered body, or the event plus the decision by default.
+        body: Vec<u8>,
+        /// Content type, persistence, message id, app id (boxed: they dwarf the other variants).
+        properties: Box<BasicProperties>,
+    },
+    /// argv, run without a shell.
+    Exec {
+        /// Rendered arguments.
+        argv: Vec<String>,
+        /// Kill after this long.
+        timeout: Duration,
+    },
+    /// The message of the log line.
+    Log {
+        /// Rendered message, or `rule matched`.
+        message: String,
+    },
+}
+
+/// Renders action `kind` for one firing, with idempotency key `key` and template `context`
+/// (see [`crate::worker::decide::template_context`]). The worker and `hookwarden rules test`
+/// both call this, so a dry run shows byte for byte what the worker would send.
+///
+/// # Errors
+/// A template that fails to render, a header value or AMQP name it cannot be.
+pub fn render(
+    config: &WorkerConfig,
+    kind: &ActionKind,
+    key: &str,
+    event: &Event,
+    context: &Value,
+) -> Result<Rendered, String> {
+    let ctx = crate::worker::template::context(Arc::new(context.clone()));
+    let render = |id| config.templates.render(id, &ctx);
+    match kind {
+        ActionKind::Http {
+            method,
+            url,
+            headers,
+            body,
+            timeout,
+            retries,
+        } => {
+            let mut request = http_action::HttpRequest {
+                method: method.clone(),
+                url: render(*url)?,
+                headers: Vec::new(),
+                body: body.map(render).transpose()?.map(Bytes::from),
+            };
+            for (name, id) in headers {
+                let value = render(*id)?;
+                let value = HeaderValue::from_str(&value)
+                    .map_err(|_| format!("header {name} renders to an invalid value"))?;
+                request.headers.push((name.clone(), value));
+            }
+            if request.body.is_some()
+                && !headers.iter().any(|(n, _)| n == http::header::CONTENT_TYPE)
+            {
+                request.headers.push((
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ));
+            }
+            // The target dedupes repeats of one event, rule and action with this.
+            request.headers.push((
+                HeaderName::from_static("idempotency-key"),
+                HeaderValue::from_str(key).map_err(|e| e.to_string())?,
+            ));
+            Ok(Rendered::Http {
+                request,
+                timeout: *timeout,
+                retries: *retries,
+            })
+        }
+        ActionKind::Amqp {
+            exchange,
+            routing_key,
+            body,
+        } => {
+            let body = match body {
+                Some(id) => render(*id)?.into_bytes(),
+                None => serde_json::to_vec(&default_amqp_body(event, context))
+                    .map_err(|e| e.to_string())?,
+            };
+            let properties = BasicProperties::default()
+                .with_content_type(ShortString::from("application/json"))
+                .with_delivery_mode(2)
+                .with_message_id(ShortString::try_new(key).map_err(|e| e.to_string())?)
+                .with_app_id(ShortString::from("hookwarden-worker"));
+            Ok(Rendered::Amqp {
+                exchange: ShortString::try_new(exchange.as_str()).map_err(|e| e.to_string())?,
+                routing_key: ShortString::try_new(routing_key.as_str())
+                    .map_err(|e| e.to_string())?,
+                body,
+                properties: Box::new(properties),
+            })
+        }
+        ActionKind::Exec { command, timeout } => {
+            let mut argv = Vec::with_capacity(command.len());
+            for id in command {
+                argv.push(render(*id)?);
+            }
+            Ok(Rendered::Exec {
+                argv,
+                timeout: *timeout,
+            })
+        }
+        ActionKind::Log { message } => Ok(Rendered::Log {
+            message: match message {
+                Some(id) => render(*id)?,
+                None => "rule matched".to_owned(),
+            },
+        }),
+    }
+}
+
+/// The body of an `amqp` action without a `body` template: the event plus the decision.
+pub fn default_amqp_body(event: &Event, context: &Value) -> Value {
+    serde_json::json!({
+        "event": event.json,
+        "decision": {
+            "provider": context["provider"], "type": context["type"],
+            "event_id": context["event_id"], "subject": context["subject"],
+            "rule": context["rule"], "score": context["score"], "previous": context["previous"],
+        }
+    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the queue depth (consumer lag) is read while busy.
+const DEPTH_EVERY: Duration = Duration::from_secs(5);
 
 /// A started worker.
 pub struct Running {
@@ -221,6 +223,23 @@ impl Consumer {
         self.metrics.consuming.set(0);
     }
 
+    /// Reads the queue's ready-message count (consumer lag) with a passive declare.
+    async fn update_depth(&self, channel: &Channel, queue: &str) {
+        let Ok(name) = ShortString::try_new(queue) else {
+            return;
+        };
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        if let Ok(q) = channel
+            .queue_declare(name, passive, FieldTable::default())
+            .await
+        {
+            self.metrics.queue_depth.set(i64::from(q.message_count()));
+        }
+    }
+
     /// One connection's life: set up, then batches until it fails or shutdown.
     async fn session(&self, config: &WorkerConfig, url: &str) -> Result<Ended, String> {
         let props =
@@ -281,11 +300,17 @@ impl Consumer {
         let dead_letter_exchange = ShortString::try_new(config.amqp.dead_letter_exchange.as_str())
             .map_err(|e| e.to_string())?;
         let limit = usize::from(config.amqp.prefetch.get());
+        self.update_depth(&channel, &config.amqp.queue).await;
+        let mut last_depth = std::time::Instant::now();
         loop {
             let first = tokio::select! {
                 next = consumer.next() => next,
                 () = self.shutdown.cancelled() => {
                     let _ = channel.basic_cancel(ShortString::from("hookwarden-worker"), BasicCancelOptions::default()).await;
+                    // Closing the channels first returns prefetched, unacked deliveries to
+                    // the queue in order and lets the connection close without errors.
+                    let _ = channel.close(200, "shutdown".into()).await;
+                    let _ = publish.close(200, "shutdown".into()).await;
                     return Ok(Ended::Shutdown);
                 }
             };
@@ -354,6 +379,10 @@ impl Consumer {
                     Ok(false) => return Ok(Ended::Lost("ack not delivered".to_owned())),
                     Err(e) => return Ok(Ended::Lost(e.to_string())),
                 }
+            }
+            if last_depth.elapsed() >= DEPTH_EVERY {
+                last_depth = std::time::Instant::now();
+                self.update_depth(&channel, &config.amqp.queue).await;
             }
         }
     }

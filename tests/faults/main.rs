@@ -7,9 +7,9 @@
 mod harness;
 #[path = "../it/sink.rs"]
 mod sink;
+mod worker;
 #[path = "../it/worker_harness.rs"]
 mod worker_harness;
-mod worker;
 
 use std::collections::HashSet;
 use std::sync::Arc;

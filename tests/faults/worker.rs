@@ -43,13 +43,23 @@ fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
 /// A publisher for a worker running as a process: the harness's worker, stopped, lends
 /// its names, its rules text and its broker connection.
-async fn harness(threshold: &str, sink: &Sink) -> (crate::worker_harness::TestWorker, tempdir::Dir, std::path::PathBuf) {
+async fn harness(
+    threshold: &str,
+    sink: &Sink,
+) -> (
+    crate::worker_harness::TestWorker,
+    tempdir::Dir,
+    std::path::PathBuf,
+) {
     let rules = RULES.replace("THRESHOLD", threshold);
     let mut w = WorkerHarness::new(&rules).start(&sink.url()).await;
     // Only the declarations and the publisher are wanted; the process does the work.
@@ -73,7 +83,12 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same
     let (w, dir, path) = harness("30.0", &sink).await;
     let ids: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        let body = dregs(id, &format!("s{}", i % 60), &format!("2026-11-21T10:{:02}:{:02}Z", i / 60, i % 60), 10);
+        let body = dregs(
+            id,
+            &format!("s{}", i % 60),
+            &format!("2026-11-21T10:{:02}:{:02}Z", i / 60, i % 60),
+            10,
+        );
         w.publish("dregs", "identity.scored", id, &body).await;
     }
     let log = dir.path.join("worker.log");
@@ -93,17 +108,30 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same
         if decided(&w.store, "dregs", &ids).await == ids.len() {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "not all events decided after restart");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not all events decided after restart"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     signal(&child, "-TERM");
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-    assert_eq!(exit.code(), Some(0), "{}", std::fs::read_to_string(dir.path.join("worker2.log")).unwrap_or_default());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(dir.path.join("worker2.log")).unwrap_or_default()
+    );
 
     let received = sink.received();
     let mut per_key: HashMap<String, usize> = HashMap::new();
     for r in &received {
-        *per_key.entry(r.idempotency_key.clone().unwrap_or_default()).or_default() += 1;
+        *per_key
+            .entry(r.idempotency_key.clone().unwrap_or_default())
+            .or_default() += 1;
     }
     // One action per event: 300 distinct keys, none lost.
     assert_eq!(per_key.len(), ids.len(), "distinct actions");
@@ -136,36 +164,70 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
     })
     .await;
     // A broken file: refused with its problem logged; the old rules stay.
-    std::fs::write(&path, good.replace("score.humanity < 30.0", "scor.humanity < 30.0")).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("score.humanity < 30.0", "scor.humanity < 30.0"),
+    )
+    .unwrap();
     signal(&child, "-HUP");
     eventually("reload refused", Duration::from_secs(10), || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         async move { text.contains("reload refused") && text.contains("undeclared reference 'scor'") }
     })
     .await;
-    w.publish("dregs", "identity.scored", "h1", &dregs("h1", "a", "2026-11-21T10:00:00Z", 20)).await;
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "h1",
+        &dregs("h1", "a", "2026-11-21T10:00:00Z", 20),
+    )
+    .await;
     eventually("old rule acts", Duration::from_secs(10), || {
         let n = sink.received().len();
         async move { n == 1 }
     })
     .await;
     // A good file with a lower threshold: applied from the next batch on.
-    std::fs::write(&path, good.replace("score.humanity < 30.0", "score.humanity < 10.0")).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("score.humanity < 30.0", "score.humanity < 10.0"),
+    )
+    .unwrap();
     signal(&child, "-HUP");
     eventually("rules reloaded", Duration::from_secs(10), || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         async move { text.contains("rules reloaded") }
     })
     .await;
-    w.publish("dregs", "identity.scored", "h2", &dregs("h2", "b", "2026-11-21T10:00:00Z", 20)).await;
-    w.publish("dregs", "identity.scored", "h3", &dregs("h3", "c", "2026-11-21T10:00:00Z", 5)).await;
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "h2",
+        &dregs("h2", "b", "2026-11-21T10:00:00Z", 20),
+    )
+    .await;
+    w.publish(
+        "dregs",
+        "identity.scored",
+        "h3",
+        &dregs("h3", "c", "2026-11-21T10:00:00Z", 5),
+    )
+    .await;
     eventually("new rule acts", Duration::from_secs(10), || {
         let paths: HashSet<String> = sink.received().into_iter().map(|r| r.path).collect();
         async move { paths.contains("/accounts/c/quarantine") }
     })
     .await;
-    assert!(!sink.received().iter().any(|r| r.path == "/accounts/b/quarantine"));
+    assert!(
+        !sink
+            .received()
+            .iter()
+            .any(|r| r.path == "/accounts/b/quarantine")
+    );
     signal(&child, "-TERM");
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code(), Some(0));
 }

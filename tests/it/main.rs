@@ -8,8 +8,10 @@ mod worker_harness;
 
 mod admin;
 mod cli;
+mod cli_worker;
 mod config_files;
 mod handoff;
 mod http_answers;
 mod schemes;
+mod systemd;
 mod worker;

@@ -1,0 +1,741 @@
+//! `hookwarden rules test`: a dry run of the worker's rules on one event file. The event is
+//! read, decided and its actions rendered by the functions the worker itself uses
+//! ([`crate::worker::decide`], [`crate::worker::act::render`]), so what is printed is what
+//! the worker would do; nothing is sent, and no state is read or written: the subject's past
+//! comes from `--previous` instead of the worker's store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cli::sign;
+use crate::config::{self, worker::Mode, worker::WorkerConfig};
+use crate::worker::act::{self, Rendered};
+use crate::worker::decide::{self, Event, RuleVerdict};
+use crate::worker::state::{SubjectState, now_ms};
+use crate::worker::subject::SubjectRead;
+
+/// `hookwarden rules …`.
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Dry-run the rules on EVENT: per rule whether it matched and why, and for each action
+    /// of a firing rule the exact request it would send. Sends nothing.
+    #[command(
+        after_help = "Example: hookwarden rules test --rules deploy/rules.toml \
+--provider dregs --previous previous.json examples/dregs-identity-scored.json
+
+--previous is a JSON file standing in for what the worker remembers of the subject;
+every key is optional:
+  {\"score\": {\"humanity\": 74}, \"at\": \"2026-11-21T14:00:00Z\", \"version\": 1412,
+   \"fired\": {\"quarantine-low-humanity\": \"2026-11-21T13:00:00Z\"}}
+
+Exit status: 0 it ran (whether or not a rule matched), 1 a condition or an action
+template failed, 64 bad input (rules file, event, --previous)."
+    )]
+    Test(TestArgs),
+}
+
+/// Arguments of `hookwarden rules test`.
+#[derive(Args)]
+pub struct TestArgs {
+    /// The worker's rules file.
+    #[arg(long, default_value = "/etc/hookwarden/rules.toml")]
+    pub rules: PathBuf,
+    /// Provider the event comes from, as named in the rules' `[[subjects]]` and `events`.
+    #[arg(long)]
+    pub provider: String,
+    /// Event type; default: the event's top-level `type` field.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+    /// Event id (it keys the Idempotency-Key); default: the event's top-level `id` field,
+    /// else a generated one.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// JSON file with the subject's previous score, time, version and rule firings.
+    #[arg(long, value_name = "STATE.json")]
+    pub previous: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// JSON event file (`-` for standard input).
+    #[arg(value_name = "EVENT.json")]
+    pub event: PathBuf,
+}
+
+/// Reads and compiles a rules file with the environment, as the worker does.
+///
+/// # Errors
+/// The file cannot be read, or every problem the worker would refuse it for.
+pub fn load_rules(path: &Path, env: &HashMap<String, String>) -> anyhow::Result<WorkerConfig> {
+    let text = config::read_file(path)?;
+    Ok(WorkerConfig::parse(
+        &path.display().to_string(),
+        &text,
+        env,
+    )?)
+}
+
+/// What the dry run found.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Provider name.
+    pub provider: String,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Event id.
+    pub event_id: String,
+    /// Subject id; `None` when no `[[subjects]]` entry reads the event.
+    pub subject: Option<String>,
+    /// The event's version as the worker compares it (RFC 3339 as Unix nanoseconds).
+    pub version: Option<i64>,
+    /// The event's scores.
+    pub score: BTreeMap<String, f64>,
+    /// The subject's past, from `--previous`.
+    pub previous: Previous,
+    /// The decision the worker would record: `acted`, `matched` (only shadow rules or rules
+    /// without actions fired), `no_match`, `stale`, `no_subject`, or `dead_lettered` (an
+    /// action of an enforced rule fails to render).
+    pub outcome: &'static str,
+    /// Why no rule was evaluated, when none was.
+    pub note: Option<String>,
+    /// Every rule whose `events` patterns take this event, in file order.
+    pub rules: Vec<RuleReport>,
+}
+
+impl Report {
+    /// Whether a condition or an action template failed (exit status 1).
+    pub fn errored(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.error.is_some() || r.actions.iter().any(|a| a.error.is_some()))
+    }
+}
+
+/// The subject's past as given with `--previous`.
+#[derive(Debug, Default, Serialize)]
+pub struct Previous {
+    /// Scores of its last event.
+    pub score: BTreeMap<String, f64>,
+    /// When its last event was handled, RFC 3339.
+    pub at: Option<String>,
+    /// Last accepted version.
+    pub version: Option<i64>,
+    /// Per rule, when it last fired, RFC 3339.
+    pub fired: BTreeMap<String, String>,
+}
+
+/// How one rule came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The condition held; the rule fires.
+    Matched,
+    /// The condition did not hold.
+    NotMatched,
+    /// The condition could not be evaluated.
+    Error,
+    /// The condition held but the rule fired for this subject within its cooldown.
+    Cooldown,
+    /// The event is older than the subject's previous version: not evaluated.
+    Stale,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Matched => "matched",
+            Self::NotMatched => "not matched",
+            Self::Error => "error",
+            Self::Cooldown => "cooldown",
+            Self::Stale => "stale",
+        })
+    }
+}
+
+/// One rule's result.
+#[derive(Debug, Serialize)]
+pub struct RuleReport {
+    /// Rule name.
+    pub rule: String,
+    /// `enforce` or `shadow`.
+    pub mode: &'static str,
+    /// The condition's source.
+    pub when: String,
+    /// What the condition said.
+    pub result: Verdict,
+    /// Why the condition could not be evaluated.
+    pub error: Option<String>,
+    /// When in cooldown: since when and until when.
+    pub cooldown: Option<Cooldown>,
+    /// The inputs the condition names (`score.x`, `previous.score.x`, `previous.at`);
+    /// `null` where the value is absent.
+    pub values: BTreeMap<String, Value>,
+    /// For a firing rule, every action rendered as the worker would send it.
+    pub actions: Vec<ActionReport>,
+}
+
+/// A rule's cooldown as it stands.
+#[derive(Debug, Serialize)]
+pub struct Cooldown {
+    /// When the rule last fired for the subject.
+    pub fired_at: Option<String>,
+    /// The rule's cooldown.
+    pub cooldown: String,
+    /// When it may fire again.
+    pub until: Option<String>,
+}
+
+/// One action of a firing rule, rendered.
+#[derive(Debug, Serialize)]
+pub struct ActionReport {
+    /// Action name.
+    pub action: String,
+    /// `http`, `amqp`, `exec` or `log`.
+    pub kind: &'static str,
+    /// The rendered action (kind-specific fields); `null` when rendering failed.
+    pub rendered: Value,
+    /// Why rendering failed; the worker would dead-letter the event.
+    pub error: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviousFile {
+    #[serde(default)]
+    score: BTreeMap<String, f64>,
+    at: Option<String>,
+    version: Option<Value>,
+    #[serde(default)]
+    fired: BTreeMap<String, String>,
+}
+
+/// Runs the dry run.
+///
+/// # Errors
+/// Bad input: an invalid rules file, an unreadable event or `--previous`, an event without a
+/// type (and no `--type`), an event its `[[subjects]]` entry cannot read.
+pub fn test(args: &TestArgs, env: &HashMap<String, String>) -> anyhow::Result<Report> {
+    let config = load_rules(&args.rules, env)?;
+    let bytes = sign::read_event(&args.event)?;
+    let json: Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not JSON", args.event.display()))?;
+    let event_type = match &args.event_type {
+        Some(t) => t.clone(),
+        None => json
+            .pointer("/type")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} has no string \"type\" field; give --type",
+                    args.event.display()
+                )
+            })?,
+    };
+    let id = match (&args.id, json.pointer("/id")) {
+        (Some(id), _) => id.clone(),
+        (None, Some(Value::String(s))) if !s.is_empty() => s.clone(),
+        (None, Some(Value::Number(n))) => n.to_string(),
+        // Any id will do for a dry run; it only changes the Idempotency-Key shown.
+        _ => format!("dry-run-{}", uuid::Uuid::new_v4().simple()),
+    };
+    let (prior, previous) = match &args.previous {
+        Some(path) => read_previous(path)?,
+        None => (SubjectState::default(), Previous::default()),
+    };
+    let event = Event {
+        key: format!("{}/{id}", args.provider),
+        provider: args.provider.clone(),
+        id,
+        event_type,
+        json,
+    };
+    let mut report = Report {
+        provider: event.provider.clone(),
+        event_type: event.event_type.clone(),
+        event_id: event.id.clone(),
+        subject: None,
+        version: None,
+        score: BTreeMap::new(),
+        previous,
+        outcome: "no_match",
+        note: None,
+        rules: Vec::new(),
+    };
+    let Some(spec) = config.subject_spec(&event.provider, &event.event_type) else {
+        report.outcome = "no_subject";
+        report.note = Some(format!(
+            "no [[subjects]] entry reads {}:{} events: the worker records the event as \
+             no_subject and evaluates no rule",
+            event.provider, event.event_type
+        ));
+        return Ok(report);
+    };
+    let subject = spec.read(&event.json).map_err(|reason| {
+        anyhow!("the worker would dead-letter this event, its subject is unreadable: {reason}")
+    })?;
+    report.subject = Some(subject.id.clone());
+    report.version = subject.version;
+    report.score = subject.scores.clone();
+    let score_names: BTreeSet<&str> = config
+        .subjects
+        .iter()
+        .flat_map(|s| s.scores.iter().map(|(n, _)| n.as_str()))
+        .collect();
+
+    if decide::is_stale(&prior, &subject) {
+        report.outcome = "stale";
+        report.note = Some(format!(
+            "version {} is older than the previous version {}: the worker skips the event \
+             and evaluates no rule",
+            subject.version.unwrap_or_default(),
+            prior.version.unwrap_or_default()
+        ));
+        for rule in config
+            .rules
+            .iter()
+            .filter(|r| r.applies(&event.provider, &event.event_type))
+        {
+            report.rules.push(RuleReport {
+                rule: rule.name.clone(),
+                mode: rule.mode.as_str(),
+                when: rule.when.source().to_owned(),
+                result: Verdict::Stale,
+                error: None,
+                cooldown: None,
+                values: values(rule.when.source(), &score_names, &subject, &prior),
+                actions: Vec::new(),
+            });
+        }
+        return Ok(report);
+    }
+
+    let mut acted = false;
+    let mut fired = false;
+    let mut dead_lettered = false;
+    for verdict in decide::evaluate(&config, &event, &subject, &prior, now_ms()) {
+        let rule = &config.rules[verdict.rule];
+        let mut actions = Vec::new();
+        if verdict.fires() {
+            fired = true;
+            // Shadow rules are rendered too: the point of shadow mode is to see what
+            // enforcing would do before it does it.
+            let context = decide::template_context(&config, &event, &subject, &prior, &rule.name);
+            for &index in &rule.actions {
+                let action = &config.actions[index];
+                let key = act::idempotency_key(&event.key, &rule.name, &action.name);
+                let (rendered, error) =
+                    match act::render(&config, &action.kind, &key, &event, &context) {
+                        Ok(r) => (rendered_json(&r), None),
+                        Err(e) => (Value::Null, Some(e)),
+                    };
+                if rule.mode == Mode::Enforce {
+                    acted |= error.is_none();
+                    dead_lettered |= error.is_some();
+                }
+                actions.push(ActionReport {
+                    action: action.name.clone(),
+                    kind: action.kind.as_str(),
+                    rendered,
+                    error,
+                });
+            }
+        }
+        report.rules.push(RuleReport {
+            rule: rule.name.clone(),
+            mode: rule.mode.as_str(),
+            when: rule.when.source().to_owned(),
+            result: verdict_of(&verdict),
+            error: verdict.error.clone(),
+            cooldown: verdict
+                .cooling
+                .then(|| cooldown(rule.cooldown, prior.fired_ms.get(&rule.name))),
+            values: values(rule.when.source(), &score_names, &subject, &prior),
+            actions,
+        });
+    }
+    // The labels of the worker's decision record (see worker::batch).
+    report.outcome = if dead_lettered {
+        "dead_lettered"
+    } else if acted {
+        "acted"
+    } else if fired {
+        "matched"
+    } else {
+        "no_match"
+    };
+    Ok(report)
+}
+
+fn verdict_of(v: &RuleVerdict) -> Verdict {
+    if v.error.is_some() {
+        Verdict::Error
+    } else if v.cooling {
+        Verdict::Cooldown
+    } else if v.matched {
+        Verdict::Matched
+    } else {
+        Verdict::NotMatched
+    }
+}
+
+fn cooldown(cooldown: Option<Duration>, fired_ms: Option<&i64>) -> Cooldown {
+    let span = cooldown.unwrap_or_default();
+    let span_ms = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
+    Cooldown {
+        fired_at: fired_ms.and_then(|&ms| decide::rfc3339_ms(ms)),
+        cooldown: humantime::format_duration(span).to_string(),
+        until: fired_ms.and_then(|&ms| decide::rfc3339_ms(ms.saturating_add(span_ms))),
+    }
+}
+
+/// The inputs a condition names. CEL has no public reference walker here, so this scans the
+/// source for `score.NAME`, `previous.score.NAME` and `previous.at`; a condition that names
+/// no score that way (`score["x"]`, only `event.*`) gets every score, so nothing is hidden.
+fn values(
+    source: &str,
+    names: &BTreeSet<&str>,
+    subject: &SubjectRead,
+    prior: &SubjectState,
+) -> BTreeMap<String, Value> {
+    let mut all: BTreeSet<&str> = names.clone();
+    all.extend(subject.scores.keys().map(String::as_str));
+    all.extend(prior.scores.keys().map(String::as_str));
+    let number = |v: Option<&f64>| v.map_or(Value::Null, |&f| Value::from(f));
+    let mut out = BTreeMap::new();
+    for name in &all {
+        if mentions(source, &format!("score.{name}"), true) {
+            out.insert(format!("score.{name}"), number(subject.scores.get(*name)));
+        }
+        if mentions(source, &format!("previous.score.{name}"), false) {
+            out.insert(
+                format!("previous.score.{name}"),
+                number(prior.scores.get(*name)),
+            );
+        }
+    }
+    if out.is_empty() {
+        for name in &all {
+            out.insert(format!("score.{name}"), number(subject.scores.get(*name)));
+            out.insert(
+                format!("previous.score.{name}"),
+                number(prior.scores.get(*name)),
+            );
+        }
+    }
+    if mentions(source, "previous.at", false) {
+        let at = prior.at_ms.and_then(decide::rfc3339_ms);
+        out.insert(
+            "previous.at".to_owned(),
+            at.map_or(Value::Null, Value::from),
+        );
+    }
+    out
+}
+
+/// Whether `path` occurs in `source` as a whole name; `top` requires that it not be the
+/// tail of a longer path (so `score.x` inside `previous.score.x` does not count).
+fn mentions(source: &str, path: &str, top: bool) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    source.match_indices(path).any(|(at, _)| {
+        let before = source[..at].chars().next_back();
+        let after = source[at + path.len()..].chars().next();
+        let starts = before.is_none_or(|c| !(ident(c) || top && c == '.'));
+        starts && after.is_none_or(|c| !ident(c))
+    })
+}
+
+/// A rendered action as JSON: what `--json` prints and the text report reads.
+fn rendered_json(rendered: &Rendered) -> Value {
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match rendered {
+        Rendered::Http {
+            request,
+            timeout,
+            retries,
+        } => serde_json::json!({
+            "method": request.method.as_str(),
+            "url": request.url,
+            "headers": request
+                .headers
+                .iter()
+                .map(|(n, v)| vec![n.as_str().to_owned(), lossy(v.as_bytes())])
+                .collect::<Vec<_>>(),
+            "body": request.body.as_deref().map(lossy),
+            "timeout": humantime::format_duration(*timeout).to_string(),
+            "retries": retries,
+        }),
+        Rendered::Amqp {
+            exchange,
+            routing_key,
+            body,
+            properties,
+        } => serde_json::json!({
+            "exchange": exchange.as_str(),
+            "routing_key": routing_key.as_str(),
+            "message_id": properties.message_id().as_ref().map(|m| m.as_str()),
+            "content_type": properties.content_type().as_ref().map(|m| m.as_str()),
+            "persistent": *properties.delivery_mode() == Some(2),
+            "body": lossy(body),
+        }),
+        Rendered::Exec { argv, timeout } => serde_json::json!({
+            "argv": argv,
+            "timeout": humantime::format_duration(*timeout).to_string(),
+        }),
+        Rendered::Log { message } => serde_json::json!({ "message": message }),
+    }
+}
+
+fn read_previous(path: &Path) -> anyhow::Result<(SubjectState, Previous)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: PreviousFile = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected {{\"score\": {{NAME: number}}, \"at\": RFC 3339, \"version\": \
+             integer or RFC 3339, \"fired\": {{RULE: RFC 3339}}}}, every key optional",
+            path.display()
+        )
+    })?;
+    let at_ms = file
+        .at
+        .as_deref()
+        .map(|at| rfc3339_ms(at).with_context(|| format!("{}: at", path.display())))
+        .transpose()?;
+    let version = file
+        .version
+        .as_ref()
+        .map(|v| version(v).with_context(|| format!("{}: version", path.display())))
+        .transpose()?;
+    let mut fired_ms = BTreeMap::new();
+    for (rule, at) in &file.fired {
+        let ms = rfc3339_ms(at).with_context(|| format!("{}: fired.{rule}", path.display()))?;
+        fired_ms.insert(rule.clone(), ms);
+    }
+    let state = SubjectState {
+        version,
+        scores: file.score.clone(),
+        at_ms,
+        fired_ms,
+    };
+    let shown = Previous {
+        score: file.score,
+        at: at_ms.and_then(decide::rfc3339_ms),
+        version,
+        fired: file.fired,
+    };
+    Ok((state, shown))
+}
+
+fn rfc3339_ms(text: &str) -> anyhow::Result<i64> {
+    let at = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| anyhow!("{text:?} is not RFC 3339: {e}"))?;
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| anyhow!("{text:?} is before 1970"))?
+        .as_millis();
+    i64::try_from(ms).map_err(|_| anyhow!("{text:?} is too far in the future"))
+}
+
+/// A version as the worker stores it: an integer as is, RFC 3339 as Unix nanoseconds.
+fn version(value: &Value) -> anyhow::Result<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().ok_or_else(|| anyhow!("{n} is not an integer")),
+        Value::String(s) => {
+            if let Ok(i) = s.parse::<i64>() {
+                return Ok(i);
+            }
+            let at = humantime::parse_rfc3339_weak(s)
+                .map_err(|_| anyhow!("{s:?} is neither an integer nor RFC 3339"))?;
+            let nanos = at
+                .duration_since(UNIX_EPOCH)
+                .map_err(|_| anyhow!("{s:?} is before 1970"))?
+                .as_nanos();
+            i64::try_from(nanos).map_err(|_| anyhow!("{s:?} is too far in the future"))
+        }
+        other => bail!("{other} is neither an integer nor RFC 3339"),
+    }
+}
+
+fn scores_text(scores: &BTreeMap<String, f64>) -> String {
+    if scores.is_empty() {
+        return "none".to_owned();
+    }
+    scores
+        .iter()
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::Null => "absent".to_owned(),
+        Value::String(s) => s.clone(),
+        // f64's Display prints 22, not JSON's 22.0, as scores are written in events.
+        Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()),
+        other => other.to_string(),
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "event {}/{} ({})",
+            self.provider, self.event_id, self.event_type
+        )?;
+        if let Some(subject) = &self.subject {
+            write!(f, "subject {subject}")?;
+            if let Some(v) = self.version {
+                write!(f, ", version {v}")?;
+            }
+            writeln!(f)?;
+            writeln!(f, "score: {}", scores_text(&self.score))?;
+            let p = &self.previous;
+            if p.score.is_empty() && p.at.is_none() && p.version.is_none() && p.fired.is_empty() {
+                writeln!(f, "previous: none (first sighting)")?;
+            } else {
+                write!(f, "previous: score {}", scores_text(&p.score))?;
+                if let Some(at) = &p.at {
+                    write!(f, "; at {at}")?;
+                }
+                if let Some(v) = p.version {
+                    write!(f, "; version {v}")?;
+                }
+                for (rule, at) in &p.fired {
+                    write!(f, "; {rule} fired at {at}")?;
+                }
+                writeln!(f)?;
+            }
+        }
+        writeln!(f, "decision: {} (dry run, nothing sent)", self.outcome)?;
+        if let Some(note) = &self.note {
+            writeln!(f, "{note}")?;
+        }
+        for rule in &self.rules {
+            writeln!(f)?;
+            write!(f, "rule {} ({}): {}", rule.rule, rule.mode, rule.result)?;
+            if let Some(e) = &rule.error {
+                write!(f, ": {e}")?;
+            }
+            if let Some(c) = &rule.cooldown {
+                write!(
+                    f,
+                    " (fired at {}, cooldown {}, until {})",
+                    c.fired_at.as_deref().unwrap_or("?"),
+                    c.cooldown,
+                    c.until.as_deref().unwrap_or("?")
+                )?;
+            }
+            if rule.mode == "shadow" && rule.result == Verdict::Matched {
+                write!(f, " (shadow: recorded as would_act, never sent)")?;
+            }
+            writeln!(f)?;
+            writeln!(f, "  when: {}", rule.when)?;
+            // This event's values first, then the subject's past.
+            let mut values: Vec<(&String, &Value)> = rule.values.iter().collect();
+            values.sort_by_key(|(k, _)| (k.starts_with("previous."), k.as_str()));
+            let values: Vec<String> = values
+                .into_iter()
+                .map(|(k, v)| format!("{k} = {}", value_text(v)))
+                .collect();
+            if !values.is_empty() {
+                writeln!(f, "  values: {}", values.join(", "))?;
+            }
+            for action in &rule.actions {
+                write_action(f, action)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_action(f: &mut fmt::Formatter<'_>, a: &ActionReport) -> fmt::Result {
+    let r = &a.rendered;
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    if let Some(e) = &a.error {
+        return writeln!(
+            f,
+            "  action {} ({}): cannot render, the worker would dead-letter: {e}",
+            a.action, a.kind
+        );
+    }
+    match a.kind {
+        "http" => {
+            writeln!(
+                f,
+                "  action {} (http, timeout {}, retries {}):",
+                a.action,
+                text(&r["timeout"]),
+                r["retries"]
+            )?;
+            writeln!(f, "    {} {}", text(&r["method"]), text(&r["url"]))?;
+            for pair in r["headers"].as_array().into_iter().flatten() {
+                writeln!(f, "    {}: {}", text(&pair[0]), text(&pair[1]))?;
+            }
+            if let Some(body) = r["body"].as_str() {
+                writeln!(f)?;
+                for line in body.lines() {
+                    writeln!(f, "    {line}")?;
+                }
+            }
+        }
+        "amqp" => {
+            writeln!(f, "  action {} (amqp):", a.action)?;
+            writeln!(
+                f,
+                "    publish to exchange {:?} with routing key {:?}, message id {}, persistent, {}",
+                text(&r["exchange"]),
+                text(&r["routing_key"]),
+                text(&r["message_id"]),
+                text(&r["content_type"])
+            )?;
+            writeln!(f)?;
+            for line in text(&r["body"]).lines() {
+                writeln!(f, "    {line}")?;
+            }
+        }
+        "exec" => {
+            let argv: Vec<String> = r["argv"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| format!("{:?}", a.as_str().unwrap_or_default()))
+                .collect();
+            writeln!(
+                f,
+                "  action {} (exec, timeout {}):",
+                a.action,
+                text(&r["timeout"])
+            )?;
+            writeln!(f, "    argv [{}]", argv.join(", "))?;
+        }
+        _ => {
+            writeln!(f, "  action {} (log):", a.action)?;
+            writeln!(f, "    message: {}", text(&r["message"]))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions;
+
+    #[test]
+    fn mentions_finds_whole_paths_only() {
+        let when = "score.humanity < 30.0 && previous.score.uniqueness >= 30.0";
+        assert!(mentions(when, "score.humanity", true));
+        assert!(!mentions(when, "score.uniqueness", true));
+        assert!(mentions(when, "previous.score.uniqueness", false));
+        assert!(!mentions("score.humanity2 > 1", "score.humanity", true));
+        assert!(!mentions(when, "previous.at", false));
+    }
+}

@@ -1,0 +1,453 @@
+//! The operator's worker commands as run from a shell, against the real broker, a worker
+//! running in this process and a real HTTP target: `rules test` (dry run), `decisions`,
+//! `dead-letters list` (nothing lost, order kept) and `dead-letters replay` (the worker acts
+//! on the replayed event, the dead letter goes).
+
+use std::process::Output;
+use std::time::Duration;
+
+use hookwarden::worker::state::{DecisionRecord, Store};
+
+use crate::harness::{BROKER_TIMEOUT, eventually, tempdir};
+use crate::sink::Sink;
+use crate::worker_harness::{TestWorker, WorkerHarness, dregs};
+
+const RULES: &str = r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.*"]
+subject = "/data/identity_id"
+version = "/data/scored_at"
+scores = { humanity = "/data/scores/humanity" }
+
+[[rules]]
+name = "quarantine"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 30.0"
+actions = ["quarantine"]
+
+[actions.quarantine]
+kind = "http"
+url = "{SINK}/accounts/{{ subject }}/quarantine"
+body = '{"humanity": {{ score.humanity }}}'
+retries = 0
+timeout = "2s"
+"#;
+
+fn cli() -> tokio::process::Command {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+}
+
+/// Runs `hookwarden ARGS`; a test process waiting on a child must not block the worker.
+async fn run(args: &[&str]) -> Output {
+    tokio::time::timeout(Duration::from_secs(60), cli().args(args).output())
+        .await
+        .expect("hookwarden finished in time")
+        .expect("hookwarden ran")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn explain(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Message ids of the dead letters, as `list --json` gives them, in queue order.
+async fn listed(rules: &str, limit: &str) -> Vec<String> {
+    let out = run(&[
+        "dead-letters",
+        "--rules",
+        rules,
+        "list",
+        "--json",
+        "--limit",
+        limit,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let letters: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn dead_letter(w: &TestWorker, id: &str, subject: &str, minute: u32) {
+    let at = format!("2026-11-21T10:{minute:02}:00Z");
+    w.publish("dregs", "identity.scored", id, &dregs(id, subject, &at, 22))
+        .await;
+    // The worker commits the decision after the broker confirmed the dead letter.
+    let d = w.decision("dregs", id).await;
+    assert_eq!(d.outcome, "dead_lettered", "{}", d.record);
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_without_loss_and_replayed_into_the_worker() {
+    let sink = Sink::start().await;
+    sink.fail_always(true);
+    let w = WorkerHarness::new(RULES).start(&sink.url()).await;
+    let dir = tempdir::Dir::new();
+    let file = dir.path.join("rules.toml");
+    std::fs::write(&file, &w.text).unwrap();
+    let rules = file.to_str().unwrap();
+
+    for (i, (id, subject)) in [("e1", "u1"), ("e2", "u2"), ("e3", "u3")]
+        .into_iter()
+        .enumerate()
+    {
+        dead_letter(&w, id, subject, u32::try_from(i).unwrap()).await;
+    }
+
+    // The text listing names the reason, the rule, the routing key and the provider.
+    let out = run(&["dead-letters", "--rules", rules, "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let text = stdout(&out);
+    for want in [
+        "e1  provider dregs  routing key dregs.identity.scored  age ",
+        "rule quarantine  action quarantine  error: HTTP 500",
+        "3 of 3 dead letter(s)",
+        "all left in the queue",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    // Peeking loses nothing and keeps the order, also when only some are read.
+    assert_eq!(listed(rules, "2").await, ["e1", "e2"]);
+    assert_eq!(listed(rules, "100").await, ["e1", "e2", "e3"]);
+    assert_eq!(listed(rules, "100").await, ["e1", "e2", "e3"]);
+
+    // The decision records show the failure.
+    let out = run(&["decisions", "--rules", rules, "--event", "dregs/e1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let text = stdout(&out);
+    assert!(text.contains("dregs/e1  dead_lettered"), "{text}");
+    assert!(text.contains("subject dregs/u1"), "{text}");
+    assert!(
+        text.contains("rule quarantine (enforce): matched"),
+        "{text}"
+    );
+    assert!(
+        text.contains("action quarantine: failed, 1 attempt(s)") && text.contains(": HTTP 500"),
+        "{text}"
+    );
+
+    // Unknown ids and dry runs change nothing.
+    let out = run(&["dead-letters", "--rules", rules, "replay", "--id", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert!(stdout(&out).contains("no dead letter with id \"nope\""));
+    let out = run(&[
+        "dead-letters",
+        "--rules",
+        rules,
+        "replay",
+        "--all",
+        "--dry-run",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(
+        stdout(&out).contains("would replay 3 of 3"),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(listed(rules, "100").await, ["e1", "e2", "e3"]);
+    assert!(sink.received().is_empty());
+
+    // The target recovers: replaying one event makes the worker act on it, and only it.
+    sink.fail_always(false);
+    let out = run(&["dead-letters", "--rules", rules, "replay", "--id", "e2"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(
+        stdout(&out).contains("replayed e2  provider dregs"),
+        "{}",
+        explain(&out)
+    );
+    let d = eventually_acted(&w, "e2").await;
+    assert_eq!(d.subject_key.as_deref(), Some("dregs/u2"));
+    assert_eq!(listed(rules, "100").await, ["e1", "e3"]);
+
+    // The rest, then nothing is left.
+    let out = run(&["dead-letters", "--rules", rules, "replay", "--all"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(
+        stdout(&out).contains("replayed 2 of 2"),
+        "{}",
+        explain(&out)
+    );
+    eventually_acted(&w, "e1").await;
+    eventually_acted(&w, "e3").await;
+    let mut paths: Vec<String> = sink.received().into_iter().map(|r| r.path).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/accounts/u1/quarantine",
+            "/accounts/u2/quarantine",
+            "/accounts/u3/quarantine"
+        ]
+    );
+    let out = run(&["dead-letters", "--rules", rules, "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(
+        stdout(&out).starts_with("no dead letters in "),
+        "{}",
+        explain(&out)
+    );
+    assert!(w.broker.get(&w.names.dead_letter_queue).await.is_none());
+
+    // The records now say what the replay did; by subject, with --provider, and as JSON.
+    let out = run(&[
+        "decisions",
+        "--rules",
+        rules,
+        "--provider",
+        "dregs",
+        "--subject",
+        "u1",
+        "--json",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(records[0]["event"], "dregs/e1");
+    assert_eq!(records[0]["outcome"], "acted");
+    assert_eq!(
+        records[0]["record"]["rules"][0]["actions"][0]["outcome"],
+        "ok"
+    );
+    let out = run(&["decisions", "--rules", rules, "--subject", "dregs/nobody"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(stdout(&out), "no decisions\n");
+    // No provider part: a usage error.
+    let out = run(&["decisions", "--rules", rules, "--event", "e1"]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
+}
+
+async fn eventually_acted(w: &TestWorker, id: &str) -> DecisionRecord {
+    let key = format!("dregs/{id}");
+    eventually(&format!("{key} acted"), BROKER_TIMEOUT, || {
+        let outcome = w
+            .store
+            .decisions(Some(&key), None, 1)
+            .unwrap()
+            .into_iter()
+            .next()
+            .map(|d| d.outcome);
+        async move { outcome.as_deref() == Some("acted") }
+    })
+    .await;
+    w.decision("dregs", id).await
+}
+
+#[tokio::test]
+async fn dead_letters_need_a_reachable_broker_and_a_valid_rules_file() {
+    let dir = tempdir::Dir::new();
+    let file = dir.path.join("rules.toml");
+    std::fs::write(&file, "[amqp]\nurl = \"amqp://127.0.0.1:1/%2f\"\n").unwrap();
+    let out = run(&["dead-letters", "--rules", file.to_str().unwrap(), "list"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot connect to amqp://127.0.0.1:1"),
+        "{}",
+        explain(&out)
+    );
+    std::fs::write(&file, "[amqp]\nnope = 1\n").unwrap();
+    let out = run(&["dead-letters", "list", "--rules", file.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
+}
+
+const DEPLOY_RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules.toml");
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/dregs-identity-scored.json"
+);
+
+#[tokio::test]
+async fn rules_test_shows_what_the_shipped_rules_decide_and_would_send() {
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        DEPLOY_RULES,
+        "--provider",
+        "dregs",
+        EXAMPLE,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let text = stdout(&out);
+    let key = hookwarden::worker::act::idempotency_key(
+        "dregs/evt_01JD8Q6W3M4X9T2R7K5N0P1Q8S",
+        "quarantine-low-humanity",
+        "quarantine",
+    );
+    for want in [
+        "subject usr_48213",
+        "decision: acted (dry run, nothing sent)",
+        "rule quarantine-low-humanity (enforce): matched",
+        "values: score.humanity = 22, previous.score.humanity = absent",
+        "POST http://127.0.0.1:8089/accounts/usr_48213/quarantine",
+        &format!("idempotency-key: {key}"),
+        r#"{"rule": "quarantine-low-humanity", "humanity": 22, "event_id": "evt_01JD8Q6W3M4X9T2R7K5N0P1Q8S"}"#,
+        "rule review-sharp-drop (enforce): not matched",
+        "rule throttle-suspicious (shadow): matched",
+        r#"argv ["/bin/echo", "throttle", "usr_48213"]"#,
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+
+    // Already below 30 before: no crossing, so no quarantine; the drop rule does not fire
+    // either (22 is above 20).
+    let dir = tempdir::Dir::new();
+    let previous = dir.path.join("previous.json");
+    std::fs::write(
+        &previous,
+        r#"{"score": {"humanity": 20}, "at": "2026-11-21T14:00:00Z", "version": 1412}"#,
+    )
+    .unwrap();
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        DEPLOY_RULES,
+        "--provider",
+        "dregs",
+        "--previous",
+        previous.to_str().unwrap(),
+        "--json",
+        EXAMPLE,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let quarantine = report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "quarantine-low-humanity")
+        .unwrap();
+    assert_eq!(quarantine["result"], "not_matched", "{report:#}");
+    assert_eq!(quarantine["values"]["previous.score.humanity"], 20.0);
+    assert_eq!(quarantine["actions"], serde_json::json!([]));
+    assert_eq!(report["outcome"], "matched", "only the shadow rule fires");
+
+    // A version newer than the event's: stale, nothing evaluated.
+    std::fs::write(&previous, r#"{"version": "2027-01-01T00:00:00Z"}"#).unwrap();
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        DEPLOY_RULES,
+        "--provider",
+        "dregs",
+        "--previous",
+        previous.to_str().unwrap(),
+        EXAMPLE,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(
+        stdout(&out).contains("rule quarantine-low-humanity (enforce): stale"),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[tokio::test]
+async fn rules_test_exit_status_says_errors_and_bad_input_apart() {
+    let dir = tempdir::Dir::new();
+    let rules = dir.path.join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.*"]
+subject = "/data/identity_id"
+scores = { humanity = "/data/scores/humanity" }
+
+[[rules]]
+name = "broken"
+events = ["dregs:*"]
+when = "event.data.missing.deeper > 1"
+actions = ["note"]
+
+[actions.note]
+kind = "log"
+"#,
+    )
+    .unwrap();
+    let rules = rules.to_str().unwrap();
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        rules,
+        "--provider",
+        "dregs",
+        EXAMPLE,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert!(
+        stdout(&out).contains("rule broken (enforce): error: "),
+        "{}",
+        explain(&out)
+    );
+    // No type in the event and no --type.
+    let event = dir.path.join("e.json");
+    std::fs::write(&event, r#"{"data": {"identity_id": "u1"}}"#).unwrap();
+    let event = event.to_str().unwrap();
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        rules,
+        "--provider",
+        "dregs",
+        event,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --type"));
+    // With --type it runs; an unknown provider is the worker's no_subject, not an error.
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        rules,
+        "--provider",
+        "other",
+        "--type",
+        "identity.scored",
+        event,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(stdout(&out).contains("decision: no_subject"));
+    // A --previous with a misspelt key is refused rather than ignored.
+    let previous = dir.path.join("p.json");
+    std::fs::write(&previous, r#"{"scores": {"humanity": 20}}"#).unwrap();
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        rules,
+        "--provider",
+        "dregs",
+        "--previous",
+        previous.to_str().unwrap(),
+        EXAMPLE,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `scores`"));
+}

@@ -1,0 +1,143 @@
+//! The daemons under systemd's protocols, without systemd as PID 1: the unit files pass
+//! `systemd-analyze verify` with the real binaries, and a listener started by
+//! `systemd-socket-activate` with `NOTIFY_SOCKET` set serves on the passed socket and reports
+//! READY=1, WATCHDOG=1 and STOPPING=1. Prerequisite: systemd's tools on PATH (Debian's systemd).
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Broker, Harness, event, free_addr, tempdir};
+
+fn units_with_real_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for name in [
+        "hookwarden-listener.socket",
+        "hookwarden-listener.service",
+        "hookwarden-worker.service",
+    ] {
+        let text =
+            std::fs::read_to_string(format!("{}/systemd/{name}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+        let text = text
+            .replace(
+                "/usr/bin/hookwarden-listener",
+                env!("CARGO_BIN_EXE_hookwarden-listener"),
+            )
+            .replace(
+                "/usr/bin/hookwarden-worker",
+                env!("CARGO_BIN_EXE_hookwarden-worker"),
+            );
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        out.push(path);
+    }
+    out
+}
+
+#[test]
+fn the_unit_files_verify() {
+    let dir = tempdir::Dir::new();
+    let units = units_with_real_paths(&dir.path);
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("--man=no")
+        .args(&units)
+        .output()
+        .expect("systemd-analyze on PATH");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
+    let harness = Harness::new();
+    let (public, admin) = (free_addr(), free_addr());
+    // The config names another port: the listener must use the socket it is given.
+    let (dir, path, names) = harness.write_config(free_addr(), admin);
+    let notify_path = dir.path.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let log = std::fs::File::create(dir.path.join("listener.log")).unwrap();
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(public.to_string())
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("-E")
+        .arg("WATCHDOG_USEC=400000")
+        .arg(env!("CARGO_BIN_EXE_hookwarden-listener"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("systemd-socket-activate on PATH");
+
+    // systemd-socket-activate binds, then spawns the listener on the first connection.
+    crate::harness::eventually("socket bound", Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(public).await.is_ok()
+    })
+    .await;
+    // READY=1 comes once it serves and the broker is connected; then a 200 is due.
+    let mut seen = String::new();
+    let mut wait_for = |what: &str, seen: &mut String| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && !seen.contains(what) {
+            let mut buf = [0u8; 512];
+            if let Ok(n) = notify.recv(&mut buf) {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                seen.push('\n');
+            }
+        }
+        assert!(
+            seen.contains(what),
+            "no {what} among notifications: {seen:?}"
+        );
+    };
+    wait_for("READY=1", &mut seen);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let signer =
+        hookwarden::config::listener::ListenerConfig::parse("t.toml", &text, &Default::default())
+            .unwrap();
+    let p = signer.provider("dregs").unwrap();
+    let body = event("evt_socket");
+    let headers = p
+        .scheme
+        .sign(
+            &p.keys[0],
+            body.as_bytes(),
+            std::time::SystemTime::now(),
+            "id",
+        )
+        .unwrap();
+    let url = format!("http://{public}/hooks/dregs");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        hookwarden::cli::http_client::post(&url, &headers, bytes::Bytes::from(body)),
+    )
+    .await
+    .expect("answered in time")
+    .expect("served on the passed socket");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    wait_for("WATCHDOG=1", &mut seen);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    wait_for("STOPPING=1", &mut seen);
+    let broker = Broker::connect().await;
+    assert_eq!(broker.drain_ids(&names.queue).await, vec!["evt_socket"]);
+}
