@@ -86,7 +86,7 @@ async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
     .await;
     // READY=1 comes once it serves and the broker is connected; then a 200 is due.
     let mut seen = String::new();
-    let mut wait_for = |what: &str, seen: &mut String| {
+    let wait_for = |what: &str, seen: &mut String| {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline && !seen.contains(what) {
             let mut buf = [0u8; 512];
