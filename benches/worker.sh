@@ -15,6 +15,8 @@ dir="$(mktemp -d)"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # cargo runs the sink as a child of its own: stop it by its arguments.
+  pkill -f "sink --port 18089" 2>/dev/null || true
   for q in "$tag.events" "$tag.dead" "$tag.review" "$tag.raw.events" "$tag.raw.dead"; do
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
