@@ -11,20 +11,52 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = config::process_env();
     match cli.command {
-        Command::Check { config: path } => {
-            let result = config::read_file(&path)
+        Command::Check {
+            config: path,
+            rules,
+        } => {
+            let mut ok = true;
+            let listener = config::read_file(&path)
                 .and_then(|text| ListenerConfig::parse(&path.display().to_string(), &text, &env));
-            match result {
+            match listener {
                 Ok(config) => {
                     print!("{}", config.summary());
                     println!("{}: ok", path.display());
-                    ExitCode::SUCCESS
                 }
                 Err(err) => {
                     eprintln!("{err}");
-                    ExitCode::from(exit::FAILED)
+                    ok = false;
                 }
             }
+            if let Some(rules) = rules {
+                let worker = config::read_file(&rules).and_then(|text| {
+                    hookwarden::config::worker::WorkerConfig::parse(
+                        &rules.display().to_string(),
+                        &text,
+                        &env,
+                    )
+                });
+                match worker {
+                    Ok(config) => {
+                        print!("{}", config.summary());
+                        println!("{}: ok", rules.display());
+                    }
+                    Err(err) => {
+                        eprintln!("{err}");
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::FAILED)
+            }
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "hookwarden", &mut std::io::stdout());
+            ExitCode::SUCCESS
         }
         Command::Sign { signer, event } => {
             let run = || -> anyhow::Result<()> {

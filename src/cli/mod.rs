@@ -24,12 +24,25 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand)]
 pub enum Command {
-    /// Validate a listener config and print a summary (exit 0 valid, 1 invalid).
-    #[command(after_help = "Example: hookwarden check --config listener.toml")]
+    /// Validate a listener config (and a rules file) and print a summary (exit 0 valid, 1 invalid).
+    #[command(
+        after_help = "Example: hookwarden check --config listener.toml --rules deploy/rules.toml"
+    )]
     Check {
         /// Listener config file.
         #[arg(long, default_value = "/etc/hookwarden/listener.toml")]
         config: PathBuf,
+        /// Worker rules file, checked too when given (one report for both).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Example: hookwarden completions bash > /etc/bash_completion.d/hookwarden"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Print the headers a provider would send with EVENT signed (one `Name: value` per line).
     #[command(

@@ -205,3 +205,55 @@ fn send_to_a_closed_port_fails_with_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
+
+#[test]
+fn the_worker_checks_the_shipped_rules_and_check_reports_both_files_at_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules.toml"),
+            "--check",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = crate::harness::tempdir::Dir::new();
+    let bad_listener = dir.path.join("l.toml");
+    std::fs::write(&bad_listener, "[server]\nmax_body = \"lots\"\n[[providers]]\nname = \"g\"\nscheme = \"github\"\nsecrets = [\"s\"]\n").unwrap();
+    let bad_rules = dir.path.join("r.toml");
+    std::fs::write(
+        &bad_rules,
+        "[[rules]]\nname = \"x\"\nevents = [\"p:t\"]\nwhen = \"scor > 1\"\nactions = []\n",
+    )
+    .unwrap();
+    let out = cli_bin()
+        .args([
+            "check",
+            "--config",
+            bad_listener.to_str().unwrap(),
+            "--rules",
+            bad_rules.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("l.toml:2: server.max_body"), "{err}");
+    assert!(
+        err.contains("r.toml:4: rules[0].when: undeclared reference 'scor'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_are_generated() {
+    let out = cli_bin().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("_hookwarden()"), "{script}");
+    assert!(script.contains("dead-letters"));
+}

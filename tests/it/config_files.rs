@@ -168,3 +168,95 @@ secrets = ["whsec_not base64!"]
         "secret leaked: {err}"
     );
 }
+
+#[test]
+fn the_shipped_rules_file_is_valid() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules.toml")).unwrap();
+    let config =
+        hookwarden::config::worker::WorkerConfig::parse("rules.toml", &text, &HashMap::new())
+            .unwrap();
+    let names: Vec<_> = config.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "quarantine-low-humanity",
+            "review-sharp-drop",
+            "throttle-suspicious",
+            "merchant-caution"
+        ]
+    );
+}
+
+/// Operators who load deploy/rabbitmq-definitions.json must get exactly what the daemons
+/// declare, or the daemons' declarations fail with 406.
+#[test]
+fn the_broker_definitions_match_the_declared_topology() {
+    use hookwarden::broker::topology::{Topology, events_queue_arguments};
+    use lapin::types::AMQPValue;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/rabbitmq-definitions.json"
+    ))
+    .unwrap();
+    let defs: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let amqp = hookwarden::config::amqp::AmqpConfig::default();
+    let topology = Topology::for_worker(&amqp);
+    let queue = |name: &str| {
+        defs["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("queue {name} missing"))
+            .clone()
+    };
+    let events = queue(&topology.queue);
+    let mut expected = serde_json::Map::new();
+    for (k, v) in events_queue_arguments(&topology).inner() {
+        let v = match v {
+            AMQPValue::LongString(s) => {
+                serde_json::Value::from(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            AMQPValue::LongLongInt(n) => serde_json::Value::from(*n),
+            other => panic!("unexpected argument type {other:?}"),
+        };
+        expected.insert(k.to_string(), v);
+    }
+    assert_eq!(events["arguments"], serde_json::Value::Object(expected));
+    assert_eq!(events["durable"], true);
+    for name in [
+        &topology.dead_letter_queue,
+        topology.review_queue.as_ref().unwrap(),
+    ] {
+        assert_eq!(
+            queue(name)["arguments"],
+            serde_json::json!({"x-queue-type": "quorum"})
+        );
+    }
+    let exchange = |name: &str| {
+        defs["exchanges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(exchange(&topology.exchange)["type"], "topic");
+    assert_eq!(exchange(&topology.dead_letter_exchange)["type"], "fanout");
+    let bindings = defs["bindings"].as_array().unwrap();
+    assert!(
+        bindings
+            .iter()
+            .any(|b| b["source"] == topology.exchange.as_str()
+                && b["destination"] == topology.queue.as_str()
+                && b["routing_key"] == "#")
+    );
+    assert!(
+        bindings
+            .iter()
+            .any(|b| b["source"] == topology.dead_letter_exchange.as_str()
+                && b["destination"] == topology.dead_letter_queue.as_str())
+    );
+}
