@@ -12,6 +12,7 @@ mod cli_worker;
 mod config_files;
 mod handoff;
 mod http_answers;
+mod readme;
 mod schemes;
 mod systemd;
 mod worker;
