@@ -103,6 +103,11 @@ pub struct ListenerMetrics {
     duplicates: Family<ProviderLabels, Counter>,
     handoff_failures: Family<ReasonLabels, Counter>,
     handoff_seconds: Histogram,
+    spooled: Counter,
+    spool_drained: Counter,
+    spool_depth: Gauge,
+    spool_bytes: Gauge,
+    spool_oldest_age: Gauge,
     /// Shared with the publisher.
     pub broker: BrokerMetrics,
 }
@@ -150,6 +155,36 @@ impl ListenerMetrics {
             "Time from publish to broker confirm",
             handoff_seconds.clone(),
         );
+        let spooled = Counter::default();
+        registry.register(
+            "spooled",
+            "Events written to the spool because the broker could not take them",
+            spooled.clone(),
+        );
+        let spool_drained = Counter::default();
+        registry.register(
+            "spool_drained",
+            "Spooled events forwarded to the broker and deleted",
+            spool_drained.clone(),
+        );
+        let spool_depth = Gauge::default();
+        registry.register(
+            "spool_depth",
+            "Events waiting in the spool",
+            spool_depth.clone(),
+        );
+        let spool_bytes = Gauge::default();
+        registry.register(
+            "spool_bytes",
+            "Body bytes waiting in the spool",
+            spool_bytes.clone(),
+        );
+        let spool_oldest_age = Gauge::default();
+        registry.register(
+            "spool_oldest_age_seconds",
+            "Age of the oldest event waiting in the spool",
+            spool_oldest_age.clone(),
+        );
         let broker = BrokerMetrics::default();
         registry.register(
             "broker_connected",
@@ -173,8 +208,34 @@ impl ListenerMetrics {
             duplicates,
             handoff_failures,
             handoff_seconds,
+            spooled,
+            spool_drained,
+            spool_depth,
+            spool_bytes,
+            spool_oldest_age,
             broker,
         }
+    }
+
+    /// An event written to the spool instead of the broker.
+    pub fn spooled(&self, provider: &str, reason: &dyn std::fmt::Display) {
+        self.spooled.inc();
+        tracing::info!(provider, reason = %reason, "event spooled");
+    }
+
+    /// Spooled events forwarded.
+    pub fn spool_drained(&self, n: usize) {
+        self.spool_drained.inc_by(n as u64);
+        tracing::info!(forwarded = n, "spooled events forwarded to the broker");
+    }
+
+    /// The spool's size now.
+    pub fn spool_state(&self, depth: u64, bytes: u64, oldest_age_secs: i64) {
+        self.spool_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.spool_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.spool_oldest_age.set(oldest_age_secs);
     }
 
     /// The Prometheus text exposition.

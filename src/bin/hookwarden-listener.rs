@@ -94,7 +94,7 @@ async fn run(
         .with_context(|| format!("binding server.admin_listen {}", config.server.admin_listen))?;
     tracing::info!(listen = %public.local_addr()?, admin = %admin.local_addr()?, "listener started");
     let shutdown = CancellationToken::new();
-    let running = hookwarden::listener::start(config, public, admin, shutdown.clone());
+    let running = hookwarden::listener::start(config, public, admin, shutdown.clone())?;
     let _watchdog = hookwarden::systemd::spawn_watchdog();
     let publisher = running.publisher.clone();
     tokio::spawn(async move {

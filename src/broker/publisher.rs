@@ -207,17 +207,77 @@ pub async fn publish_confirmed(
         confirm.await.map_err(PublishError::ChannelClosed)
     })
     .await;
-    match outcome {
-        Err(_) => Err(PublishError::ConfirmTimeout),
-        Ok(Err(err)) => Err(err),
+    judge(outcome.unwrap_or(Err(PublishError::ConfirmTimeout)))
+}
+
+/// The verdict on one confirm: only a plain ack is success.
+fn judge(confirmation: Result<Confirmation, PublishError>) -> Result<(), PublishError> {
+    match confirmation {
+        Err(err) => Err(err),
         // lapin reports a returned message as an ack carrying it: that is a failure.
-        Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Returned {
+        Ok(Confirmation::Ack(Some(returned))) => Err(PublishError::Returned {
             code: returned.reply_code,
             text: returned.reply_text.to_string(),
         }),
-        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nack),
-        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::NotConfirmed),
+        Ok(Confirmation::Ack(None)) => Ok(()),
+        Ok(Confirmation::Nack(_)) => Err(PublishError::Nack),
+        Ok(Confirmation::NotRequested) => Err(PublishError::NotConfirmed),
+    }
+}
+
+impl Publisher {
+    /// Publishes `envelopes` in this order on one channel (so the broker keeps their order),
+    /// all in flight at once, and waits for every confirm within `timeout`.
+    pub async fn publish_in_order(
+        &self,
+        envelopes: &[&Envelope],
+        timeout: Duration,
+    ) -> Vec<Result<(), PublishError>> {
+        let link = match self.inner.link.read().ok().and_then(|l| l.clone()) {
+            Some(link) => link,
+            None => {
+                return envelopes
+                    .iter()
+                    .map(|_| Err(PublishError::NotConnected))
+                    .collect();
+            }
+        };
+        let channel = &link.channels[0];
+        let _in_flight = self.inner.metrics.in_flight_guard();
+        let mut confirms = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let sent = channel
+                .basic_publish(
+                    self.inner.exchange.clone(),
+                    envelope.routing_key.clone(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &envelope.body,
+                    envelope.properties(),
+                )
+                .await
+                .map_err(PublishError::ChannelClosed);
+            confirms.push(sent);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let results = futures_util::future::join_all(confirms.into_iter().map(|sent| async move {
+            let confirm = sent?;
+            match tokio::time::timeout_at(deadline, confirm).await {
+                Err(_) => Err(PublishError::ConfirmTimeout),
+                Ok(c) => judge(c.map_err(PublishError::ChannelClosed)),
+            }
+        }))
+        .await;
+        if results
+            .iter()
+            .any(|r| matches!(r, Err(PublishError::ChannelClosed(_))))
+            || !channel.status().connected()
+        {
+            self.inner.broken.notify_one();
+        }
+        results
     }
 }
 

@@ -29,6 +29,8 @@ pub struct ListenerConfig {
     pub dedupe: DedupeConfig,
     /// `[log]`: level and format.
     pub log: LogConfig,
+    /// `[spool]`: where events wait while the broker cannot take them.
+    pub spool: SpoolConfig,
     /// `[[providers]]`, in file order; names are unique.
     pub providers: Vec<Provider>,
 }
@@ -109,6 +111,25 @@ fn default_ttl() -> Duration {
 
 /// Bytes of memory one remembered id costs in the cache (measured; see traps.md).
 pub const DEDUPE_BYTES_PER_ENTRY: u64 = 350;
+
+/// `[spool]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// SQLite file events are written to (fsync'd) when the broker cannot take them; absent:
+    /// no spool, and such events are answered 503.
+    pub path: Option<std::path::PathBuf>,
+    /// Most body bytes waiting; beyond it events are answered 503.
+    #[serde(
+        default = "default_spool_bytes",
+        deserialize_with = "super::units::size"
+    )]
+    pub max_bytes: u64,
+}
+
+fn default_spool_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
 
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -203,11 +224,12 @@ impl ListenerConfig {
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
         let mut doc = Document::parse(file, text, env)?;
-        doc.reject_unknown_sections(&["server", "amqp", "dedupe", "log", "providers"]);
+        doc.reject_unknown_sections(&["server", "amqp", "dedupe", "log", "spool", "providers"]);
         let server: Option<ServerConfig> = doc.section("server");
         let amqp: Option<AmqpConfig> = doc.section("amqp");
         let dedupe: Option<DedupeConfig> = doc.section("dedupe");
         let log: Option<LogConfig> = doc.section("log");
+        let spool: Option<SpoolConfig> = doc.section("spool");
         let raw_providers: Vec<Option<RawProvider>> = doc.list("providers");
 
         let server = server.map(|mut s| {
@@ -270,14 +292,17 @@ impl ListenerConfig {
         }
 
         doc.finish()?;
-        match (server, amqp, dedupe, log) {
-            (Some(server), Some(amqp), Some(dedupe), Some(log)) => Ok(ListenerConfig {
-                server,
-                amqp,
-                dedupe,
-                log,
-                providers,
-            }),
+        match (server, amqp, dedupe, log, spool) {
+            (Some(server), Some(amqp), Some(dedupe), Some(log), Some(spool)) => {
+                Ok(ListenerConfig {
+                    server,
+                    amqp,
+                    dedupe,
+                    log,
+                    spool,
+                    providers,
+                })
+            }
             // Every `None` above recorded a problem, so `finish` returned early.
             _ => unreachable_config(file),
         }
@@ -304,6 +329,14 @@ impl ListenerConfig {
             self.amqp.exchange,
             self.amqp.queue
         ));
+        match &self.spool.path {
+            Some(path) => out.push_str(&format!(
+                "spool {} (up to {} MiB) while the broker cannot take events\n",
+                path.display(),
+                self.spool.max_bytes / (1024 * 1024)
+            )),
+            None => out.push_str("no spool: events the broker cannot take are answered 503\n"),
+        }
         out.push_str(&format!(
             "dedupe: {} ids for {} (bounds the cache at about {} MiB)\n",
             self.dedupe.capacity,

@@ -21,26 +21,74 @@ use crate::listener::client_ip::{client_ip, is_in};
 use crate::listener::dedupe::{Admission, Dedupe};
 use crate::listener::error::{RequestError, json_response};
 use crate::listener::extract::extract;
+use crate::listener::spool::{Spool, SpoolError};
 use crate::telemetry::ListenerMetrics;
 
 /// Takes a verified event somewhere durable; `Ok` only once it is safe there.
 pub trait Handoff: Clone + Send + Sync + 'static {
     /// Hands `envelope` off.
-    fn handoff(&self, envelope: Envelope) -> impl Future<Output = Result<(), PublishError>> + Send;
+    fn handoff(&self, envelope: Envelope) -> impl Future<Output = Result<(), HandoffError>> + Send;
 }
 
-/// The broker handoff: publish and wait for the confirm, at most `timeout`.
+/// Why an event could not be handed off (answered 503).
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    /// The broker did not take it (and there is no spool).
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// Neither the broker nor the spool could take it.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl HandoffError {
+    /// Stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Publish(err) => err.reason(),
+            Self::Spool(SpoolError::Full) => "spool_full",
+            Self::Spool(SpoolError::Io(_)) => "spool_unwritable",
+        }
+    }
+}
+
+/// The handoff: publish and wait for the confirm (at most `timeout`); when the broker is
+/// unreachable or slow, or events are already waiting in the spool (so order is kept), write
+/// to the spool instead.
 #[derive(Clone)]
 pub struct BrokerHandoff {
     /// The shared publisher.
     pub publisher: Publisher,
     /// `server.handoff_timeout`.
     pub timeout: std::time::Duration,
+    /// The spool, when configured.
+    pub spool: Option<Spool>,
+    /// For the spool's counters.
+    pub metrics: Arc<ListenerMetrics>,
 }
 
 impl Handoff for BrokerHandoff {
-    async fn handoff(&self, envelope: Envelope) -> Result<(), PublishError> {
-        self.publisher.publish(&envelope, self.timeout).await
+    async fn handoff(&self, envelope: Envelope) -> Result<(), HandoffError> {
+        let Some(spool) = &self.spool else {
+            return Ok(self.publisher.publish(&envelope, self.timeout).await?);
+        };
+        let reason = if spool.depth() > 0 {
+            // Older events wait in the spool: queue behind them, not ahead.
+            "older events are waiting in the spool".to_owned()
+        } else if !self.publisher.is_connected() {
+            PublishError::NotConnected.to_string()
+        } else {
+            match self.publisher.publish(&envelope, self.timeout).await {
+                Ok(()) => return Ok(()),
+                // Unroutable is a topology problem the spool cannot fix: say so now.
+                Err(err @ PublishError::Returned { .. }) => return Err(err.into()),
+                Err(err) => err.to_string(),
+            }
+        };
+        let provider = envelope.provider.to_string();
+        spool.put(envelope).await?;
+        self.metrics.spooled(&provider, &reason);
+        Ok(())
     }
 }
 

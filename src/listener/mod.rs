@@ -8,8 +8,10 @@ pub mod client_ip;
 pub mod dedupe;
 pub mod error;
 pub mod extract;
+pub mod forwarder;
 pub mod handler;
 pub mod server;
+pub mod spool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,12 +37,14 @@ pub struct Running {
 
 struct AdminStatus {
     publisher: Publisher,
+    spool: Option<spool::Spool>,
     metrics: Arc<ListenerMetrics>,
 }
 
 impl admin::Status for AdminStatus {
     fn ready(&self) -> bool {
-        self.publisher.is_connected()
+        // Events are accepted durably while either the broker or the spool takes them.
+        self.publisher.is_connected() || self.spool.as_ref().is_some_and(spool::Spool::accepting)
     }
     fn metrics(&self) -> String {
         self.metrics.encode()
@@ -53,12 +57,15 @@ const BROKER_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Starts the listener on already bound sockets; it runs until `shutdown` is cancelled,
 /// then stops accepting, finishes in-flight requests (bounded), closes the broker
 /// connection, and completes `done`.
+///
+/// # Errors
+/// The spool cannot be opened.
 pub fn start(
     config: ListenerConfig,
     public: TcpListener,
     admin: TcpListener,
     shutdown: CancellationToken,
-) -> Running {
+) -> Result<Running, spool::SpoolError> {
     let config = Arc::new(config);
     let metrics = Arc::new(ListenerMetrics::new());
     // The broker outlives the HTTP server: in-flight requests still need their confirms.
@@ -69,13 +76,36 @@ pub fn start(
         metrics.broker.clone(),
         broker_shutdown.clone(),
     );
+    let spool = match &config.spool.path {
+        Some(path) => Some(spool::Spool::open(path, config.spool.max_bytes).map_err(
+            |e| match e {
+                spool::SpoolError::Io(reason) => {
+                    spool::SpoolError::Io(format!("opening spool {}: {reason}", path.display()))
+                }
+                other => other,
+            },
+        )?),
+        None => None,
+    };
+    let forwarding = spool.clone().map(|s| {
+        tokio::spawn(forwarder::run(
+            s,
+            publisher.clone(),
+            config.server.handoff_timeout,
+            metrics.clone(),
+            broker_shutdown.clone(),
+        ))
+    });
     let handoff = BrokerHandoff {
         publisher: publisher.clone(),
         timeout: config.server.handoff_timeout,
+        spool: spool.clone(),
+        metrics: metrics.clone(),
     };
     let handler = Arc::new(Handler::new(config.clone(), handoff, metrics.clone()));
     let status = Arc::new(AdminStatus {
         publisher: publisher.clone(),
+        spool,
         metrics,
     });
     let admin_shutdown = CancellationToken::new();
@@ -88,6 +118,10 @@ pub fn start(
     let done = tokio::spawn(async move {
         let _ = serving.await;
         broker_shutdown.cancel();
+        if let Some(f) = forwarding {
+            // What is left in the spool is forwarded by the next start.
+            let _ = f.await;
+        }
         if tokio::time::timeout(BROKER_CLOSE_GRACE, supervisor)
             .await
             .is_err()
@@ -98,9 +132,9 @@ pub fn start(
         let _ = admin_task.await;
         tracing::info!("listener stopped");
     });
-    Running {
+    Ok(Running {
         publisher,
         handler,
         done,
-    }
+    })
 }

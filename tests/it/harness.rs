@@ -62,6 +62,19 @@ impl Names {
     }
 }
 
+impl Names {
+    /// The same names (deleted again when this copy drops: deleting twice is harmless).
+    pub fn clone_names(&self) -> Names {
+        Names {
+            exchange: self.exchange.clone(),
+            queue: self.queue.clone(),
+            dead_letter_exchange: self.dead_letter_exchange.clone(),
+            dead_letter_queue: self.dead_letter_queue.clone(),
+            review_queue: self.review_queue.clone(),
+        }
+    }
+}
+
 impl Drop for Names {
     fn drop(&mut self) {
         let queues = [
@@ -108,6 +121,7 @@ impl Drop for Names {
 
 /// Builds a listener config for one test.
 pub struct Harness {
+    spool: Option<String>,
     providers: Vec<String>,
     server: Vec<(String, String)>,
     amqp: Vec<(String, String)>,
@@ -123,6 +137,7 @@ impl Default for Harness {
 impl Harness {
     pub fn new() -> Self {
         Self {
+            spool: None,
             providers: Vec::new(),
             server: Vec::new(),
             amqp: Vec::new(),
@@ -139,6 +154,12 @@ impl Harness {
     /// Sets a `[server]` key; `value` is a TOML literal (`"2s"`, `1024`).
     pub fn server(mut self, key: &str, value: &str) -> Self {
         self.server.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Enables the spool at `path` (any `[spool]` keys after it as TOML lines).
+    pub fn spool(mut self, path: &std::path::Path, extra: &str) -> Self {
+        self.spool = Some(format!("[spool]\npath = \"{}\"\n{extra}\n", path.display()));
         self
     }
 
@@ -166,6 +187,9 @@ impl Harness {
         for (k, v) in &self.amqp {
             text.push_str(&format!("{k} = {v}\n"));
         }
+        if let Some(spool) = &self.spool {
+            text.push_str(spool);
+        }
         let providers = if self.providers.is_empty() {
             vec![DREGS.to_owned()]
         } else {
@@ -182,7 +206,11 @@ impl Harness {
     /// Starts the listener in this process on ephemeral ports, and waits for the broker
     /// (unless the config points at an unreachable one).
     pub async fn start(self) -> TestListener {
-        let names = Names::new();
+        self.start_with_names(Names::new()).await
+    }
+
+    /// Starts on the topology of an earlier listener (a restart).
+    pub async fn start_with_names(self, names: Names) -> TestListener {
         let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (public_addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -190,7 +218,7 @@ impl Harness {
         let config = ListenerConfig::parse("test.toml", &text, &self.env).unwrap();
         let signers = ListenerConfig::parse("test.toml", &text, &self.env).unwrap();
         let shutdown = CancellationToken::new();
-        let running = hookwarden::listener::start(config, public, admin, shutdown.clone());
+        let running = hookwarden::listener::start(config, public, admin, shutdown.clone()).unwrap();
         let expect_broker = !self.amqp.iter().any(|(k, _)| k == "url");
         if expect_broker {
             assert!(
@@ -481,5 +509,71 @@ pub async fn eventually_get(broker: &Broker, queue: &str) -> BasicGetMessage {
             "nothing arrived on {queue}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP proxy in front of the broker that a test can cut (closing every connection and
+/// refusing new ones) and restore.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (u, c, target) = (up.clone(), connections.clone(), target.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !u.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused in effect
+                }
+                let target = target.clone();
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                c.lock().unwrap().push(handle);
+            }
+        });
+        Self {
+            addr,
+            up,
+            connections,
+            task,
+        }
+    }
+
+    /// The broker URL through this proxy.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for h in self.connections.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.down();
     }
 }

@@ -14,5 +14,6 @@ mod handoff;
 mod http_answers;
 mod readme;
 mod schemes;
+mod spool;
 mod systemd;
 mod worker;

@@ -1,0 +1,386 @@
+//! The listener's durable spool: when the broker cannot take an event now, it is written
+//! here (SQLite, fsync'd with group commit: one fsync per burst, not per request) and
+//! answered 200; [`crate::listener::forwarder`] drains it to RabbitMQ in arrival order.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{Connection, params};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::envelope::Envelope;
+
+/// Why the spool could not take an event.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    /// `max_bytes` reached.
+    #[error("the spool is full")]
+    Full,
+    /// The disk or database failed.
+    #[error("the spool cannot be written: {0}")]
+    Io(String),
+}
+
+impl From<rusqlite::Error> for SpoolError {
+    fn from(err: rusqlite::Error) -> Self {
+        Self::Io(err.to_string())
+    }
+}
+
+/// One spooled event and its place in line.
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    /// Arrival order.
+    pub seq: i64,
+    /// The event.
+    pub envelope: Envelope,
+}
+
+struct Pending {
+    envelope: Envelope,
+    done: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+struct Inner {
+    db: Mutex<Connection>,
+    writer: mpsc::Sender<Pending>,
+    max_bytes: u64,
+    depth: AtomicU64,
+    bytes: AtomicU64,
+    /// Wakes the forwarder when something was spooled.
+    added: Notify,
+    /// An event was refused for lack of room since the spool last shrank.
+    refused: std::sync::atomic::AtomicBool,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+/// Most events written in one transaction (one fsync).
+const GROUP: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS spool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    provider TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    scheme TEXT NOT NULL,
+    source_ip TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+";
+
+fn ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Spool {
+    /// Opens (creating) the spool at `path` and starts its writer on the current runtime.
+    ///
+    /// # Errors
+    /// The file cannot be opened or created.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SpoolError::Io(format!("{}: {e}", dir.display())))?;
+        }
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: every commit is fsync'd before the listener answers 200.
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(Duration::from_secs(5))?;
+        db.execute_batch(SCHEMA)?;
+        let (depth, bytes): (i64, i64) = db.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM spool",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (writer, rx) = mpsc::channel(4096);
+        let inner = Arc::new(Inner {
+            db: Mutex::new(db),
+            writer,
+            max_bytes,
+            depth: AtomicU64::new(u64::try_from(depth).unwrap_or(0)),
+            bytes: AtomicU64::new(u64::try_from(bytes).unwrap_or(0)),
+            added: Notify::new(),
+            refused: std::sync::atomic::AtomicBool::new(false),
+        });
+        tokio::spawn(write_loop(inner.clone(), rx));
+        Ok(Self { inner })
+    }
+
+    /// Events waiting.
+    pub fn depth(&self) -> u64 {
+        self.inner.depth.load(Ordering::Relaxed)
+    }
+
+    /// Body bytes waiting.
+    pub fn bytes(&self) -> u64 {
+        self.inner.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether events are being taken: not full, and nothing refused since it last shrank.
+    pub fn accepting(&self) -> bool {
+        self.bytes() < self.inner.max_bytes && !self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// Waits until something is spooled (or a short while passes).
+    pub async fn wait_added(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.inner.added.notified()).await;
+    }
+
+    /// Writes `envelope` durably (returns after the fsync of its group).
+    ///
+    /// # Errors
+    /// Full, or the write failed.
+    pub async fn put(&self, envelope: Envelope) -> Result<(), SpoolError> {
+        if self.bytes() + envelope.body.len() as u64 > self.inner.max_bytes {
+            self.inner.refused.store(true, Ordering::Relaxed);
+            return Err(SpoolError::Full);
+        }
+        let (done, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Pending { envelope, done })
+            .await
+            .map_err(|_| SpoolError::Io("the spool writer stopped".to_owned()))?;
+        rx.await
+            .map_err(|_| SpoolError::Io("the spool writer stopped".to_owned()))?
+    }
+
+    /// The oldest `limit` events, in arrival order (blocking: call from `spawn_blocking`).
+    ///
+    /// # Errors
+    /// The read failed.
+    pub fn oldest(&self, limit: usize) -> Result<Vec<Spooled>, SpoolError> {
+        let db = self
+            .inner
+            .db
+            .lock()
+            .map_err(|_| SpoolError::Io("lock poisoned".to_owned()))?;
+        let mut stmt = db.prepare_cached(
+            "SELECT seq, provider, event_id, event_type, scheme, source_ip, received_ms, body
+             FROM spool ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, Vec<u8>>(7)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, provider, id, kind, scheme, ip, received, body) = row?;
+            let received_at =
+                UNIX_EPOCH + Duration::from_millis(u64::try_from(received).unwrap_or(0));
+            let source_ip = ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            // Rows were checked when spooled; a row that no longer fits is kept for an operator.
+            match Envelope::new(
+                &provider,
+                id,
+                kind,
+                static_scheme(&scheme),
+                source_ip,
+                received_at,
+                Bytes::from(body),
+            ) {
+                Ok(envelope) => out.push(Spooled { seq, envelope }),
+                Err(err) => {
+                    tracing::error!(seq, error = %err, "unreadable spool entry left in place")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The receive time of the oldest waiting event.
+    pub fn oldest_received(&self) -> Option<SystemTime> {
+        let db = self.inner.db.lock().ok()?;
+        let ms: i64 = db
+            .query_row(
+                "SELECT received_ms FROM spool ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .ok()?;
+        Some(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).ok()?))
+    }
+
+    /// Deletes events once the broker confirmed them (blocking).
+    ///
+    /// # Errors
+    /// The delete failed; the events stay and are sent again (the worker dedupes).
+    pub fn remove(&self, done: &[Spooled]) -> Result<(), SpoolError> {
+        let mut db = self
+            .inner
+            .db
+            .lock()
+            .map_err(|_| SpoolError::Io("lock poisoned".to_owned()))?;
+        let tx = db.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM spool WHERE seq = ?1")?;
+            for s in done {
+                stmt.execute(params![s.seq])?;
+            }
+        }
+        tx.commit()?;
+        let bytes: u64 = done.iter().map(|s| s.envelope.body.len() as u64).sum();
+        self.inner
+            .depth
+            .fetch_sub(done.len() as u64, Ordering::Relaxed);
+        self.inner.refused.store(false, Ordering::Relaxed);
+        self.inner
+            .bytes
+            .fetch_sub(bytes.min(self.bytes()), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn static_scheme(name: &str) -> &'static str {
+    match name {
+        "hmac-sha256" => "hmac-sha256",
+        "github" => "github",
+        "stripe" => "stripe",
+        "standard-webhooks" => "standard-webhooks",
+        _ => "unknown",
+    }
+}
+
+/// Takes whatever is waiting (up to [`GROUP`]), writes it in one transaction, answers all.
+async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let envelopes: Vec<Envelope> = group.iter().map(|p| p.envelope.clone()).collect();
+        let db_inner = inner.clone();
+        let written = tokio::task::spawn_blocking(move || write_group(&db_inner, &envelopes))
+            .await
+            .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())));
+        if written.is_ok() {
+            let bytes: u64 = group.iter().map(|p| p.envelope.body.len() as u64).sum();
+            inner.depth.fetch_add(group.len() as u64, Ordering::Relaxed);
+            inner.bytes.fetch_add(bytes, Ordering::Relaxed);
+            inner.added.notify_one();
+        }
+        for p in group {
+            let _ = p.done.send(written.clone());
+        }
+    }
+}
+
+fn write_group(inner: &Inner, envelopes: &[Envelope]) -> Result<(), SpoolError> {
+    let mut db = inner
+        .db
+        .lock()
+        .map_err(|_| SpoolError::Io("lock poisoned".to_owned()))?;
+    let tx = db.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO spool (provider, event_id, event_type, scheme, source_ip, received_ms, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for e in envelopes {
+            stmt.execute(params![
+                e.provider.as_str(),
+                e.event_id.as_str(),
+                e.event_type.as_str(),
+                e.scheme,
+                e.source_ip.to_string(),
+                ms(e.received_at),
+                e.body.as_ref()
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(id: &str, body: &'static [u8]) -> Envelope {
+        Envelope::new(
+            "dregs",
+            id.to_owned(),
+            "identity.scored".to_owned(),
+            "stripe",
+            IpAddr::from([192, 0, 2, 1]),
+            SystemTime::now(),
+            Bytes::from_static(body),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_survive_a_reopen_in_order_and_leave_only_when_removed() {
+        let path =
+            std::env::temp_dir().join(format!("hw-spool-{}.db", uuid::Uuid::new_v4().simple()));
+        {
+            let spool = Spool::open(&path, 1 << 20).unwrap();
+            let mut puts = Vec::new();
+            for i in 0..100 {
+                let s = spool.clone();
+                puts.push(tokio::spawn(async move {
+                    s.put(envelope(&format!("e{i:03}"), b"{\"a\":1}")).await
+                }));
+                // Arrival order is the order puts reach the writer.
+                tokio::task::yield_now().await;
+            }
+            for p in puts {
+                p.await.unwrap().unwrap();
+            }
+            assert_eq!(spool.depth(), 100);
+        }
+        let spool = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(spool.depth(), 100);
+        assert_eq!(spool.bytes(), 700);
+        let first = spool.oldest(10).unwrap();
+        assert_eq!(first.len(), 10);
+        assert_eq!(first[0].envelope.event_id.as_str(), "e000");
+        assert_eq!(first[0].envelope.scheme, "stripe");
+        assert_eq!(first[0].envelope.body.as_ref(), b"{\"a\":1}");
+        spool.remove(&first).unwrap();
+        assert_eq!(spool.depth(), 90);
+        assert_eq!(
+            spool.oldest(1).unwrap()[0].envelope.event_id.as_str(),
+            "e010"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_refuses() {
+        let path =
+            std::env::temp_dir().join(format!("hw-spool-{}.db", uuid::Uuid::new_v4().simple()));
+        let spool = Spool::open(&path, 10).unwrap();
+        spool.put(envelope("a", b"12345678")).await.unwrap();
+        assert!(matches!(
+            spool.put(envelope("b", b"12345678")).await,
+            Err(SpoolError::Full)
+        ));
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -1,0 +1,126 @@
+//! The spool through a broker outage: events answered 200 while the broker is cut off are on
+//! disk, reach the queue in arrival order once it is back, survive a listener restart, and
+//! a full spool answers 503. The broker is cut with an in-test TCP proxy.
+
+use std::time::Duration;
+
+use crate::harness::{Broker, Harness, Proxy, admin_get, event, eventually, json, tempdir};
+
+async fn queue_ids(broker: &Broker, queue: &str, expected: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ids.len() < expected && tokio::time::Instant::now() < deadline {
+        ids.extend(broker.drain_ids(queue).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ids
+}
+
+#[tokio::test]
+async fn events_during_an_outage_are_spooled_then_forwarded_in_order() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let dir = tempdir::Dir::new();
+    let mut l = Harness::new()
+        .amqp("url", &format!("\"{}\"", proxy.url()))
+        .spool(&dir.path.join("spool.db"), "")
+        .start()
+        .await;
+    let publisher = l.running.as_ref().unwrap().publisher.clone();
+    assert!(publisher.wait_connected(Duration::from_secs(10)).await);
+    proxy.down();
+    eventually("broker seen as down", Duration::from_secs(10), || {
+        let p = publisher.clone();
+        async move { !p.is_connected() }
+    })
+    .await;
+    // Still ready: the spool takes events.
+    assert_eq!(admin_get(&l.admin, "/readyz").await.0, 200);
+    let ids: Vec<String> = (0..20).map(|i| format!("out_{i:02}")).collect();
+    for id in &ids {
+        let a = l.send("dregs", &event(id)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(json(&a)["status"], "accepted");
+    }
+    // The same id again during the outage is still a duplicate.
+    assert_eq!(
+        json(&l.send("dregs", &event("out_00")).await)["status"],
+        "duplicate"
+    );
+    let (_, metrics) = admin_get(&l.admin, "/metrics").await;
+    assert!(metrics.contains("hookwarden_spooled_total 20"), "{metrics}");
+
+    proxy.up();
+    let broker = Broker::connect().await;
+    let got = queue_ids(&broker, &l.names.queue, ids.len()).await;
+    assert_eq!(got, ids, "every spooled event, once, in arrival order");
+    eventually("spool drained", Duration::from_secs(10), || {
+        let admin = l.admin.clone();
+        async move {
+            admin_get(&admin, "/metrics")
+                .await
+                .1
+                .contains("hookwarden_spool_depth 0")
+        }
+    })
+    .await;
+    // Back to direct publishing.
+    assert_eq!(l.send("dregs", &event("after")).await.status, 200);
+    assert_eq!(queue_ids(&broker, &l.names.queue, 1).await, vec!["after"]);
+    l.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_listener_forwards_what_its_spool_holds() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let dir = tempdir::Dir::new();
+    let spool = dir.path.join("spool.db");
+    proxy.down();
+    let mut first = Harness::new()
+        .amqp("url", &format!("\"{}\"", proxy.url()))
+        .spool(&spool, "")
+        .start()
+        .await;
+    for i in 0..5 {
+        assert_eq!(
+            first
+                .send("dregs", &event(&format!("kept_{i}")))
+                .await
+                .status,
+            200
+        );
+    }
+    first.stop().await;
+    // The second listener (same spool, broker reachable) forwards before anything else.
+    let second = Harness::new()
+        .spool(&spool, "")
+        .start_with_names(first.names.clone_names())
+        .await;
+    let broker = Broker::connect().await;
+    let got = queue_ids(&broker, &second.names.queue, 5).await;
+    assert_eq!(got, (0..5).map(|i| format!("kept_{i}")).collect::<Vec<_>>());
+    drop(first);
+}
+
+#[tokio::test]
+async fn a_full_spool_answers_503() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let dir = tempdir::Dir::new();
+    proxy.down();
+    let l = Harness::new()
+        .amqp("url", &format!("\"{}\"", proxy.url()))
+        .spool(&dir.path.join("spool.db"), "max_bytes = 600")
+        .start()
+        .await;
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(
+            l.send("dregs", &event(&format!("f{i}")))
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert!(statuses.starts_with(&[200, 200]), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
+    assert_eq!(admin_get(&l.admin, "/readyz").await.0, 503);
+}
