@@ -5,6 +5,7 @@
 
 #[path = "../it/harness.rs"]
 mod harness;
+mod pipeline;
 #[path = "../it/sink.rs"]
 mod sink;
 mod worker;

@@ -59,7 +59,11 @@ impl WorkerHarness {
     }
 
     pub async fn start(self, sink: &str) -> TestWorker {
-        let names = Names::new();
+        self.start_with_names(sink, Names::new()).await
+    }
+
+    /// Starts on the given topology (e.g. a listener's).
+    pub async fn start_with_names(self, sink: &str, names: Names) -> TestWorker {
         let dir = tempdir::Dir::new();
         let state = dir.path.join("worker.db");
         let text = self.text(&names, &state, sink);

@@ -1,0 +1,321 @@
+//! Listener, worker and a real HTTP target together under steady signed load while the
+//! broker is stopped, alarmed or cut, and while the listener is killed -9 with events in its
+//! spool. Each asserts that every event answered 200 produced exactly its action: one
+//! distinct idempotency key per event at the target (repeats only under the same key).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hookwarden::cli::http_client;
+use hookwarden::config::listener::ListenerConfig;
+
+use crate::harness::{Harness, Names, Proxy, TestListener, eventually, free_addr, tempdir};
+use crate::sink::Sink;
+use crate::worker_harness::{TestWorker, WorkerHarness, dregs};
+
+const RULES: &str = r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.scored"]
+subject = "/data/identity_id"
+scores = { humanity = "/data/scores/humanity" }
+
+[[rules]]
+name = "quarantine"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 30.0"
+actions = ["quarantine"]
+
+[actions.quarantine]
+kind = "http"
+url = "{SINK}/accounts/{{ subject }}/quarantine"
+retries = 8
+timeout = "5s"
+"#;
+
+/// Restores the broker whatever happens to the test.
+struct BrokerGuard;
+
+impl Drop for BrokerGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .output();
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", "0.4"])
+            .output();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl on PATH");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sends unique signed events (each about its own subject, so each acts once) from
+/// `workers` loops until `until`; returns the ids answered 200 and a count per status.
+async fn load(
+    url: String,
+    signer: Arc<ListenerConfig>,
+    workers: usize,
+    until: Instant,
+) -> (Vec<String>, HashMap<u16, usize>) {
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (url, signer) = (url.clone(), signer.clone());
+        tasks.push(tokio::spawn(async move {
+            let p = signer.provider("dregs").unwrap();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while Instant::now() < until {
+                i += 1;
+                let id = format!("w{w}n{i}");
+                let body = dregs(&id, &id, "2026-11-21T10:00:00Z", 10);
+                let headers = p
+                    .scheme
+                    .sign(
+                        &p.keys[0],
+                        body.as_bytes(),
+                        std::time::SystemTime::now(),
+                        &id,
+                    )
+                    .unwrap();
+                let status = match http_client::post(&url, &headers, Bytes::from(body)).await {
+                    Ok(a) => a.status.as_u16(),
+                    Err(_) => 0,
+                };
+                out.push((id, status));
+                // Steady, not flooding: about 100 events/s per loop at most.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            out
+        }));
+    }
+    let mut accepted = Vec::new();
+    let mut statuses = HashMap::new();
+    for t in tasks {
+        for (id, status) in t.await.unwrap() {
+            *statuses.entry(status).or_insert(0) += 1;
+            if status == 200 {
+                accepted.push(id);
+            }
+        }
+    }
+    (accepted, statuses)
+}
+
+/// Waits until every accepted id acted at the sink, then checks exactly-once in effect.
+async fn assert_each_acted_once(
+    sink: &Sink,
+    accepted: &[String],
+    what: &str,
+    statuses: &HashMap<u16, usize>,
+) {
+    let want: HashSet<String> = accepted
+        .iter()
+        .map(|id| format!("/accounts/{id}/quarantine"))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let got: HashSet<String> = sink.received().into_iter().map(|r| r.path).collect();
+        let missing = want.difference(&got).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{what}: {missing} of {} events answered 200 never acted",
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut keys: HashMap<String, HashSet<String>> = HashMap::new();
+    let received = sink.received();
+    for r in &received {
+        keys.entry(r.path.clone())
+            .or_default()
+            .insert(r.idempotency_key.clone().unwrap_or_default());
+    }
+    for path in &want {
+        assert_eq!(
+            keys[path].len(),
+            1,
+            "{what}: {path} acted under more than one key"
+        );
+    }
+    let repeated = received.len() - keys.len();
+    eprintln!(
+        "{what}: sent {} (statuses {statuses:?}), answered 200 {}, acted {}, repeated under the same key {repeated}",
+        statuses.values().sum::<usize>(),
+        accepted.len(),
+        want.len()
+    );
+}
+
+struct Pipeline {
+    listener: TestListener,
+    worker: TestWorker,
+    sink: Sink,
+    signer: Arc<ListenerConfig>,
+    _dir: tempdir::Dir,
+}
+
+async fn pipeline(amqp_url: Option<String>) -> Pipeline {
+    let sink = Sink::start().await;
+    let names = Names::new();
+    let dir = tempdir::Dir::new();
+    let mut harness = Harness::new()
+        .spool(&dir.path.join("spool.db"), "")
+        .server("handoff_timeout", "\"1s\"");
+    if let Some(url) = &amqp_url {
+        harness = harness.amqp("url", &format!("\"{url}\""));
+    }
+    let listener = harness.start_with_names(names.clone_names()).await;
+    let publisher = listener.running.as_ref().unwrap().publisher.clone();
+    assert!(publisher.wait_connected(Duration::from_secs(15)).await);
+    let worker = WorkerHarness::new(RULES)
+        .start_with_names(&sink.url(), names)
+        .await;
+    let text = listener.config_text_for_signing();
+    let signer = Arc::new(ListenerConfig::parse("t.toml", &text, &Default::default()).unwrap());
+    Pipeline {
+        listener,
+        worker,
+        sink,
+        signer,
+        _dir: dir,
+    }
+}
+
+async fn broker_stopped_for(seconds: u64) {
+    let _serial = crate::SERIAL.lock().await;
+    let _guard = BrokerGuard;
+    let p = pipeline(None).await;
+    let url = format!("{}/hooks/dregs", p.listener.base);
+    let until = Instant::now() + Duration::from_secs(seconds + 4);
+    let traffic = tokio::spawn(load(url, p.signer.clone(), 4, until));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
+        .await
+        .unwrap();
+    let (accepted, statuses) = traffic.await.unwrap();
+    assert_each_acted_once(
+        &p.sink,
+        &accepted,
+        &format!("broker stopped {seconds} s"),
+        &statuses,
+    )
+    .await;
+    assert_eq!(
+        statuses.get(&503),
+        None,
+        "the spool should have taken every event: {statuses:?}"
+    );
+    let _ = &p.worker;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_5s_under_load() {
+    broker_stopped_for(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_60s_under_load() {
+    broker_stopped_for(60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_blocked_by_a_memory_alarm_under_load() {
+    let _serial = crate::SERIAL.lock().await;
+    let _guard = BrokerGuard;
+    let p = pipeline(None).await;
+    let url = format!("{}/hooks/dregs", p.listener.base);
+    let until = Instant::now() + Duration::from_secs(8);
+    let traffic = tokio::spawn(load(url, p.signer.clone(), 4, until));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["set_vm_memory_high_watermark", "0"]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]))
+        .await
+        .unwrap();
+    let (accepted, statuses) = traffic.await.unwrap();
+    assert_each_acted_once(&p.sink, &accepted, "memory alarm", &statuses).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_killed_with_events_in_its_spool_forwards_them_after_restart() {
+    let _serial = crate::SERIAL.lock().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let sink = Sink::start().await;
+    let names = Names::new();
+    let worker = WorkerHarness::new(RULES)
+        .start_with_names(&sink.url(), names.clone_names())
+        .await;
+    let (public, admin) = (free_addr(), free_addr());
+    let dir = tempdir::Dir::new();
+    let spool = dir.path.join("spool.db");
+    let harness = Harness::new()
+        .amqp("url", &format!("\"{}\"", proxy.url()))
+        .spool(&spool, "")
+        .server("handoff_timeout", "\"1s\"");
+    let text = harness.config_text(&names, public, admin);
+    let path = dir.path.join("listener.toml");
+    std::fs::write(&path, &text).unwrap();
+    let signer = Arc::new(ListenerConfig::parse("t.toml", &text, &Default::default()).unwrap());
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden-listener"))
+            .args(["--config", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    proxy.down();
+    let mut child = spawn();
+    eventually("listener up", Duration::from_secs(15), || async move {
+        tokio::net::TcpStream::connect(public).await.is_ok()
+    })
+    .await;
+    let url = format!("http://{public}/hooks/dregs");
+    let (accepted, statuses) = load(
+        url.clone(),
+        signer.clone(),
+        2,
+        Instant::now() + Duration::from_secs(2),
+    )
+    .await;
+    assert!(!accepted.is_empty());
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    proxy.up();
+    let mut child = spawn();
+    assert_each_acted_once(
+        &sink,
+        &accepted,
+        "listener killed -9 with a full spool",
+        &statuses,
+    )
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    drop(worker);
+    drop(names);
+}
