@@ -319,3 +319,87 @@ async fn a_listener_killed_with_events_in_its_spool_forwards_them_after_restart(
     drop(worker);
     drop(names);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_target_down_for_30s_then_back() {
+    let _serial = crate::SERIAL.lock().await;
+    let sink = Sink::start().await;
+    let names = Names::new();
+    let dir = tempdir::Dir::new();
+    let listener = Harness::new()
+        .spool(&dir.path.join("spool.db"), "")
+        .start_with_names(names.clone_names())
+        .await;
+    // Enough retries to outlast the outage: backoff doubles to 10 s with full jitter.
+    let rules = RULES.replace("retries = 8", "retries = 20");
+    let _worker = WorkerHarness::new(&rules)
+        .start_with_names(&sink.url(), names)
+        .await;
+    let text = listener.config_text_for_signing();
+    let signer = Arc::new(ListenerConfig::parse("t.toml", &text, &Default::default()).unwrap());
+    let url = format!("{}/hooks/dregs", listener.base);
+    sink.fail_always(true);
+    let traffic = tokio::spawn(load(
+        url,
+        signer,
+        2,
+        Instant::now() + Duration::from_secs(35),
+    ));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    sink.fail_always(false);
+    let (accepted, statuses) = traffic.await.unwrap();
+    assert_each_acted_once(&sink, &accepted, "action target down 30 s", &statuses).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_the_worker_under_load_loses_and_repeats_nothing() {
+    let _serial = crate::SERIAL.lock().await;
+    let sink = Sink::start().await;
+    let names = Names::new();
+    let dir = tempdir::Dir::new();
+    let listener = Harness::new()
+        .spool(&dir.path.join("spool.db"), "")
+        .start_with_names(names.clone_names())
+        .await;
+    let text = listener.config_text_for_signing();
+    let signer = Arc::new(ListenerConfig::parse("t.toml", &text, &Default::default()).unwrap());
+    // The worker as a process, on the listener's topology.
+    let rules_text =
+        WorkerHarness::new(RULES).text(&names, &dir.path.join("worker.db"), &sink.url());
+    let rules = dir.path.join("rules.toml");
+    std::fs::write(&rules, rules_text).unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
+            .args(["--config", rules.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let url = format!("{}/hooks/dregs", listener.base);
+    let traffic = tokio::spawn(load(
+        url,
+        signer,
+        4,
+        Instant::now() + Duration::from_secs(6),
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "the worker exits 0 on SIGTERM");
+    let mut child = spawn();
+    let (accepted, statuses) = traffic.await.unwrap();
+    assert_each_acted_once(&sink, &accepted, "worker SIGTERM under load", &statuses).await;
+    let received = sink.received().len();
+    assert_eq!(received, accepted.len(), "a graceful stop repeats nothing");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    drop(names);
+}
