@@ -5,8 +5,9 @@
 //! In the order an event travels:
 //! - [`listener`]: the HTTP endpoint. [`listener::server`] accepts connections →
 //!   [`listener::handler`] routes, checks the source ([`listener::client_ip`]), reads the
-//!   body within limits ([`listener::body`]), verifies the signature ([`scheme`]), reads id
-//!   and type ([`listener::extract`]) → [`listener::dedupe`] coalesces and remembers ids →
+//!   body within limits ([`listener::body`]), verifies the signature ([`scheme`]), parses the
+//!   body (duplicate keys refused) and reads id and type ([`listener::extract`]) →
+//!   [`listener::dedupe`] coalesces and remembers ids →
 //!   the handoff publishes. [`listener::error`] is the one error → HTTP status map;
 //!   [`listener::admin`] serves health, readiness and metrics.
 //! - [`scheme`]: signature schemes (hmac-sha256, GitHub, Stripe, Standard Webhooks), verify

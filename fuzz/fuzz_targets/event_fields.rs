@@ -5,13 +5,14 @@
 mod common;
 
 use hookwarden::envelope::Envelope;
-use hookwarden::listener::extract::{FieldRef, extract};
+use hookwarden::listener::extract::{FieldRef, extract, parse_body};
 use hookwarden::scheme::Verified;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let (headers, body) = common::split(data, &["x-event-id"]);
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else { return };
+    // The listener's own parse: duplicate keys refused, nesting bounded.
+    let Ok(json) = parse_body(body) else { return };
     let verified = Verified { scheme_id: Some("msg".into()), timestamp: None };
     for source in ["/id", "/data/id", "header:X-Event-Id"] {
         let Ok(field) = FieldRef::parse(source) else { continue };
@@ -29,8 +30,6 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn bytes_of(body: &[u8]) -> hookwarden_bytes::Bytes {
-    hookwarden_bytes::Bytes::copy_from_slice(body)
+fn bytes_of(body: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(body)
 }
-
-use bytes as hookwarden_bytes;

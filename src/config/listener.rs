@@ -51,10 +51,11 @@ pub struct ServerConfig {
     /// Longest a request waits for the broker's confirm before it is answered 503.
     #[serde(default = "default_handoff_timeout", with = "humantime_serde")]
     pub handoff_timeout: Duration,
-    /// Longest a client may take to send the request line and headers.
+    /// Longest a client may take to send the request line and headers; also how long a
+    /// connection that sends nothing (new, or idle between requests) stays open. > 0.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_timeout: Duration,
-    /// Longest a client may take to send the body once headers are in.
+    /// Longest a client may take to send the body once headers are in (408 after). > 0.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
     /// On SIGTERM, how long in-flight requests may take to finish.
@@ -238,11 +239,15 @@ impl ListenerConfig {
             if s.max_body == 0 {
                 doc.problem("server.max_body", "must be greater than 0".to_owned());
             }
-            if s.handoff_timeout.is_zero() {
-                doc.problem(
-                    "server.handoff_timeout",
-                    "must be greater than 0".to_owned(),
-                );
+            // A zero timeout would cut off every client, not just slow ones.
+            for (key, timeout) in [
+                ("server.handoff_timeout", s.handoff_timeout),
+                ("server.header_timeout", s.header_timeout),
+                ("server.body_timeout", s.body_timeout),
+            ] {
+                if timeout.is_zero() {
+                    doc.problem(key, "must be greater than 0".to_owned());
+                }
             }
             s
         });

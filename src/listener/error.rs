@@ -8,7 +8,7 @@ use http_body_util::Full;
 
 use crate::envelope::EnvelopeError;
 use crate::listener::body::BodyError;
-use crate::listener::extract::ExtractError;
+use crate::listener::extract::{ExtractError, JsonError};
 use crate::scheme::VerifyError;
 
 /// Seconds a provider is asked to wait after a 503.
@@ -38,9 +38,9 @@ pub enum RequestError {
     /// Signature missing, wrong, stale, or malformed.
     #[error(transparent)]
     Verify(#[from] VerifyError),
-    /// Body is not JSON.
-    #[error("body is not valid JSON: {0}")]
-    NotJson(String),
+    /// Body is not JSON, or not unambiguous JSON.
+    #[error(transparent)]
+    Json(#[from] JsonError),
     /// Id or type missing or unusable.
     #[error(transparent)]
     Extract(#[from] ExtractError),
@@ -65,7 +65,7 @@ impl RequestError {
             Self::Body(BodyError::Read(_)) => StatusCode::BAD_REQUEST,
             Self::Verify(err) if err.is_malformed() => StatusCode::BAD_REQUEST,
             Self::Verify(_) => StatusCode::UNAUTHORIZED,
-            Self::NotJson(_) | Self::Extract(_) | Self::Envelope(_) => StatusCode::BAD_REQUEST,
+            Self::Json(_) | Self::Extract(_) | Self::Envelope(_) => StatusCode::BAD_REQUEST,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -82,7 +82,8 @@ impl RequestError {
             Self::Body(BodyError::Timeout(_)) => "body_timeout",
             Self::Body(BodyError::Read(_)) => "body_unreadable",
             Self::Verify(err) => err.reason(),
-            Self::NotJson(_) => "invalid_json",
+            Self::Json(JsonError::Invalid(_)) => "invalid_json",
+            Self::Json(JsonError::DuplicateKey(_)) => "duplicate_key",
             Self::Extract(ExtractError::Missing { .. }) => "missing_field",
             Self::Extract(ExtractError::Invalid { .. }) | Self::Envelope(_) => "invalid_field",
             Self::Unavailable => "unavailable",
@@ -138,6 +139,13 @@ mod tests {
         assert_eq!(
             RequestError::Body(BodyError::TooLarge { limit: 1 }).status(),
             StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let duplicate = RequestError::Json(JsonError::DuplicateKey("duplicate key \"id\"".into()));
+        assert_eq!(duplicate.status(), 400);
+        assert_eq!(duplicate.code(), "duplicate_key");
+        assert_eq!(
+            RequestError::Json(JsonError::Invalid("eof".into())).code(),
+            "invalid_json"
         );
     }
 }

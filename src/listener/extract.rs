@@ -1,10 +1,14 @@
 //! Where an event's id and type come from: a JSON pointer into the body, a request header,
-//! or the id the signature scheme itself carries (Standard Webhooks' `webhook-id`).
+//! or the id the signature scheme itself carries (Standard Webhooks' `webhook-id`). The body
+//! is parsed strictly first: an object that names a key twice is refused, since readers
+//! disagree on which value counts (serde_json keeps the last, others the first).
 
 use std::fmt;
 
 use http::{HeaderMap, HeaderName};
-use serde_json::Value;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
+use serde_json::{Map, Number, Value};
 
 use crate::scheme::Verified;
 
@@ -70,6 +74,110 @@ pub enum ExtractError {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+/// Why a (verified) body cannot be read as one JSON document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    /// Not JSON: syntax, encoding (not UTF-8), trailing bytes, or nested over 128 deep.
+    #[error("body is not valid JSON: {0}")]
+    Invalid(String),
+    /// Some object names the same key twice.
+    #[error("body is ambiguous: {0}")]
+    DuplicateKey(String),
+}
+
+/// Parses `body` as one JSON value, refusing duplicate keys in any object. One pass, the
+/// same work as `serde_json::from_slice::<Value>` (serde_json's nesting limit still holds).
+///
+/// # Errors
+/// Not JSON, or a key repeated within one object (named when short, with its position).
+pub fn parse_body(body: &[u8]) -> Result<Value, JsonError> {
+    serde_json::from_slice::<Strict>(body)
+        .map(|Strict(value)| value)
+        .map_err(|err| match err.classify() {
+            // The visitor accepts every JSON type; its only data error is the duplicate.
+            serde_json::error::Category::Data => JsonError::DuplicateKey(err.to_string()),
+            _ => JsonError::Invalid(err.to_string()),
+        })
+}
+
+/// A `Value` whose objects have unique keys.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        // JSON text has no NaN or infinity, so this is always Some.
+        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            let Strict(value) = access.next_value()?;
+            match map.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                Entry::Occupied(slot) => {
+                    let key = slot.key();
+                    // Keys come from the body: name short ones, only measure long ones.
+                    return Err(de::Error::custom(if key.len() <= 64 {
+                        format!("duplicate key {key:?}")
+                    } else {
+                        format!("duplicate key of {} bytes", key.len())
+                    }));
+                }
+            }
+        }
+        Ok(Value::Object(map))
+    }
 }
 
 /// Reads one field (`what` names it in errors).
@@ -161,6 +269,42 @@ mod tests {
             extract(&FieldRef::SchemeId, "event id", &headers, &body, &v()).unwrap(),
             "msg_1"
         );
+    }
+
+    #[test]
+    fn bodies_parse_as_serde_json_does_but_refuse_duplicate_keys() {
+        let text = br#"{"id":"e","n":[1,-2,3.5,18446744073709551615,1e300,true,null,"\u00e9"],"o":{"id":"inner"}}"#;
+        assert_eq!(
+            parse_body(text).unwrap(),
+            serde_json::from_slice::<Value>(text).unwrap()
+        );
+        let err = parse_body(br#"{"id":"a","id":"b"}"#).unwrap_err();
+        assert_eq!(
+            err,
+            JsonError::DuplicateKey("duplicate key \"id\" at line 1 column 19".to_owned())
+        );
+        // Escapes are decoded before comparing; nesting does not hide a repeat.
+        assert!(matches!(
+            parse_body(br#"{"id":"a","\u0069d":"b"}"#),
+            Err(JsonError::DuplicateKey(_))
+        ));
+        assert!(matches!(
+            parse_body(br#"[{"x":{"k":1,"k":1}}]"#),
+            Err(JsonError::DuplicateKey(_))
+        ));
+        let long = format!(r#"{{"{k}":1,"{k}":2}}"#, k = "k".repeat(100));
+        let err = parse_body(long.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("duplicate key of 100 bytes"), "{err}");
+        assert!(!err.contains("kkkk"), "{err}");
+        for bad in [&b"{"[..], b"not json", b"{} {}", b"\"\xff\""] {
+            assert!(
+                matches!(parse_body(bad), Err(JsonError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = parse_body(deep.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("recursion limit"), "{err}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::listener::body;
 use crate::listener::client_ip::{client_ip, is_in};
 use crate::listener::dedupe::{Admission, Dedupe};
 use crate::listener::error::{RequestError, json_response};
-use crate::listener::extract::extract;
+use crate::listener::extract::{extract, parse_body};
 use crate::listener::spool::{Spool, SpoolError};
 use crate::telemetry::ListenerMetrics;
 
@@ -213,8 +213,7 @@ impl<H: Handoff> Handler<H> {
             })?;
 
         // Parsed only after the signature holds: forged input never reaches the parser.
-        let json: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|err| RequestError::NotJson(err.to_string()))?;
+        let json = parse_body(&body)?;
         let id = extract(
             &provider.event_id,
             "event id",

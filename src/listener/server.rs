@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::listener::handler::{Handler, Handoff};
 
 /// Largest request head (request line and headers) a client may send; larger is answered
-/// 431 by hyper. Provider headers are small; 100 KB headers are an attack.
+/// 431 by hyper, which then closes the connection. Provider headers are small; 100 KB
+/// headers are an attack.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Limits applied to every connection.
@@ -40,6 +41,9 @@ pub async fn serve<H: Handoff>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // `max_buf_size` alone is not a bound on the head: one read may fill the buffer's
+        // spare capacity past it, and a head that arrives whole in it is parsed anyway.
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
     let graceful = GracefulShutdown::new();
     loop {

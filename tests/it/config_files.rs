@@ -70,6 +70,21 @@ fn every_problem_is_named_with_file_line_and_key() {
 }
 
 #[test]
+fn zero_timeouts_are_refused() {
+    let text = "[server]\nheader_timeout = \"0s\"\nbody_timeout = \"0s\"\nhandoff_timeout = \"0s\"\n\
+                [[providers]]\nname = \"gh\"\nscheme = \"github\"\nsecrets = [\"s\"]\n";
+    let err = ListenerConfig::parse("l.toml", text, &HashMap::new()).unwrap_err();
+    let text = err.to_string();
+    for key in ["header_timeout", "body_timeout", "handoff_timeout"] {
+        assert!(
+            text.contains(&format!("server.{key}: must be greater than 0")),
+            "{text}"
+        );
+    }
+    assert_eq!(err.problems.len(), 3, "{text}");
+}
+
+#[test]
 fn syntax_errors_carry_their_line() {
     let err =
         ListenerConfig::parse("l.toml", "[server]\nlisten = \n", &HashMap::new()).unwrap_err();

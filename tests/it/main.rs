@@ -11,6 +11,7 @@ mod cli;
 mod cli_worker;
 mod config_files;
 mod handoff;
+mod hostile;
 mod http_answers;
 mod readme;
 mod schemes;
