@@ -409,12 +409,19 @@ async fn broker_connections_cut_under_load() {
     let _serial = crate::SERIAL.lock().await;
     let p = pipeline(None).await;
     let url = format!("{}/hooks/dregs", p.listener.base);
-    let traffic = tokio::spawn(load(url, p.signer.clone(), 4, Instant::now() + Duration::from_secs(6)));
+    let traffic = tokio::spawn(load(
+        url,
+        p.signer.clone(),
+        4,
+        Instant::now() + Duration::from_secs(6),
+    ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Cuts the listener's and the worker's connections alike.
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["close_all_connections", "hookwarden fault test"]))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&["close_all_connections", "hookwarden fault test"])
+    })
+    .await
+    .unwrap();
     let (accepted, statuses) = traffic.await.unwrap();
     assert_each_acted_once(&p.sink, &accepted, "broker connections cut", &statuses).await;
     let _ = &p.worker;
