@@ -121,7 +121,27 @@ impl<'a> Document<'a> {
             env,
         };
         match DeTable::parse(text) {
-            Ok(spans) => doc.spans = Some(spans),
+            Ok(spans) => {
+                // The `config` crate reads '.', '[' and ']' in a key as a path: a quoted key
+                // such as "a[10000000]" would make it allocate ten million entries.
+                let mut bad = Vec::new();
+                path_like_keys(spans.get_ref(), &mut bad);
+                for offset in bad {
+                    let line = doc.line_at(offset);
+                    doc.problems.push(Problem {
+                        file: doc.file.clone(),
+                        line: Some(line),
+                        key: String::new(),
+                        reason:
+                            "a key may not contain '.', '[' or ']' (write nested tables instead)"
+                                .to_owned(),
+                    });
+                }
+                if !doc.problems.is_empty() {
+                    return Err(doc.finish_err());
+                }
+                doc.spans = Some(spans);
+            }
             Err(err) => {
                 let line = err.span().map(|span| doc.line_at(span.start));
                 doc.problems.push(Problem {
@@ -346,6 +366,28 @@ impl<'a> Document<'a> {
             .filter(|b| **b == b'\n')
             .count()
             + 1
+    }
+}
+
+/// Byte offsets of keys containing characters the `config` crate treats as path syntax.
+fn path_like_keys(table: &DeTable<'_>, out: &mut Vec<usize>) {
+    for (key, value) in table {
+        if key.get_ref().contains(['.', '[', ']']) {
+            out.push(key.span().start);
+        }
+        walk_value(value.get_ref(), out);
+    }
+}
+
+fn walk_value(value: &DeValue<'_>, out: &mut Vec<usize>) {
+    match value {
+        DeValue::Table(t) => path_like_keys(t, out),
+        DeValue::Array(a) => {
+            for v in a.iter() {
+                walk_value(v.get_ref(), out);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -275,3 +275,24 @@ fn the_broker_definitions_match_the_declared_topology() {
                 && b["destination"] == topology.dead_letter_queue.as_str())
     );
 }
+
+/// Found by the config_load fuzz target: the `config` crate read this quoted key as a path
+/// with index 10,276,875 and allocated that many entries (out of memory).
+#[test]
+fn keys_that_look_like_paths_are_refused_not_expanded() {
+    let text = "\"99999966.000[10276875].662\"=\"X\"\n[[providers]]\nname = \"p\"\nscheme = \"github\"\nsecrets = [\"s\"]\n";
+    let err = ListenerConfig::parse("l.toml", text, &HashMap::new()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("l.toml:1: a key may not contain '.', '[' or ']'"),
+        "{err}"
+    );
+    let err = hookwarden::config::worker::WorkerConfig::parse(
+        "r.toml",
+        "[x]\n\"a[9]\" = 1\n",
+        &HashMap::new(),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("r.toml:2"), "{err}");
+}
