@@ -156,6 +156,7 @@ async fn sigterm_under_load_exits_0_with_every_accepted_event_queued() {
         .stderr(log)
         .spawn()
         .unwrap();
+    let _guard = crate::harness::KillOnDrop(child.id());
     let admin_base = format!("http://{admin}");
     eventually("listener ready", Duration::from_secs(15), || {
         let admin_base = admin_base.clone();

@@ -286,6 +286,7 @@ async fn a_listener_killed_with_events_in_its_spool_forwards_them_after_restart(
     };
     proxy.down();
     let mut child = spawn();
+    let _guard = crate::harness::KillOnDrop(child.id());
     eventually("listener up", Duration::from_secs(15), || async move {
         tokio::net::TcpStream::connect(public).await.is_ok()
     })
@@ -305,6 +306,7 @@ async fn a_listener_killed_with_events_in_its_spool_forwards_them_after_restart(
     let _ = child.wait();
     proxy.up();
     let mut child = spawn();
+    let _guard = crate::harness::KillOnDrop(child.id());
     assert_each_acted_once(
         &sink,
         &accepted,
@@ -376,6 +378,7 @@ async fn sigterm_of_the_worker_under_load_loses_and_repeats_nothing() {
             .unwrap()
     };
     let mut child = spawn();
+    let _guard = crate::harness::KillOnDrop(child.id());
     let url = format!("{}/hooks/dregs", listener.base);
     let traffic = tokio::spawn(load(
         url,
@@ -393,6 +396,7 @@ async fn sigterm_of_the_worker_under_load_loses_and_repeats_nothing() {
         .unwrap();
     assert_eq!(exit.code(), Some(0), "the worker exits 0 on SIGTERM");
     let mut child = spawn();
+    let _guard = crate::harness::KillOnDrop(child.id());
     let (accepted, statuses) = traffic.await.unwrap();
     assert_each_acted_once(&sink, &accepted, "worker SIGTERM under load", &statuses).await;
     let received = sink.received().len();

@@ -93,6 +93,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same
     }
     let log = dir.path.join("worker.log");
     let mut child = spawn(&path, &log);
+    let _guard = crate::harness::KillOnDrop(child.id());
     eventually("some actions done", Duration::from_secs(30), || {
         let n = sink.received().len();
         async move { n >= 20 }
@@ -102,6 +103,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same
     let _ = child.wait();
     let before = sink.received().len();
     let mut child = spawn(&path, &dir.path.join("worker2.log"));
+    let _guard = crate::harness::KillOnDrop(child.id());
     // The rule is a plain threshold, so every one of the 300 events acts once.
     let started = Instant::now();
     loop {
@@ -158,6 +160,7 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
     let good = std::fs::read_to_string(&path).unwrap();
     let log = dir.path.join("worker.log");
     let mut child = spawn(&path, &log);
+    let _guard = crate::harness::KillOnDrop(child.id());
     eventually("worker consuming", Duration::from_secs(15), || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         async move { text.contains("consuming") }

@@ -78,6 +78,7 @@ async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
         .stderr(log)
         .spawn()
         .expect("systemd-socket-activate on PATH");
+    let _guard = crate::harness::KillOnDrop(child.id());
 
     // systemd-socket-activate binds, then spawns the listener on the first connection.
     crate::harness::eventually("socket bound", Duration::from_secs(10), || async move {
