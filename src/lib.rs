@@ -20,7 +20,7 @@
 //! - [`config`]: files + environment → validated types, every problem named.
 //! - [`telemetry`]: logs and Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
 //!   [`systemd`]: readiness, watchdog, socket activation.
-//! - [`cli`]: the operator's `hookwarden` command.
+//! - [`cli`]: the operator's `hookwarden` command. [`daemon`]: what both daemons' mains share.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
@@ -28,6 +28,7 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod envelope;
 pub mod listener;
 pub mod scheme;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hookwarden::config::{self, listener::ListenerConfig};
+use hookwarden::daemon::{self, Loader};
 use hookwarden::signals::{Signal, Signals};
 use tokio_util::sync::CancellationToken;
 
@@ -24,55 +25,27 @@ struct Args {
     check: bool,
 }
 
-/// Config or usage error (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let env = config::process_env();
-    let loaded = config::read_file(&args.config)
-        .and_then(|text| ListenerConfig::parse(&args.config.display().to_string(), &text, &env));
-    let config = match loaded {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("{err}");
-            return ExitCode::from(if args.check { 1 } else { EXIT_CONFIG });
-        }
+    let loader = Loader {
+        parse: ListenerConfig::parse,
+        summary: ListenerConfig::summary,
+        log: |c| &c.log,
     };
-    if args.check {
-        print!("{}", config.summary());
-        println!("{}: ok", args.config.display());
-        return ExitCode::SUCCESS;
-    }
-    if let Err(err) = hookwarden::telemetry::init(&config.log) {
-        eprintln!("{err}");
-        return ExitCode::from(1);
-    }
+    let config = match daemon::prepare(&args.config, args.check, &env, &loader) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
     // Before the runtime starts: taking the socket edits the environment.
     let activated = match hookwarden::systemd::activated_listener() {
         Ok(l) => l,
         Err(err) => {
             eprintln!("the socket passed by systemd is unusable: {err}");
-            return ExitCode::from(1);
+            return ExitCode::from(daemon::EXIT_START);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("cannot start the runtime: {err}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(config, activated)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %format!("{err:#}"), "listener failed to start");
-            ExitCode::from(1)
-        }
-    }
+    daemon::run("listener", run(config, activated))
 }
 
 async fn run(

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hookwarden::config::{self, ConfigError, worker::WorkerConfig};
+use hookwarden::daemon::{self, Loader};
 use hookwarden::signals::{Signal, Signals};
 use tokio_util::sync::CancellationToken;
 
@@ -25,9 +26,6 @@ struct Args {
     check: bool,
 }
 
-/// Config or usage error (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
-
 fn load(path: &Path, env: &HashMap<String, String>) -> Result<WorkerConfig, ConfigError> {
     let text = config::read_file(path)?;
     WorkerConfig::parse(&path.display().to_string(), &text, env)
@@ -36,39 +34,16 @@ fn load(path: &Path, env: &HashMap<String, String>) -> Result<WorkerConfig, Conf
 fn main() -> ExitCode {
     let args = Args::parse();
     let env = config::process_env();
-    let config = match load(&args.config, &env) {
+    let loader = Loader {
+        parse: WorkerConfig::parse,
+        summary: WorkerConfig::summary,
+        log: |c| &c.log,
+    };
+    let config = match daemon::prepare(&args.config, args.check, &env, &loader) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("{err}");
-            return ExitCode::from(if args.check { 1 } else { EXIT_CONFIG });
-        }
+        Err(code) => return code,
     };
-    if args.check {
-        print!("{}", config.summary());
-        println!("{}: ok", args.config.display());
-        return ExitCode::SUCCESS;
-    }
-    if let Err(err) = hookwarden::telemetry::init(&config.log) {
-        eprintln!("{err}");
-        return ExitCode::from(1);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("cannot start the runtime: {err}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(config, &args.config, env)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %format!("{err:#}"), "worker failed to start");
-            ExitCode::from(1)
-        }
-    }
+    daemon::run("worker", run(config, &args.config, env))
 }
 
 async fn run(
