@@ -18,7 +18,9 @@ sed -e "s/^exchange = .*/exchange = \"$tag\"/" \
     -e "s/^dead_letter_queue = .*/dead_letter_queue = \"$tag.dead\"/" \
     -e 's/^listen = .*/listen = "127.0.0.1:18080"/' \
     -e 's/^admin_listen = .*/admin_listen = "127.0.0.1:19090"/' \
+    -e "s|^path = .*|path = \"$dir/spool.db\"|" \
     listener.toml > "$cfg"
+# Experiments: HOOKWARDEN__AMQP__CHANNELS=4 bash benches/listener.sh
 
 cleanup() {
   [ -n "${pid:-}" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
@@ -34,7 +36,12 @@ cargo bench --bench publish --quiet -- --seconds "$secs" --in-flight 64
 echo "== 2. listener (release), logs to a file"
 ./target/release/hookwarden-listener --config "$cfg" > "$dir/listener.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 50); do curl -sf http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break; sleep 0.2; done
+# Ready means the broker is connected: with a spool, /readyz is true before that, and
+# events taken by the spool would be measured instead of the direct path.
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.1:19090/metrics 2>/dev/null | grep -q '^hookwarden_broker_connected 1' && break
+  sleep 0.1
+done
 for c in 64 256; do
   echo "-- $c connections"
   ./target/release/hookwarden bench --config "$cfg" --provider dregs --concurrency "$c" --duration "${secs}s"

@@ -108,7 +108,17 @@ fn main() -> ExitCode {
             duration,
             body,
             json,
-        } => report(bench(&signer, url, concurrency, duration, body, json, &env)),
+            load,
+        } => report(bench(
+            &signer,
+            url,
+            concurrency,
+            duration,
+            body,
+            json,
+            &load,
+            &env,
+        )),
         Command::Rules {
             command: rules::RulesCommand::Test(args),
         } => rules_test(&args, &env),
@@ -191,6 +201,7 @@ fn bench(
     duration: std::time::Duration,
     body: Option<std::path::PathBuf>,
     json: bool,
+    load: &hookwarden::cli::LoadArgs,
     env: &std::collections::HashMap<String, String>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -207,12 +218,18 @@ fn bench(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let options = hookwarden::cli::bench::Options {
+        url,
+        connections: concurrency,
+        duration,
+        rate: load.rate,
+        template,
+        end_to_end: load.end_to_end,
+        end_to_end_wait: load.end_to_end_wait,
+    };
     let report = runtime.block_on(hookwarden::cli::bench::run(
         std::sync::Arc::new(signer),
-        &url,
-        concurrency,
-        duration,
-        template,
+        options,
     ))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

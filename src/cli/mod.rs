@@ -69,9 +69,10 @@ pub enum Command {
         /// JSON event file (`-` for standard input).
         event: PathBuf,
     },
-    /// Signed load against a running listener: throughput, latency percentiles, statuses.
+    /// Signed load against a running listener: throughput, latency percentiles, statuses;
+    /// with --end-to-end also the time from each event to the worker's action.
     #[command(
-        after_help = "Example: hookwarden bench --config listener.toml --provider dregs --concurrency 64 --duration 20s"
+        after_help = "Examples:\n  hookwarden bench --config listener.toml --provider dregs --concurrency 64 --duration 20s\n  hookwarden bench --config listener.toml --provider dregs --rate 5000 --duration 30s --json\n  hookwarden bench --config listener.toml --provider dregs --rate 2000 --end-to-end 127.0.0.1:18089\n    (with a rule whose http action posts to http://127.0.0.1:18089/{{ event.id }})"
     )]
     Bench {
         /// How to sign.
@@ -93,6 +94,9 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Open loop and end to end.
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Work with the worker's rules file without running the worker.
     #[command(
@@ -153,4 +157,22 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// Bad input.
     pub const USAGE: u8 = 64;
+}
+
+/// `hookwarden bench`: open-loop rate and end-to-end measurement.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Open loop: this many requests per second in all, spread over the connections; a
+    /// request's latency counts from when it was due (default: closed loop, each connection
+    /// sends when its last answer came).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Run an action sink at this address and report event-to-action latency through the
+    /// worker; point a rule's http action at it with the event's id in its URL, headers or
+    /// body (e.g. url = "http://127.0.0.1:18089/{{ event.id }}").
+    #[arg(long, value_name = "ADDR")]
+    pub end_to_end: Option<std::net::SocketAddr>,
+    /// With --end-to-end: how long to wait for the last actions after sending stops.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub end_to_end_wait: std::time::Duration,
 }

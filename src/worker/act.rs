@@ -2,6 +2,7 @@
 //! says it completed before, run it (HTTP with retries, confirmed AMQP publish, command, log
 //! line), and mark it done at once when it succeeds.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::broker::publisher::publish_confirmed;
 use crate::config::worker::{ActionKind, WorkerConfig};
 use crate::worker::decide::Event;
-use crate::worker::state::Store;
+use crate::worker::marks::DoneMarks;
 use crate::worker::{exec, http as http_action};
 
 /// Largest captured stdout/stderr of an `exec` action, per stream.
@@ -66,12 +67,13 @@ pub struct Runner {
     pub http: reqwest::Client,
     /// Confirm-mode channel for `amqp` actions.
     pub channel: Channel,
-    /// Done-marks.
-    pub store: Arc<dyn Store>,
+    /// Done-marks of completed actions.
+    pub marks: DoneMarks,
 }
 
 impl Runner {
-    /// Runs action `index` of `config` for rule `rule` on `event`, with template `context`.
+    /// Runs action `index` of `config` for rule `rule` on `event`, with template `context`;
+    /// skipped when its key is among `done` (the batch's done-marks, read once up front).
     pub async fn run(
         &self,
         config: &WorkerConfig,
@@ -79,6 +81,7 @@ impl Runner {
         rule: &str,
         event: &Event,
         context: &Value,
+        done: &HashSet<String>,
     ) -> ActionResult {
         let action = &config.actions[index];
         let key = idempotency_key(&event.key, rule, &action.name);
@@ -91,22 +94,9 @@ impl Runner {
             latency_ms: 0,
             detail: Value::Null,
         };
-        let store = self.store.clone();
-        let k = key.clone();
-        match tokio::task::spawn_blocking(move || store.is_done(&k)).await {
-            Ok(Ok(true)) => {
-                result.outcome = "skipped";
-                return result;
-            }
-            Ok(Ok(false)) => {}
-            Ok(Err(err)) => {
-                result.error = Some(err.to_string());
-                return result;
-            }
-            Err(err) => {
-                result.error = Some(err.to_string());
-                return result;
-            }
+        if done.contains(&key) {
+            result.outcome = "skipped";
+            return result;
         }
         let outcome = match render(config, &action.kind, &key, event, context) {
             Ok(rendered) => self.execute(rendered, event, context).await,
@@ -117,12 +107,9 @@ impl Runner {
             Ok((attempts, detail)) => {
                 result.attempts = attempts;
                 result.detail = detail;
-                let store = self.store.clone();
-                match tokio::task::spawn_blocking(move || store.mark_done(&key)).await {
-                    Ok(Ok(())) => result.outcome = "ok",
-                    Ok(Err(err)) => result.error = Some(format!("completed, but {err}")),
-                    Err(err) => result.error = Some(format!("completed, but {err}")),
-                }
+                // Written behind us; the batch flushes the marks before it commits.
+                self.marks.mark(key);
+                result.outcome = "ok";
             }
             Err((attempts, error, detail)) => {
                 result.attempts = attempts;

@@ -13,9 +13,9 @@ use serde_json::Value;
 use crate::config::worker::{Mode, WorkerConfig};
 use crate::envelope::HEADER_PROVIDER;
 use crate::telemetry::WorkerMetrics;
-use crate::worker::act::Runner;
+use crate::worker::act::{Runner, idempotency_key};
 use crate::worker::decide::{self, Event};
-use crate::worker::state::{Batch, DecisionRecord, StoreError, SubjectState, now_ms};
+use crate::worker::state::{Batch, Store, DecisionRecord, StoreError, SubjectState, now_ms};
 use crate::worker::subject::SubjectRead;
 
 /// A delivery as the batch sees it.
@@ -101,6 +101,8 @@ pub struct Context {
     pub config: Arc<WorkerConfig>,
     /// Action runner.
     pub runner: Arc<Runner>,
+    /// The state store (decisions, done-marks, subjects).
+    pub store: Arc<dyn Store>,
     /// Metrics.
     pub metrics: Arc<WorkerMetrics>,
 }
@@ -136,10 +138,15 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
         }
     }
     let keys: Vec<String> = events.iter().map(|(_, e)| e.key.clone()).collect();
-    let store = ctx.runner.store.clone();
-    let decided = tokio::task::spawn_blocking(move || store.decided(&keys))
-        .await
-        .map_err(|_| StoreError::Poisoned)??;
+    let candidates = action_keys(&ctx.config, events.iter().map(|(_, e)| e));
+    // One trip to the store for the whole batch: which events were decided before, and which
+    // of the actions the rules could run have completed before (a replay or redelivery).
+    let store = ctx.store.clone();
+    let (decided, done) = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>((store.decided(&keys)?, store.done_among(&candidates)?))
+    })
+    .await
+    .map_err(|_| StoreError::Poisoned)??;
 
     // Group by subject, keeping delivery order inside each group.
     let mut groups: Vec<(String, Vec<Pending>)> = Vec::new();
@@ -185,14 +192,14 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
     }
 
     let subject_keys: Vec<String> = groups.iter().map(|(k, _)| k.clone()).collect();
-    let store = ctx.runner.store.clone();
+    let store = ctx.store.clone();
     let mut states = tokio::task::spawn_blocking(move || store.load_subjects(&subject_keys))
         .await
         .map_err(|_| StoreError::Poisoned)??;
 
     let handled = join_all(groups.into_iter().map(|(key, pending)| {
         let prior = states.remove(&key).unwrap_or_default();
-        handle_subject(ctx, key, pending, prior, now)
+        handle_subject(ctx, key, pending, prior, now, &done)
     }))
     .await;
     for (key, state, results) in handled {
@@ -219,6 +226,7 @@ async fn handle_subject(
     pending: Vec<Pending>,
     mut state: SubjectState,
     now: i64,
+    done: &HashSet<String>,
 ) -> Handled {
     let config = &ctx.config;
     let mut changed = false;
@@ -271,7 +279,7 @@ async fn handle_subject(
                     for &a in &rule.actions {
                         let result = ctx
                             .runner
-                            .run(config, a, &rule.name, &event, &context)
+                            .run(config, a, &rule.name, &event, &context, done)
                             .await;
                         ctx.metrics
                             .action(&result.action, result.outcome, result.latency_ms);
@@ -324,6 +332,22 @@ async fn handle_subject(
         }
     }
     (key, changed.then_some(state), results)
+}
+
+/// The idempotency keys of every action an enforcing rule could run for these events.
+fn action_keys<'a>(config: &WorkerConfig, events: impl Iterator<Item = &'a Event>) -> Vec<String> {
+    let mut keys = Vec::new();
+    for event in events {
+        for rule in &config.rules {
+            if rule.mode != Mode::Enforce || !rule.applies(&event.provider, &event.event_type) {
+                continue;
+            }
+            for &a in &rule.actions {
+                keys.push(idempotency_key(&event.key, &rule.name, &config.actions[a].name));
+            }
+        }
+    }
+    keys
 }
 
 fn decision(

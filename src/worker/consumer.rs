@@ -23,6 +23,7 @@ use crate::config::worker::WorkerConfig;
 use crate::listener::admin;
 use crate::telemetry::WorkerMetrics;
 use crate::worker::act::Runner;
+use crate::worker::marks::DoneMarks;
 use crate::worker::batch::{self, Fate, Item};
 use crate::worker::state::{SqliteStore, Store};
 
@@ -98,6 +99,9 @@ pub enum StartError {
     /// No HTTP client (TLS roots and the like).
     #[error("building the HTTP client: {0}")]
     Http(String),
+    /// The done-mark writer thread could not start.
+    #[error("starting the done-mark writer: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Opens the store and starts consuming; runs until `shutdown`, then finishes the batch in
@@ -117,6 +121,7 @@ pub fn start(
         },
     )?);
     let http = crate::worker::http::client().map_err(StartError::Http)?;
+    let marks = DoneMarks::start(store.clone()).map_err(StartError::Thread)?;
     let metrics = Arc::new(WorkerMetrics::new());
     let consuming = Arc::new(AtomicBool::new(false));
     let config = Arc::new(RwLock::new(Arc::new(config)));
@@ -130,6 +135,7 @@ pub fn start(
     let consumer = Consumer {
         config: config.clone(),
         store,
+        marks,
         http,
         metrics: metrics.clone(),
         consuming: consuming.clone(),
@@ -178,6 +184,7 @@ async fn prune_loop(
 struct Consumer {
     config: Arc<RwLock<Arc<WorkerConfig>>>,
     store: Arc<dyn Store>,
+    marks: DoneMarks,
     http: reqwest::Client,
     metrics: Arc<WorkerMetrics>,
     consuming: Arc<AtomicBool>,
@@ -292,7 +299,7 @@ impl Consumer {
         let runner = Arc::new(Runner {
             http: self.http.clone(),
             channel: publish.clone(),
-            store: self.store.clone(),
+            marks: self.marks.clone(),
         });
         self.consuming.store(true, Ordering::Relaxed);
         self.metrics.consuming.set(1);
@@ -341,6 +348,7 @@ impl Consumer {
             let ctx = batch::Context {
                 config: rules,
                 runner: runner.clone(),
+                store: self.store.clone(),
                 metrics: self.metrics.clone(),
             };
             let outcome = batch::handle(&ctx, &items)
@@ -366,6 +374,8 @@ impl Consumer {
                     tracing::warn!(error = %error, rule, action, "event dead-lettered");
                 }
             }
+            // Done-marks of this batch's actions land before its state and its ack.
+            self.marks.flush().await.map_err(|e| e.to_string())?;
             let store = self.store.clone();
             let commit = outcome.commit;
             tokio::task::spawn_blocking(move || store.commit(&commit))

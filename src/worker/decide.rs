@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::config::worker::{Mode, WorkerConfig};
-use crate::worker::condition::Input;
+use crate::worker::condition::{Input, PreparedInput};
 use crate::worker::state::SubjectState;
 use crate::worker::subject::SubjectRead;
 
@@ -76,12 +76,15 @@ pub fn evaluate(
         previous_score: &prior.scores,
         previous_at: previous_at.as_deref(),
     };
+    // Converted to CEL once for all the rules that apply, and only if one does.
+    let mut prepared: Option<PreparedInput<'_>> = None;
     let mut out = Vec::new();
     for (i, rule) in config.rules.iter().enumerate() {
         if !rule.applies(&event.provider, &event.event_type) {
             continue;
         }
-        let (matched, error) = match rule.when.evaluate(&input) {
+        let prepared = prepared.get_or_insert_with(|| PreparedInput::new(&input));
+        let (matched, error) = match rule.when.evaluate_prepared(prepared) {
             Ok(m) => (m, None),
             Err(e) => (false, Some(e)),
         };

@@ -13,6 +13,7 @@ pub mod consumer;
 pub mod decide;
 pub mod exec;
 pub mod http;
+pub mod marks;
 pub mod state;
 pub mod subject;
 pub mod template;

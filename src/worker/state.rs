@@ -21,6 +21,9 @@ pub enum StoreError {
     /// The store's lock was poisoned by a panic elsewhere.
     #[error("state store: lock poisoned")]
     Poisoned,
+    /// A part of the store stopped or failed (e.g. the done-mark writer).
+    #[error("state store: {0}")]
+    Unavailable(String),
 }
 
 /// What the worker knows about one subject before an event.
@@ -72,16 +75,16 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store failure.
     fn decided(&self, event_keys: &[String]) -> Result<HashSet<String>, StoreError>;
-    /// Whether the action with this idempotency key completed before.
+    /// Which of these action keys have a done-mark (their action completed before).
     ///
     /// # Errors
     /// Store failure.
-    fn is_done(&self, key: &str) -> Result<bool, StoreError>;
-    /// Records, durably and at once, that the action with this key completed.
+    fn done_among(&self, keys: &[String]) -> Result<HashSet<String>, StoreError>;
+    /// Records, in one transaction, that the actions with these keys completed.
     ///
     /// # Errors
     /// Store failure.
-    fn mark_done(&self, key: &str) -> Result<(), StoreError>;
+    fn mark_done(&self, keys: &[String]) -> Result<(), StoreError>;
     /// Commits a batch atomically.
     ///
     /// # Errors
@@ -235,17 +238,31 @@ impl Store for SqliteStore {
         })
     }
 
-    fn is_done(&self, key: &str) -> Result<bool, StoreError> {
+    fn done_among(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
         self.with(|c| {
-            Ok(c.prepare_cached("SELECT 1 FROM done WHERE key = ?1")?
-                .exists(params![key])?)
+            let mut stmt = c.prepare_cached("SELECT 1 FROM done WHERE key = ?1")?;
+            let mut out = HashSet::new();
+            for key in keys {
+                if stmt.exists(params![key])? {
+                    out.insert(key.clone());
+                }
+            }
+            Ok(out)
         })
     }
 
-    fn mark_done(&self, key: &str) -> Result<(), StoreError> {
+    fn mark_done(&self, keys: &[String]) -> Result<(), StoreError> {
         self.with(|c| {
-            c.prepare_cached("INSERT OR IGNORE INTO done (key, at_ms) VALUES (?1, ?2)")?
-                .execute(params![key, now_ms()])?;
+            let tx = c.transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("INSERT OR IGNORE INTO done (key, at_ms) VALUES (?1, ?2)")?;
+                let now = now_ms();
+                for key in keys {
+                    stmt.execute(params![key, now])?;
+                }
+            }
+            tx.commit()?;
             Ok(())
         })
     }
@@ -388,10 +405,11 @@ mod tests {
         // A dead-lettered event is not final: its replay must be handled.
         let decided = s.decided(&["dregs/e1".into(), "dregs/e2".into()]).unwrap();
         assert_eq!(decided, HashSet::from(["dregs/e1".to_owned()]));
-        assert!(!s.is_done("k").unwrap());
-        s.mark_done("k").unwrap();
-        s.mark_done("k").unwrap();
-        assert!(s.is_done("k").unwrap());
+        let keys = ["k".to_owned(), "j".to_owned()];
+        assert!(s.done_among(&keys).unwrap().is_empty());
+        s.mark_done(&keys[..1]).unwrap();
+        s.mark_done(&keys[..1]).unwrap();
+        assert_eq!(s.done_among(&keys).unwrap(), HashSet::from(["k".to_owned()]));
         assert_eq!(s.decisions(None, Some("dregs/u1"), 10).unwrap().len(), 2);
         assert_eq!(
             s.decisions(Some("dregs/e1"), None, 10).unwrap()[0].outcome,
