@@ -6,6 +6,8 @@
 #   bash benches/end-to-end.sh [seconds] [rate]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The daemons measured; HOOKWARDEN_BIN=DIR measures other builds (e.g. an older release).
+bin="${HOOKWARDEN_BIN:-./target/release}"
 secs="${1:-15}"
 rate="${2:-2000}"
 cargo build --release --bins --quiet
@@ -70,9 +72,9 @@ wait_metric() { # url line
   return 1
 }
 
-./target/release/hookwarden-listener --config "$dir/listener.toml" > "$dir/listener.log" 2>&1 &
+"$bin/hookwarden-listener" --config "$dir/listener.toml" > "$dir/listener.log" 2>&1 &
 pids+=($!)
-./target/release/hookwarden-worker --config "$dir/rules.toml" > "$dir/worker.log" 2>&1 &
+"$bin/hookwarden-worker" --config "$dir/rules.toml" > "$dir/worker.log" 2>&1 &
 pids+=($!)
 wait_metric http://127.0.0.1:19090/metrics '^hookwarden_broker_connected 1'
 wait_metric http://127.0.0.1:19191/readyz 'ready'

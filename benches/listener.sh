@@ -5,6 +5,8 @@
 #   bash benches/listener.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The daemons measured; HOOKWARDEN_BIN=DIR measures other builds (e.g. an older release).
+bin="${HOOKWARDEN_BIN:-./target/release}"
 secs="${1:-15}"
 cargo build --release --bins --quiet
 cargo bench --bench publish --quiet --no-run 2>/dev/null || true
@@ -34,7 +36,7 @@ echo "== 1. ceiling"
 cargo bench --bench publish --quiet -- --seconds "$secs" --in-flight 64
 
 echo "== 2. listener (release), logs to a file"
-./target/release/hookwarden-listener --config "$cfg" > "$dir/listener.log" 2>&1 &
+"$bin/hookwarden-listener" --config "$cfg" > "$dir/listener.log" 2>&1 &
 pid=$!
 # Ready means the broker is connected: with a spool, /readyz is true before that, and
 # events taken by the spool would be measured instead of the direct path.
@@ -42,8 +44,16 @@ for _ in $(seq 1 100); do
   curl -sf http://127.0.0.1:19090/metrics 2>/dev/null | grep -q '^hookwarden_broker_connected 1' && break
   sleep 0.1
 done
+# CPU time of a process so far, in clock ticks (utime + stime).
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
 for c in 64 256; do
   echo "-- $c connections"
-  ./target/release/hookwarden bench --config "$cfg" --provider dregs --concurrency "$c" --duration "${secs}s"
+  before=$(ticks "$pid")
+  ./target/release/hookwarden bench --config "$cfg" --provider dregs --concurrency "$c" --duration "${secs}s" | tee "$dir/bench.txt"
+  after=$(ticks "$pid")
+  n=$(awk '/requests in/ { print $1 }' "$dir/bench.txt")
+  awk -v t=$((after - before)) -v hz="$hz" -v n="$n" -v s="$secs" \
+    'BEGIN { printf "listener CPU: %.1f µs per request, %.2f cores\n", t / hz * 1e6 / n, t / hz / s }'
 done
 echo "-- listener peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$pid/status)"

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use http::HeaderMap;
 use hookwarden::config::listener::ListenerConfig;
 use hookwarden::listener::dedupe::Dedupe;
 use hookwarden::listener::extract::{extract, parse_body};
 use hookwarden::worker::condition::{Condition, Input, PreparedInput};
 use hookwarden::worker::template::{self, Templates};
+use http::HeaderMap;
 
 /// The built-in 500-byte sample `hookwarden bench` sends.
 const BODY: &str = r#"{"id":"evt_0001","event_id":"evt_0001","type":"identity.scored","event":"identity.scored","created_at":"2026-11-21T14:03:27.512Z","data":{"identity_id":"usr_48213","scored_at":"2026-11-21T14:03:27.401Z","scores":{"humanity":22,"uniqueness":61,"authenticity":48},"previous_scores":{"humanity":74,"uniqueness":63,"authenticity":51},"badges":["Suspicious"],"reason":"burst of sign-ups sharing one device fingerprint","device":{"fingerprint":"fp_9a8b7c6d5e4f","ip":"198.51.100.23","country":"NL"}}}"#;
@@ -49,7 +49,12 @@ fn verification(c: &mut Criterion) {
             b.iter(|| {
                 provider
                     .scheme
-                    .verify(&provider.keys, black_box(&headers), black_box(BODY.as_bytes()), now)
+                    .verify(
+                        &provider.keys,
+                        black_box(&headers),
+                        black_box(BODY.as_bytes()),
+                        now,
+                    )
                     .is_ok()
             });
         });
@@ -71,8 +76,14 @@ fn extraction(c: &mut Criterion) {
         b.iter(|| {
             let json = parse_body(black_box(BODY.as_bytes())).ok()?;
             let id = extract(&provider.event_id, "event id", &headers, &json, &verified).ok()?;
-            let kind =
-                extract(&provider.event_type, "event type", &headers, &json, &verified).ok()?;
+            let kind = extract(
+                &provider.event_type,
+                "event type",
+                &headers,
+                &json,
+                &verified,
+            )
+            .ok()?;
             Some((id, kind))
         });
     });
@@ -124,7 +135,8 @@ fn cel(c: &mut Criterion) {
         previous_at: Some("2026-11-21T14:00:00Z"),
     };
     // The crossing rule of deploy/rules.toml: below 30 now, at or above it before.
-    let rule = "score.humanity < 30.0 && has(previous.score.humanity) && previous.score.humanity >= 30.0";
+    let rule =
+        "score.humanity < 30.0 && has(previous.score.humanity) && previous.score.humanity >= 30.0";
     let condition = match Condition::compile(rule) {
         Ok(condition) => condition,
         Err(err) => panic!("{err}"),

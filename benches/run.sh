@@ -14,6 +14,7 @@ events="${2:-50000}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
+echo "== daemons measured: ${HOOKWARDEN_BIN:-./target/release}"
 bash benches/listener.sh "$secs" | tee "$out/listener.txt"
 bash benches/worker.sh "$events" | tee "$out/worker.txt"
 bash benches/end-to-end.sh "$secs" | tee "$out/e2e.txt"
@@ -41,4 +42,4 @@ printf '%-46s %12s %10s\n' "listener peak RSS (MiB)" "$rss" "goal ≤ 64"
 printf '%-46s %12s %10s\n' "raw consume, prefetch 256 (msg/s)" "$raw" "1.00×"
 printf '%-46s %12s %10s\n' "worker, log action (events/s)" "$wlog" "$(ratio "$wlog" "$raw")"
 printf '%-46s %12s %10s\n' "worker, http action (events/s)" "$whttp" "$(ratio "$whttp" "$raw")"
-grep -E '^(end to end|event-to-action)' "$out/e2e.txt" | sed 's/^/end to end: /' || true
+grep -E '^(end to end|event-to-action)' "$out/e2e.txt" || true

@@ -5,6 +5,8 @@
 #   bash benches/worker.sh [events]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The daemons measured; HOOKWARDEN_BIN=DIR measures other builds (e.g. an older release).
+bin="${HOOKWARDEN_BIN:-./target/release}"
 n="${1:-20000}"
 cargo build --release --bins --quiet
 cargo bench --bench consume --quiet -- >/dev/null   # builds the helper binary
@@ -59,7 +61,7 @@ events_done() {
 }
 
 run_worker() { # name
-  ./target/release/hookwarden-worker --config "$dir/$1.toml" > "$dir/$1.log" 2>&1 &
+  "$bin/hookwarden-worker" --config "$dir/$1.toml" > "$dir/$1.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
   # Declare the topology, then stop consuming while the queue is filled.
@@ -81,7 +83,7 @@ echo "== 1. raw consume (the ceiling)"
 rules raw '[actions.act]
 kind = "log"'
 sed -i "s/queue = \"$tag.events\"/queue = \"$tag.raw.events\"/; s/dead_letter_queue = \"$tag.dead\"/dead_letter_queue = \"$tag.raw.dead\"/" "$dir/raw.toml"
-./target/release/hookwarden-worker --config "$dir/raw.toml" > "$dir/raw.log" 2>&1 &
+"$bin/hookwarden-worker" --config "$dir/raw.toml" > "$dir/raw.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19191/readyz >/dev/null 2>&1 && break; sleep 0.1; done
 kill -TERM "$pid"; wait "$pid" 2>/dev/null || true   # it only declared the queue

@@ -73,11 +73,15 @@ pub fn run(what: &str, daemon: impl Future<Output = anyhow::Result<()>>) -> Exit
             return ExitCode::from(EXIT_START);
         }
     };
-    match runtime.block_on(daemon) {
+    let code = match runtime.block_on(daemon) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "{what} failed to start");
             ExitCode::from(EXIT_START)
         }
-    }
+    };
+    // Tasks still running log as they are dropped; then the buffered lines go out.
+    drop(runtime);
+    crate::telemetry::flush_logs();
+    code
 }

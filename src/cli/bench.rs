@@ -98,7 +98,10 @@ impl std::fmt::Display for Report {
             self.errors
         )?;
         if let Some(rate) = self.target_rate {
-            write!(f, "\nopen loop at {rate:.0} req/s; latency counted from when each request was due")?;
+            write!(
+                f,
+                "\nopen loop at {rate:.0} req/s; latency counted from when each request was due"
+            )?;
         }
         if let Some(e) = &self.end_to_end {
             write!(
@@ -216,7 +219,10 @@ pub async fn run(signer: Arc<Signer>, options: Options) -> anyhow::Result<Report
     let end_to_end = match (sink, sent) {
         (Some(sink), Some(sent)) => {
             let accepted = statuses.get(&200).copied().unwrap_or(0);
-            Some(sink.finish(&sent, accepted, options.end_to_end_wait).await?)
+            Some(
+                sink.finish(&sent, accepted, options.end_to_end_wait)
+                    .await?,
+            )
         }
         _ => None,
     };
@@ -482,8 +488,7 @@ fn bench_id(text: &str, marker: &str) -> Option<String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '-'))
         .unwrap_or(rest.len());
     let tail = rest[..len].trim_end_matches('-');
-    tail.contains('-')
-        .then(|| format!("{marker}{tail}"))
+    tail.contains('-').then(|| format!("{marker}{tail}"))
 }
 
 #[cfg(test)]

@@ -1,13 +1,20 @@
-//! Remembering event ids: a bounded LRU cache keyed by (provider, event id). Concurrent
-//! requests with one id are coalesced into one handoff; an id is remembered only after its
-//! handoff succeeded, so a provider's retry after a failure goes through.
+//! Remembering event ids: a bounded set of 128-bit digests of (provider, event id), kept in
+//! arrival order and forgotten oldest first, at capacity or after the ttl. Concurrent
+//! requests with one id are coalesced into one handoff by a moka cache of the ids being
+//! handed off right now; an id is remembered only after its handoff succeeded, so a
+//! provider's retry after a failure goes through.
+//!
+//! Why not every id in moka: its bookkeeping costs about 330 bytes per entry (1 000 000 ids:
+//! 333 MiB); a digest in a hash set plus its place in the arrival queue costs 45 to 90
+//! ([`crate::config::listener::DEDUPE_BYTES_PER_ENTRY`]), and the newest ids, the ones a
+//! provider's retry needs, are the ones oldest-first keeps.
 
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use moka::policy::EvictionPolicy;
 use sha2::{Digest, Sha256};
 
 /// What became of an event at the door.
@@ -19,23 +26,60 @@ pub enum Admission {
     Duplicate,
 }
 
-/// The id cache. Keys are SHA-256 digests, so memory per id does not grow with id length.
+/// The id cache; clones share it.
 #[derive(Clone)]
 pub struct Dedupe {
-    cache: Cache<[u8; 32], ()>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    seen: Mutex<Seen>,
+    /// Ids whose handoff is running, so that concurrent requests wait for it; each entry is
+    /// removed as soon as its id is in `seen`.
+    in_flight: Cache<u128, Handed>,
+}
+
+/// How the handoff of an in-flight id ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handed {
+    /// It ran and succeeded.
+    Now,
+    /// It was not needed: the id was remembered by then.
+    Before,
+}
+
+/// Remembered digests, in arrival order, with when each arrived (ms since `epoch`).
+struct Seen {
+    ids: HashSet<u128>,
+    /// (digest's high half, low half, arrival): 24 bytes, where a `u128` would pad to 32.
+    order: VecDeque<(u64, u64, u64)>,
+    capacity: usize,
+    ttl_ms: u64,
+    epoch: Instant,
 }
 
 impl Dedupe {
     /// A cache of at most `capacity` ids, each forgotten after `ttl`.
     pub fn new(capacity: u64, ttl: Duration) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(capacity)
-            .time_to_live(ttl)
-            // The default TinyLFU policy refuses new keys when full; retries come soon
-            // after the original, so the newest ids are the ones that must be kept.
-            .eviction_policy(EvictionPolicy::lru())
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
+        let seen = Seen {
+            ids: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            epoch: Instant::now(),
+        };
+        let in_flight = Cache::builder()
+            .max_capacity(u64::try_from(capacity).unwrap_or(u64::MAX))
+            // A safety net only: every entry is removed once its handoff ends.
+            .time_to_live(ttl.min(Duration::from_secs(3600)))
             .build();
-        Self { cache }
+        Self {
+            inner: Arc::new(Inner {
+                seen: Mutex::new(seen),
+                in_flight,
+            }),
+        }
     }
 
     /// Runs `handoff` unless the id is known or already being handed off; concurrent
@@ -53,21 +97,42 @@ impl Dedupe {
         F: Future<Output = Result<(), E>>,
         E: Send + Sync + 'static,
     {
-        let entry = self
-            .cache
-            .entry(key(provider, event_id))
-            .or_try_insert_with(handoff)
+        let key = key(provider, event_id);
+        if self.inner.remembers(key) {
+            return Ok(Admission::Duplicate);
+        }
+        let inner = &self.inner;
+        let entry = inner
+            .in_flight
+            .entry(key)
+            .or_try_insert_with(async move {
+                // A handoff of this id that ended after the check above has remembered it
+                // before leaving `in_flight`: look again before publishing a second copy.
+                if inner.remembers(key) {
+                    return Ok(Handed::Before);
+                }
+                handoff.await?;
+                inner.remember(key);
+                Ok(Handed::Now)
+            })
             .await?;
-        Ok(if entry.is_fresh() {
+        if entry.is_fresh() {
+            // The id is in `seen` now, which answers every later request.
+            inner.in_flight.invalidate(&key).await;
+        }
+        Ok(if entry.is_fresh() && *entry.value() == Handed::Now {
             Admission::Accepted
         } else {
             Admission::Duplicate
         })
     }
 
-    /// Ids currently remembered (approximate until pending maintenance runs).
+    /// Ids currently remembered.
     pub fn len(&self) -> u64 {
-        self.cache.entry_count()
+        self.inner
+            .seen
+            .lock()
+            .map_or(0, |seen| seen.ids.len() as u64)
     }
 
     /// True when no id is remembered.
@@ -75,24 +140,76 @@ impl Dedupe {
         self.len() == 0
     }
 
-    /// Runs the cache's pending maintenance (evictions); tests use it to see exact counts.
-    pub async fn settle(&self) {
-        self.cache.run_pending_tasks().await;
-    }
-
     /// Whether an id is remembered.
     pub fn contains(&self, provider: &str, event_id: &str) -> bool {
-        self.cache.contains_key(&key(provider, event_id))
+        self.inner.remembers(key(provider, event_id))
     }
 }
 
-fn key(provider: &str, event_id: &str) -> [u8; 32] {
+impl Inner {
+    fn remembers(&self, key: u128) -> bool {
+        // A poisoned lock only means a panic elsewhere mid-update; the set is still a set.
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.expire();
+        seen.ids.contains(&key)
+    }
+
+    fn remember(&self, key: u128) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.expire();
+        if seen.ids.insert(key) {
+            let now = seen.now_ms();
+            seen.order.push_back(((key >> 64) as u64, key as u64, now));
+            while seen.order.len() > seen.capacity {
+                seen.forget_oldest();
+            }
+        }
+    }
+}
+
+impl Seen {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Forgets the ids older than the ttl; they are at the front.
+    fn expire(&mut self) {
+        let now = self.now_ms();
+        while self
+            .order
+            .front()
+            .is_some_and(|&(_, _, at)| now.saturating_sub(at) >= self.ttl_ms)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((high, low, _)) = self.order.pop_front() {
+            self.ids
+                .remove(&((u128::from(high) << 64) | u128::from(low)));
+        }
+    }
+}
+
+/// The first 128 bits of SHA-256(provider, 0, event id): collisions are out of reach
+/// (a birthday bound near 2^64 ids), and the size is fixed whatever the id's length.
+fn key(provider: &str, event_id: &str) -> u128 {
     let mut hasher = Sha256::new();
     hasher.update(provider.as_bytes());
     // A separator that cannot occur in provider names keeps ("a","bc") apart from ("ab","c").
     hasher.update([0u8]);
     hasher.update(event_id.as_bytes());
-    hasher.finalize().into()
+    let digest = hasher.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(first)
 }
 
 #[cfg(test)]
@@ -152,9 +269,6 @@ mod tests {
                 .admit("p", &format!("old-{i}"), async { Ok::<(), ()>(()) })
                 .await
                 .unwrap();
-            if i % 500 == 0 {
-                dedupe.settle().await;
-            }
         }
         for i in 0..200 {
             dedupe
@@ -162,11 +276,67 @@ mod tests {
                 .await
                 .unwrap();
         }
-        dedupe.settle().await;
         let kept = (0..200)
             .filter(|i| dedupe.contains("p", &format!("new-{i}")))
             .count();
-        assert_eq!(kept, 200, "LRU must keep every one of the newest ids");
-        assert!(dedupe.len() <= 1_000);
+        assert_eq!(kept, 200, "every one of the newest ids must be kept");
+        assert_eq!(dedupe.len(), 1_000);
+        assert!(!dedupe.contains("p", "old-3999"), "the oldest go first");
+        assert!(dedupe.contains("p", "old-4999"));
+    }
+
+    #[tokio::test]
+    async fn ids_are_forgotten_after_the_ttl() {
+        let dedupe = Dedupe::new(100, Duration::from_millis(50));
+        let ok = || async { Ok::<(), ()>(()) };
+        assert_eq!(
+            dedupe.admit("p", "a", ok()).await.unwrap(),
+            Admission::Accepted
+        );
+        assert_eq!(
+            dedupe.admit("p", "a", ok()).await.unwrap(),
+            Admission::Duplicate
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(!dedupe.contains("p", "a"));
+        assert_eq!(
+            dedupe.admit("p", "a", ok()).await.unwrap(),
+            Admission::Accepted
+        );
+        assert_eq!(dedupe.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn many_tasks_with_overlapping_ids_hand_each_id_off_once() {
+        let dedupe = Dedupe::new(10_000, Duration::from_secs(60));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let (dedupe, runs) = (dedupe.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut accepted = 0;
+                for i in 0..500 {
+                    // Every task walks the same ids, from different starting points.
+                    let id = format!("evt-{}", (i + t * 61) % 500);
+                    let runs = runs.clone();
+                    let admitted = dedupe
+                        .admit("p", &id, async move {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            tokio::task::yield_now().await;
+                            Ok::<(), ()>(())
+                        })
+                        .await
+                        .unwrap();
+                    accepted += usize::from(admitted == Admission::Accepted);
+                }
+                accepted
+            }));
+        }
+        let mut accepted = 0;
+        for t in tasks {
+            accepted += t.await.unwrap();
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 500);
+        assert_eq!(accepted, 500);
     }
 }

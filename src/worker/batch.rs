@@ -15,7 +15,7 @@ use crate::envelope::HEADER_PROVIDER;
 use crate::telemetry::WorkerMetrics;
 use crate::worker::act::{Runner, idempotency_key};
 use crate::worker::decide::{self, Event};
-use crate::worker::state::{Batch, Store, DecisionRecord, StoreError, SubjectState, now_ms};
+use crate::worker::state::{Batch, DecisionRecord, Store, StoreError, SubjectState, now_ms};
 use crate::worker::subject::SubjectRead;
 
 /// A delivery as the batch sees it.
@@ -343,7 +343,11 @@ fn action_keys<'a>(config: &WorkerConfig, events: impl Iterator<Item = &'a Event
                 continue;
             }
             for &a in &rule.actions {
-                keys.push(idempotency_key(&event.key, &rule.name, &config.actions[a].name));
+                keys.push(idempotency_key(
+                    &event.key,
+                    &rule.name,
+                    &config.actions[a].name,
+                ));
             }
         }
     }

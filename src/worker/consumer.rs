@@ -23,8 +23,8 @@ use crate::config::worker::WorkerConfig;
 use crate::listener::admin;
 use crate::telemetry::WorkerMetrics;
 use crate::worker::act::Runner;
-use crate::worker::marks::DoneMarks;
 use crate::worker::batch::{self, Fate, Item};
+use crate::worker::marks::DoneMarks;
 use crate::worker::state::{SqliteStore, Store};
 
 /// Header: why an event was dead-lettered.

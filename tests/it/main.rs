@@ -7,6 +7,7 @@ mod sink;
 mod worker_harness;
 
 mod admin;
+mod bench;
 mod cli;
 mod cli_worker;
 mod config_files;
