@@ -68,14 +68,16 @@ run_worker() { # name
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19191/readyz >/dev/null 2>&1 && break; sleep 0.1; done
   kill -STOP "$pid"
   bench fill --exchange "$tag.$1" --count "$n" >/dev/null
-  local start end
+  local start end before after
+  before=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
   start=$(date +%s.%N)
   kill -CONT "$pid"
   while [ "$(events_done)" -lt "$n" ]; do sleep 0.05; done
   end=$(date +%s.%N)
+  after=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-  awk -v n="$n" -v s="$start" -v e="$end" -v name="$1" \
-    'BEGIN { printf "%s: %d events in %.2f s, %.0f events/s\n", name, n, e - s, n / (e - s) }' 
+  awk -v n="$n" -v s="$start" -v e="$end" -v name="$1" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%s: %d events in %.2f s, %.0f events/s (worker CPU %.1f µs per event)\n", name, n, e - s, n / (e - s), t / hz * 1e6 / n }' 
 }
 
 echo "== machine: $(nproc) cores, RabbitMQ $(rabbitmqctl -q version 2>/dev/null), $n events"
