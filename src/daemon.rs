@@ -73,15 +73,11 @@ pub fn run(what: &str, daemon: impl Future<Output = anyhow::Result<()>>) -> Exit
             return ExitCode::from(EXIT_START);
         }
     };
-    let code = match runtime.block_on(daemon) {
+    match runtime.block_on(daemon) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "{what} failed to start");
             ExitCode::from(EXIT_START)
         }
-    };
-    // Tasks still running log as they are dropped; then the buffered lines go out.
-    drop(runtime);
-    crate::telemetry::flush_logs();
-    code
+    }
 }
