@@ -32,8 +32,20 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), RabbitMQ $(rabbitmqctl -q version 2>/dev/null)"
+# CPU time of a process so far, in clock ticks (utime + stime); RabbitMQ's too, to see
+# what each message costs the broker when it comes through the listener and when bare.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+hz=$(getconf CLK_TCK)
+beam=$(pgrep -f beam.smp | head -1 || true)
+cpu() { # who ticks n
+  awk -v who="$1" -v t="$2" -v hz="$hz" -v n="$3" -v s="$secs" \
+    'BEGIN { if (n > 0) printf "%s CPU: %.1f µs per message, %.2f cores\n", who, t / hz * 1e6 / n, t / hz / s }'
+}
 echo "== 1. ceiling"
-cargo bench --bench publish --quiet -- --seconds "$secs" --in-flight 64
+broker_before=$(ticks "$beam")
+cargo bench --bench publish --quiet -- --seconds "$secs" --in-flight 64 | tee "$dir/ceiling.txt"
+broker_after=$(ticks "$beam")
+cpu "broker" $((broker_after - broker_before)) "$(grep -oE '[0-9]+ messages' "$dir/ceiling.txt" | cut -d' ' -f1)"
 
 echo "== 2. listener (release), logs to a file"
 "$bin/hookwarden-listener" --config "$cfg" > "$dir/listener.log" 2>&1 &
@@ -44,16 +56,13 @@ for _ in $(seq 1 100); do
   curl -sf http://127.0.0.1:19090/metrics 2>/dev/null | grep -q '^hookwarden_broker_connected 1' && break
   sleep 0.1
 done
-# CPU time of a process so far, in clock ticks (utime + stime).
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
 for c in 64 256; do
   echo "-- $c connections"
-  before=$(ticks "$pid")
+  before=$(ticks "$pid"); broker_before=$(ticks "$beam")
   ./target/release/hookwarden bench --config "$cfg" --provider dregs --concurrency "$c" --duration "${secs}s" | tee "$dir/bench.txt"
-  after=$(ticks "$pid")
+  after=$(ticks "$pid"); broker_after=$(ticks "$beam")
   n=$(awk '/requests in/ { print $1 }' "$dir/bench.txt")
-  awk -v t=$((after - before)) -v hz="$hz" -v n="$n" -v s="$secs" \
-    'BEGIN { printf "listener CPU: %.1f µs per request, %.2f cores\n", t / hz * 1e6 / n, t / hz / s }'
+  cpu "listener" $((after - before)) "$n"
+  cpu "broker" $((broker_after - broker_before)) "$n"
 done
 echo "-- listener peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$pid/status)"
