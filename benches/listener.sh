@@ -56,10 +56,15 @@ for _ in $(seq 1 100); do
   curl -sf http://127.0.0.1:19090/metrics 2>/dev/null | grep -q '^hookwarden_broker_connected 1' && break
   sleep 0.1
 done
-for c in 64 256; do
-  echo "-- $c connections"
+# Closed loop at 64 and 256 connections (throughput), then open loop at a fixed rate
+# (latency as a provider sees it, counted from when each request was due).
+rate="${OPEN_LOOP_RATE:-5000}"
+for load in "64" "256" "256 --rate $rate"; do
+  c=${load%% *}
+  case "$load" in *rate*) echo "-- open loop at $rate req/s, $c connections" ;; *) echo "-- $c connections" ;; esac
   before=$(ticks "$pid"); broker_before=$(ticks "$beam")
-  ./target/release/hookwarden bench --config "$cfg" --provider dregs --concurrency "$c" --duration "${secs}s" | tee "$dir/bench.txt"
+  # shellcheck disable=SC2086
+  ./target/release/hookwarden bench --config "$cfg" --provider dregs --concurrency $load --duration "${secs}s" | tee "$dir/bench.txt"
   after=$(ticks "$pid"); broker_after=$(ticks "$beam")
   n=$(awk '/requests in/ { print $1 }' "$dir/bench.txt")
   cpu "listener" $((after - before)) "$n"

@@ -7,6 +7,8 @@
 #   4. end to end: listener + worker + `hookwarden bench --end-to-end` at a fixed rate
 # then a summary with the ratios. Own uniquely named queues, deleted afterwards.
 #   bash benches/run.sh [seconds per listener run] [events per worker run]
+# OPEN_LOOP_RATE (default 5000) sets the listener's open-loop rate; HOOKWARDEN_BIN=DIR
+# measures the daemons of another build (the bench tools stay this tree's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-15}"
@@ -25,6 +27,8 @@ ceiling=$(num '^bare confirmed publish' "$out/listener.txt" 'msg/s')
 l64=$(grep -A1 -- '-- 64 connections' "$out/listener.txt" | num 'req/s' - 'req/s')
 l256=$(grep -A1 -- '-- 256 connections' "$out/listener.txt" | num 'req/s' - 'req/s')
 p99_64=$(grep -A2 -- '-- 64 connections' "$out/listener.txt" | grep -oE 'p99 [0-9.]+' | cut -d' ' -f2)
+p99_open=$(grep -A2 -- '-- open loop' "$out/listener.txt" | grep -oE 'p99 [0-9.]+' | cut -d' ' -f2)
+open_rate=$(grep -oE -- '-- open loop at [0-9]+' "$out/listener.txt" | grep -oE '[0-9]+$')
 rss=$(grep -oE 'peak RSS: [0-9.]+' "$out/listener.txt" | cut -d' ' -f3)
 raw=$(num '^raw consume' "$out/worker.txt" 'msg/s')
 wlog=$(num '^log:' "$out/worker.txt" 'events/s')
@@ -38,6 +42,7 @@ printf '%-46s %12s %10s\n' "bare confirmed publish, 64 in flight (msg/s)" "$ceil
 printf '%-46s %12s %10s\n' "listener, 64 connections (req/s)" "$l64" "$(ratio "$l64" "$ceiling")"
 printf '%-46s %12s %10s\n' "listener, 256 connections (req/s)" "$l256" "$(ratio "$l256" "$ceiling")"
 printf '%-46s %12s %10s\n' "listener p99 at 64 connections (ms)" "$p99_64" "goal ≤ 20"
+printf '%-46s %12s %10s\n' "listener p99, open loop at $open_rate req/s (ms)" "$p99_open" ""
 printf '%-46s %12s %10s\n' "listener peak RSS (MiB)" "$rss" "goal ≤ 64"
 printf '%-46s %12s %10s\n' "raw consume, prefetch 256 (msg/s)" "$raw" "1.00×"
 printf '%-46s %12s %10s\n' "worker, log action (events/s)" "$wlog" "$(ratio "$wlog" "$raw")"
