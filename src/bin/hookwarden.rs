@@ -101,24 +101,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench {
-            signer,
-            url,
-            concurrency,
-            duration,
-            body,
-            json,
-            load,
-        } => report(bench(
-            &signer,
-            url,
-            concurrency,
-            duration,
-            body,
-            json,
-            &load,
-            &env,
-        )),
+        Command::Bench { signer, url, load } => report(bench(&signer, url, &load, &env)),
         Command::Rules {
             command: rules::RulesCommand::Test(args),
         } => rules_test(&args, &env),
@@ -197,10 +180,6 @@ fn decisions(
 fn bench(
     signer: &hookwarden::cli::SignerArgs,
     url: Option<String>,
-    concurrency: usize,
-    duration: std::time::Duration,
-    body: Option<std::path::PathBuf>,
-    json: bool,
     load: &hookwarden::cli::LoadArgs,
     env: &std::collections::HashMap<String, String>,
 ) -> anyhow::Result<()> {
@@ -209,19 +188,19 @@ fn bench(
     let url = url
         .or(signer.default_url.clone())
         .ok_or_else(|| anyhow::anyhow!("give --url (or --config to load its listener)"))?;
-    let template = body
-        .map(|p| {
-            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
-        })
+    let template = load
+        .body
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
         .transpose()?;
-    anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(load.concurrency > 0, "--concurrency must be at least 1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let options = hookwarden::cli::bench::Options {
         url,
-        connections: concurrency,
-        duration,
+        connections: load.concurrency,
+        duration: load.duration,
         rate: load.rate,
         template,
         end_to_end: load.end_to_end,
@@ -231,7 +210,7 @@ fn bench(
         std::sync::Arc::new(signer),
         options,
     ))?;
-    if json {
+    if load.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{report}");

@@ -472,10 +472,11 @@ async fn note_arrival(
     }
     let Some(id) = id else { return };
     if let Ok(mut a) = arrivals.lock() {
-        if a.first.contains_key(&id) {
-            a.repeated += 1;
-        } else {
-            a.first.insert(id, arrived);
+        match a.first.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => a.repeated += 1,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(arrived);
+            }
         }
     }
 }

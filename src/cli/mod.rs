@@ -81,20 +81,7 @@ pub enum Command {
         /// Where to POST; default from --config as for `send`.
         #[arg(long)]
         url: Option<String>,
-        /// Connections, each sending one request at a time.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// How long to run.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        duration: std::time::Duration,
-        /// Body template file; `{id}` in it is replaced by a unique id per request
-        /// (default: a built-in 500-byte event).
-        #[arg(long)]
-        body: Option<PathBuf>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Open loop and end to end.
+        /// The load and the report.
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -159,9 +146,22 @@ pub mod exit {
     pub const USAGE: u8 = 64;
 }
 
-/// `hookwarden bench`: open-loop rate and end-to-end measurement.
+/// `hookwarden bench`: the load to send and how to report it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
+    /// Connections, each sending one request at a time.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Body template file; `{id}` in it is replaced by a unique id per request
+    /// (default: a built-in 500-byte event).
+    #[arg(long)]
+    pub body: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Open loop: this many requests per second in all, spread over the connections; a
     /// request's latency counts from when it was due (default: closed loop, each connection
     /// sends when its last answer came).
