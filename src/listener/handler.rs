@@ -52,6 +52,11 @@ impl HandoffError {
     }
 }
 
+/// At most this many events left in the spool, a request waits for the forwarder ...
+const CATCH_UP_DEPTH: u64 = 2048;
+/// ... this long at most, before it joins them in the spool.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The handoff: publish and wait for the confirm (at most `timeout`); when the broker is
 /// unreachable or slow, or events are already waiting in the spool (so order is kept), write
 /// to the spool instead.
@@ -72,8 +77,15 @@ impl Handoff for BrokerHandoff {
         let Some(spool) = &self.spool else {
             return Ok(self.publisher.publish(&envelope, self.timeout).await?);
         };
-        let reason = if spool.depth() > 0 {
-            // Older events wait in the spool: queue behind them, not ahead.
+        // Older events wait in the spool: queue behind them, not ahead. Once the broker is
+        // back and only a few are left, wait for the forwarder to send them instead of adding
+        // to them: under steady load the spool would otherwise never run empty, and every
+        // event would take the disk detour for good.
+        let behind = spool.depth() > 0
+            && !(self.publisher.is_connected()
+                && spool.depth() <= CATCH_UP_DEPTH
+                && spool.wait_drained(CATCH_UP_WAIT.min(self.timeout)).await);
+        let reason = if behind {
             "older events are waiting in the spool".to_owned()
         } else if !self.publisher.is_connected() {
             PublishError::NotConnected.to_string()

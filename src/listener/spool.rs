@@ -53,6 +53,8 @@ struct Inner {
     bytes: AtomicU64,
     /// Wakes the forwarder when something was spooled.
     added: Notify,
+    /// Wakes requests waiting for the forwarder to empty the spool.
+    emptied: Notify,
     /// An event was refused for lack of room since the spool last shrank.
     refused: std::sync::atomic::AtomicBool,
 }
@@ -114,6 +116,7 @@ impl Spool {
             depth: AtomicU64::new(u64::try_from(depth).unwrap_or(0)),
             bytes: AtomicU64::new(u64::try_from(bytes).unwrap_or(0)),
             added: Notify::new(),
+            emptied: Notify::new(),
             refused: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(write_loop(inner.clone(), rx));
@@ -133,6 +136,19 @@ impl Spool {
     /// Whether events are being taken: not full, and nothing refused since it last shrank.
     pub fn accepting(&self) -> bool {
         self.bytes() < self.inner.max_bytes && !self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// Waits at most `at_most` for the forwarder to empty the spool; true if it is empty.
+    pub async fn wait_drained(&self, at_most: Duration) -> bool {
+        let emptied = self.inner.emptied.notified();
+        tokio::pin!(emptied);
+        // Registered before the check, so an emptying between the two is not missed.
+        emptied.as_mut().enable();
+        if self.depth() == 0 {
+            return true;
+        }
+        let _ = tokio::time::timeout(at_most, emptied).await;
+        self.depth() == 0
     }
 
     /// Waits until something is spooled (or a short while passes).
@@ -242,9 +258,13 @@ impl Spool {
         }
         tx.commit()?;
         let bytes: u64 = done.iter().map(|s| s.envelope.body.len() as u64).sum();
-        self.inner
+        let before = self
+            .inner
             .depth
             .fetch_sub(done.len() as u64, Ordering::Relaxed);
+        if before == done.len() as u64 {
+            self.inner.emptied.notify_waiters();
+        }
         self.inner.refused.store(false, Ordering::Relaxed);
         self.inner
             .bytes

@@ -124,3 +124,92 @@ async fn a_full_spool_answers_503() {
     assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
     assert_eq!(admin_get(&l.admin, "/readyz").await.0, 503);
 }
+
+#[tokio::test]
+async fn under_steady_load_after_an_outage_the_listener_returns_to_publishing_directly() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let dir = tempdir::Dir::new();
+    let mut l = Harness::new()
+        .amqp("url", &format!("\"{}\"", proxy.url()))
+        .spool(&dir.path.join("spool.db"), "")
+        .start()
+        .await;
+    let publisher = l.running.as_ref().unwrap().publisher.clone();
+    assert!(publisher.wait_connected(Duration::from_secs(10)).await);
+    proxy.down();
+    eventually("broker seen as down", Duration::from_secs(10), || {
+        let p = publisher.clone();
+        async move { !p.is_connected() }
+    })
+    .await;
+    let outage: Vec<String> = (0..20).map(|i| format!("out_{i:02}")).collect();
+    for id in &outage {
+        assert_eq!(l.send("dregs", &event(id)).await.status, 200);
+    }
+    proxy.up();
+
+    // 16 clients keep sending, each its next event as soon as the last is answered: the
+    // spool never sees a quiet moment in which to run empty by itself.
+    let url = format!("{}/hooks/dregs", l.base);
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let requests: Vec<_> = (0..150)
+            .map(|i| {
+                let body = event(&format!("load_{c:02}_{i:03}"));
+                (l.sign("dregs", body.as_bytes()), body)
+            })
+            .collect();
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for (headers, body) in requests {
+                let answer =
+                    hookwarden::cli::http_client::post(&url, &headers, bytes::Bytes::from(body))
+                        .await
+                        .unwrap();
+                ok += usize::from(answer.status == 200);
+            }
+            ok
+        }));
+    }
+    let spooled = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("hookwarden_spooled_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // While the load goes on, the spool empties and stays empty: later events go direct.
+    eventually("spool drained under load", Duration::from_secs(20), || {
+        let admin = l.admin.clone();
+        async move {
+            admin_get(&admin, "/metrics")
+                .await
+                .1
+                .contains("hookwarden_spool_depth 0")
+        }
+    })
+    .await;
+    let first = spooled(&admin_get(&l.admin, "/metrics").await.1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = spooled(&admin_get(&l.admin, "/metrics").await.1);
+    let mut ok = 0;
+    for client in clients {
+        ok += client.await.unwrap();
+    }
+    assert_eq!(ok, 16 * 150, "every request answered 200");
+    assert_eq!(first, later, "nothing spooled once the spool ran empty");
+    assert!(
+        later < 20 + 16 * 150,
+        "load events went direct, not all through the spool"
+    );
+
+    // Nothing lost, nothing twice, and the outage's events first, in order.
+    let broker = Broker::connect().await;
+    let got = queue_ids(&broker, &l.names.queue, 20 + 16 * 150).await;
+    assert_eq!(got.len(), 20 + 16 * 150);
+    assert_eq!(got[..20], outage[..]);
+    let distinct: std::collections::HashSet<_> = got.iter().collect();
+    assert_eq!(distinct.len(), got.len());
+    l.stop().await;
+}
