@@ -173,7 +173,12 @@ enum ConnectError {
          compare [amqp] with the broker's definitions): {0}"
     )]
     Topology(lapin::Error),
+    #[error("the broker did not complete the connection set-up in time")]
+    Timeout,
 }
+
+/// Longest wait for a connection's handshake, declarations and channels.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Publishes `body` persistent-or-not as `properties` say, `mandatory`, on a confirm-mode
 /// `channel`, and waits at most `timeout` for the confirm. Shared by the listener's handoff
@@ -244,24 +249,27 @@ impl Publisher {
         };
         let channel = &link.channels[0];
         let _in_flight = self.inner.metrics.in_flight_guard();
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut confirms = Vec::with_capacity(envelopes.len());
         for envelope in envelopes {
-            let sent = channel
-                .basic_publish(
-                    self.inner.exchange.clone(),
-                    envelope.routing_key.clone(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &envelope.body,
-                    envelope.properties(),
-                )
-                .await
-                .map_err(PublishError::ChannelClosed);
+            // Bounded like the confirms: a write that never completes (a connection dying
+            // under us) must not hold the spool's forwarder, and every event behind it, forever.
+            let send = channel.basic_publish(
+                self.inner.exchange.clone(),
+                envelope.routing_key.clone(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &envelope.body,
+                envelope.properties(),
+            );
+            let sent = match tokio::time::timeout_at(deadline, send).await {
+                Ok(sent) => sent.map_err(PublishError::ChannelClosed),
+                Err(_) => Err(PublishError::ConfirmTimeout),
+            };
             confirms.push(sent);
         }
-        let deadline = tokio::time::Instant::now() + timeout;
         let results = futures_util::future::join_all(confirms.into_iter().map(|sent| async move {
             let confirm = sent?;
             match tokio::time::timeout_at(deadline, confirm).await {
@@ -296,7 +304,12 @@ impl Supervisor {
         while !self.shutdown.is_cancelled() {
             let url = &self.urls[attempt % self.urls.len()];
             attempt += 1;
-            match self.connect(url).await {
+            // Bounded: a broker still booting can accept the socket and never finish the
+            // handshake; waiting on it would keep the listener away from the broker for good.
+            let connected = tokio::time::timeout(SETUP_TIMEOUT, self.connect(url))
+                .await
+                .unwrap_or(Err(ConnectError::Timeout));
+            match connected {
                 Ok(link) => {
                     backoff = BACKOFF_MIN;
                     tracing::info!(broker = %redact(url), channels = self.channels, "broker connected");

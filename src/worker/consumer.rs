@@ -36,6 +36,9 @@ pub const HEADER_ACTION: &str = "x-hookwarden-action";
 /// Header: the routing key the event had, so a replay can restore it.
 pub const HEADER_ROUTING_KEY: &str = "x-hookwarden-routing-key";
 
+/// Longest wait for a connection's handshake, and then for its channels and declarations.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -251,8 +254,11 @@ impl Consumer {
     async fn session(&self, config: &WorkerConfig, url: &str) -> Result<Ended, String> {
         let props =
             ConnectionProperties::default().with_connection_name("hookwarden-worker".into());
-        let connection = Connection::connect(url, props)
+        // Bounded: a broker still booting can accept the socket and never finish the
+        // handshake, and a worker waiting on it would never try again.
+        let connection = tokio::time::timeout(SETUP_TIMEOUT, Connection::connect(url, props))
             .await
+            .map_err(|_| "the broker did not complete the handshake in time".to_owned())?
             .map_err(|e| e.to_string())?;
         let result = self.consume(config, &connection).await;
         if connection.status().connected() {
@@ -266,36 +272,47 @@ impl Consumer {
         config: &WorkerConfig,
         connection: &Connection,
     ) -> Result<Ended, String> {
-        let channel = connection
-            .create_channel()
+        let setup = async {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| e.to_string())?;
+            let topology = Topology::for_worker(&config.amqp);
+            topology::declare(&channel, &topology).await.map_err(|e| {
+                format!(
+                    "the broker refused the topology (a queue exists with other arguments?): {e}"
+                )
+            })?;
+            let publish = connection
+                .create_channel()
+                .await
+                .map_err(|e| e.to_string())?;
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            channel
+                .basic_qos(config.amqp.prefetch.get(), BasicQosOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let queue =
+                ShortString::try_new(config.amqp.queue.as_str()).map_err(|e| e.to_string())?;
+            let consumer = channel
+                .basic_consume(
+                    queue,
+                    ShortString::from("hookwarden-worker"),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((channel, publish, consumer))
+        };
+        let (channel, publish, mut consumer) = tokio::time::timeout(SETUP_TIMEOUT, setup)
             .await
-            .map_err(|e| e.to_string())?;
-        let topology = Topology::for_worker(&config.amqp);
-        topology::declare(&channel, &topology).await.map_err(|e| {
-            format!("the broker refused the topology (a queue exists with other arguments?): {e}")
-        })?;
-        let publish = connection
-            .create_channel()
-            .await
-            .map_err(|e| e.to_string())?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        channel
-            .basic_qos(config.amqp.prefetch.get(), BasicQosOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let queue = ShortString::try_new(config.amqp.queue.as_str()).map_err(|e| e.to_string())?;
-        let mut consumer = channel
-            .basic_consume(
-                queue,
-                ShortString::from("hookwarden-worker"),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| {
+            "the broker did not complete the channel set-up in time".to_owned()
+        })??;
         let runner = Arc::new(Runner {
             http: self.http.clone(),
             channel: publish.clone(),

@@ -196,6 +196,31 @@ async fn pipeline(amqp_url: Option<String>) -> Pipeline {
     }
 }
 
+/// If the events have not all acted 30 s from now, prints what the listener's spool and
+/// the worker were doing (shown only when the test fails): a rare stall here once left
+/// nothing to go on.
+fn explain_if_slow(p: &Pipeline) {
+    let admin = p.listener.admin.clone();
+    let Some(worker) = p.worker.running.as_ref().map(|r| r.metrics.clone()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let (_, listener) = crate::harness::admin_get(&admin, "/metrics").await;
+        let keep = |l: &&str| !l.starts_with('#');
+        eprintln!(
+            "listener metrics at 30 s:\n{}\nworker metrics at 30 s:\n{}",
+            listener.lines().filter(keep).collect::<Vec<_>>().join("\n"),
+            worker
+                .encode()
+                .lines()
+                .filter(keep)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    });
+}
+
 async fn broker_stopped_for(seconds: u64) {
     let _serial = crate::SERIAL.lock().await;
     let _guard = BrokerGuard;
@@ -212,6 +237,7 @@ async fn broker_stopped_for(seconds: u64) {
         .await
         .unwrap();
     let (accepted, statuses) = traffic.await.unwrap();
+    explain_if_slow(&p);
     assert_each_acted_once(
         &p.sink,
         &accepted,

@@ -12,13 +12,6 @@ use crate::worker_harness::WorkerHarness;
 const BODY: &str = r#"{"id":"{id}","type":"identity.scored","data":{"identity_id":"usr_{id}","scored_at":"2026-11-21T14:03:27Z","scores":{"humanity":12}}}"#;
 
 const RULES: &str = r#"
-[[subjects]]
-provider = "dregs"
-types = ["identity.*"]
-subject = "/data/identity_id"
-version = "/data/scored_at"
-scores = { humanity = "/data/scores/humanity" }
-
 [[rules]]
 name = "low"
 events = ["dregs:identity.scored"]
@@ -56,7 +49,7 @@ fn explain(out: &Output) -> String {
 async fn end_to_end_at_a_fixed_rate_turns_every_event_into_one_action() {
     let listener = Harness::new().start().await;
     let sink = free_addr();
-    let worker = WorkerHarness::new(RULES)
+    let worker = WorkerHarness::for_dregs(RULES)
         .start_with_names(&format!("http://{sink}"), listener.names.clone_names())
         .await;
     let dir = tempdir::Dir::new();

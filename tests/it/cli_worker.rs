@@ -13,13 +13,6 @@ use crate::sink::Sink;
 use crate::worker_harness::{TestWorker, WorkerHarness, dregs};
 
 const RULES: &str = r#"
-[[subjects]]
-provider = "dregs"
-types = ["identity.*"]
-subject = "/data/identity_id"
-version = "/data/scored_at"
-scores = { humanity = "/data/scores/humanity" }
-
 [[rules]]
 name = "quarantine"
 events = ["dregs:identity.scored"]
@@ -94,7 +87,7 @@ async fn dead_letter(w: &TestWorker, id: &str, subject: &str, minute: u32) {
 async fn dead_letters_are_listed_without_loss_and_replayed_into_the_worker() {
     let sink = Sink::start().await;
     sink.fail_always(true);
-    let w = WorkerHarness::new(RULES).start(&sink.url()).await;
+    let w = WorkerHarness::for_dregs(RULES).start(&sink.url()).await;
     let dir = tempdir::Dir::new();
     let file = dir.path.join("rules.toml");
     std::fs::write(&file, &w.text).unwrap();

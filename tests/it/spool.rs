@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{Broker, Harness, Proxy, admin_get, event, eventually, json, tempdir};
+use crate::harness::{
+    Broker, Harness, Proxy, TestListener, admin_get, event, eventually, json, tempdir,
+};
 
 async fn queue_ids(broker: &Broker, queue: &str, expected: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -16,11 +18,10 @@ async fn queue_ids(broker: &Broker, queue: &str, expected: usize) -> Vec<String>
     ids
 }
 
-#[tokio::test]
-async fn events_during_an_outage_are_spooled_then_forwarded_in_order() {
+/// A listener with a spool in `dir`, connected through a proxy that is then cut.
+async fn spooling_listener_cut_off(dir: &tempdir::Dir) -> (Proxy, TestListener) {
     let proxy = Proxy::start("127.0.0.1:5672").await;
-    let dir = tempdir::Dir::new();
-    let mut l = Harness::new()
+    let l = Harness::new()
         .amqp("url", &format!("\"{}\"", proxy.url()))
         .spool(&dir.path.join("spool.db"), "")
         .start()
@@ -33,6 +34,13 @@ async fn events_during_an_outage_are_spooled_then_forwarded_in_order() {
         async move { !p.is_connected() }
     })
     .await;
+    (proxy, l)
+}
+
+#[tokio::test]
+async fn events_during_an_outage_are_spooled_then_forwarded_in_order() {
+    let dir = tempdir::Dir::new();
+    let (proxy, mut l) = spooling_listener_cut_off(&dir).await;
     // Still ready: the spool takes events.
     assert_eq!(admin_get(&l.admin, "/readyz").await.0, 200);
     let ids: Vec<String> = (0..20).map(|i| format!("out_{i:02}")).collect();
@@ -127,21 +135,8 @@ async fn a_full_spool_answers_503() {
 
 #[tokio::test]
 async fn under_steady_load_after_an_outage_the_listener_returns_to_publishing_directly() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
     let dir = tempdir::Dir::new();
-    let mut l = Harness::new()
-        .amqp("url", &format!("\"{}\"", proxy.url()))
-        .spool(&dir.path.join("spool.db"), "")
-        .start()
-        .await;
-    let publisher = l.running.as_ref().unwrap().publisher.clone();
-    assert!(publisher.wait_connected(Duration::from_secs(10)).await);
-    proxy.down();
-    eventually("broker seen as down", Duration::from_secs(10), || {
-        let p = publisher.clone();
-        async move { !p.is_connected() }
-    })
-    .await;
+    let (proxy, mut l) = spooling_listener_cut_off(&dir).await;
     let outage: Vec<String> = (0..20).map(|i| format!("out_{i:02}")).collect();
     for id in &outage {
         assert_eq!(l.send("dregs", &event(id)).await.status, 200);

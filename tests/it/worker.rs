@@ -9,13 +9,6 @@ use crate::sink::Sink;
 use crate::worker_harness::{WorkerHarness, dregs};
 
 const RULES: &str = r#"
-[[subjects]]
-provider = "dregs"
-types = ["identity.*"]
-subject = "/data/identity_id"
-version = "/data/scored_at"
-scores = { humanity = "/data/scores/humanity" }
-
 [[rules]]
 name = "quarantine"
 events = ["dregs:identity.scored"]
@@ -63,7 +56,7 @@ fn paths(sink: &Sink) -> Vec<String> {
 #[tokio::test]
 async fn thresholds_drops_crossings_cooldown_shadow_and_stale_events() {
     let sink = Sink::start().await;
-    let w = WorkerHarness::new(RULES).start(&sink.url()).await;
+    let w = WorkerHarness::for_dregs(RULES).start(&sink.url()).await;
     // u1, first sighting below 30: quarantined once (the shadow rule only records).
     w.publish(
         "dregs",
@@ -191,7 +184,7 @@ async fn thresholds_drops_crossings_cooldown_shadow_and_stale_events() {
 #[tokio::test]
 async fn the_same_event_twice_through_the_queue_acts_once() {
     let sink = Sink::start().await;
-    let w = WorkerHarness::new(RULES).start(&sink.url()).await;
+    let w = WorkerHarness::for_dregs(RULES).start(&sink.url()).await;
     let body = dregs("dup", "u9", "2026-11-21T10:00:00Z", 10);
     w.publish("dregs", "identity.scored", "dup", &body).await;
     assert_eq!(w.decision("dregs", "dup").await.outcome, "acted");
@@ -215,7 +208,7 @@ async fn the_same_event_twice_through_the_queue_acts_once() {
 #[tokio::test]
 async fn a_failing_target_is_retried_and_one_that_never_recovers_dead_letters() {
     let sink = Sink::start().await;
-    let w = WorkerHarness::new(RULES).start(&sink.url()).await;
+    let w = WorkerHarness::for_dregs(RULES).start(&sink.url()).await;
     sink.fail_first(2);
     w.publish(
         "dregs",
@@ -279,7 +272,7 @@ async fn a_failing_target_is_retried_and_one_that_never_recovers_dead_letters() 
 #[tokio::test]
 async fn unreadable_messages_dead_letter_at_once_and_unknown_subjects_are_recorded() {
     let sink = Sink::start().await;
-    let w = WorkerHarness::new(RULES).start(&sink.url()).await;
+    let w = WorkerHarness::for_dregs(RULES).start(&sink.url()).await;
     let props = lapin::BasicProperties::default().with_message_id("junk".into());
     w.publish_raw("dregs.identity.scored", props, b"not json {")
         .await;

@@ -24,7 +24,22 @@ pub struct WorkerHarness {
     amqp: Vec<(String, String)>,
 }
 
+/// The `[[subjects]]` entry for Dregs test events (see [`dregs`]).
+pub const DREGS_SUBJECTS: &str = r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.*"]
+subject = "/data/identity_id"
+version = "/data/scored_at"
+scores = { humanity = "/data/scores/humanity" }
+"#;
+
 impl WorkerHarness {
+    /// Rules for Dregs test events: [`DREGS_SUBJECTS`], then `rules`.
+    pub fn for_dregs(rules: &str) -> Self {
+        Self::new(&format!("{DREGS_SUBJECTS}{rules}"))
+    }
+
     pub fn new(rules: &str) -> Self {
         Self {
             rules: rules.to_owned(),
