@@ -69,9 +69,11 @@ impl Dedupe {
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             epoch: Instant::now(),
         };
+        // No capacity bound: it holds only the handoffs running right now (each entry leaves
+        // as its handoff ends), and a bound would bring moka's admission policy, which may
+        // refuse to keep an entry, and with it the coalescing of its concurrent requests.
         let in_flight = Cache::builder()
-            .max_capacity(u64::try_from(capacity).unwrap_or(u64::MAX))
-            // A safety net only: every entry is removed once its handoff ends.
+            // A safety net only.
             .time_to_live(ttl.min(Duration::from_secs(3600)))
             .build();
         Self {
