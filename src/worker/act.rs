@@ -1,6 +1,6 @@
 //! Running one action for one rule firing: render its templates, skip it when its done-mark
 //! says it completed before, run it (HTTP with retries, confirmed AMQP publish, command, log
-//! line), and mark it done at once when it succeeds.
+//! line), and hand its done-mark to the writer ([`crate::worker::marks`]) when it succeeds.
 
 use std::collections::HashSet;
 use std::sync::Arc;
