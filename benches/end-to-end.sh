@@ -6,6 +6,7 @@
 #   bash benches/end-to-end.sh [seconds] [rate]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 # The daemons measured; HOOKWARDEN_BIN=DIR measures other builds (e.g. an older release).
 bin="${HOOKWARDEN_BIN:-./target/release}"
 secs="${1:-15}"
@@ -25,14 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-sed -e "s/^exchange = .*/exchange = \"$tag\"/" \
-    -e "s/^queue = .*/queue = \"$tag.events\"/" \
-    -e "s/^dead_letter_exchange = .*/dead_letter_exchange = \"$tag.dlx\"/" \
-    -e "s/^dead_letter_queue = .*/dead_letter_queue = \"$tag.dead\"/" \
-    -e 's/^listen = .*/listen = "127.0.0.1:18080"/' \
-    -e 's/^admin_listen = .*/admin_listen = "127.0.0.1:19090"/' \
-    -e "s|^path = .*|path = \"$dir/spool.db\"|" \
-    listener.toml > "$dir/listener.toml"
+listener_config "$tag" "$dir" > "$dir/listener.toml"
 
 cat > "$dir/rules.toml" <<TOML
 [amqp]
@@ -76,7 +70,7 @@ wait_metric() { # url line
 pids+=($!)
 "$bin/hookwarden-worker" --config "$dir/rules.toml" > "$dir/worker.log" 2>&1 &
 pids+=($!)
-wait_metric http://127.0.0.1:19090/metrics '^hookwarden_broker_connected 1'
+wait_broker_connected
 wait_metric http://127.0.0.1:19191/readyz 'ready'
 
 echo "== 4. end to end at $rate req/s for ${secs}s (listener → RabbitMQ → worker → http action)"

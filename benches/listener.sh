@@ -5,6 +5,7 @@
 #   bash benches/listener.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 # The daemons measured; HOOKWARDEN_BIN=DIR measures other builds (e.g. an older release).
 bin="${HOOKWARDEN_BIN:-./target/release}"
 secs="${1:-15}"
@@ -14,14 +15,7 @@ cargo bench --bench publish --quiet --no-run 2>/dev/null || true
 tag="hwbench$(date +%s)"
 dir="$(mktemp -d)"
 cfg="$dir/listener.toml"
-sed -e "s/^exchange = .*/exchange = \"$tag\"/" \
-    -e "s/^queue = .*/queue = \"$tag.events\"/" \
-    -e "s/^dead_letter_exchange = .*/dead_letter_exchange = \"$tag.dlx\"/" \
-    -e "s/^dead_letter_queue = .*/dead_letter_queue = \"$tag.dead\"/" \
-    -e 's/^listen = .*/listen = "127.0.0.1:18080"/' \
-    -e 's/^admin_listen = .*/admin_listen = "127.0.0.1:19090"/' \
-    -e "s|^path = .*|path = \"$dir/spool.db\"|" \
-    listener.toml > "$cfg"
+listener_config "$tag" "$dir" > "$cfg"
 # Experiments: HOOKWARDEN__AMQP__CHANNELS=4 bash benches/listener.sh
 
 cleanup() {
@@ -50,12 +44,7 @@ cpu "broker" $((broker_after - broker_before)) "$(grep -oE '[0-9]+ messages' "$d
 echo "== 2. listener (release), logs to a file"
 "$bin/hookwarden-listener" --config "$cfg" > "$dir/listener.log" 2>&1 &
 pid=$!
-# Ready means the broker is connected: with a spool, /readyz is true before that, and
-# events taken by the spool would be measured instead of the direct path.
-for _ in $(seq 1 100); do
-  curl -sf http://127.0.0.1:19090/metrics 2>/dev/null | grep -q '^hookwarden_broker_connected 1' && break
-  sleep 0.1
-done
+wait_broker_connected
 # Closed loop at 64 and 256 connections (throughput), then open loop at a fixed rate
 # (latency as a provider sees it, counted from when each request was due).
 rate="${OPEN_LOOP_RATE:-5000}"
