@@ -178,13 +178,7 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
         async move { text.contains("reload refused") && text.contains("undeclared reference 'scor'") }
     })
     .await;
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "h1",
-        &dregs("h1", "a", "2026-11-21T10:00:00Z", 20),
-    )
-    .await;
+    w.publish_dregs("h1", "a", "2026-11-21T10:00:00Z", 20).await;
     eventually("old rule acts", Duration::from_secs(10), || {
         let n = sink.received().len();
         async move { n == 1 }
@@ -202,20 +196,8 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
         async move { text.contains("rules reloaded") }
     })
     .await;
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "h2",
-        &dregs("h2", "b", "2026-11-21T10:00:00Z", 20),
-    )
-    .await;
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "h3",
-        &dregs("h3", "c", "2026-11-21T10:00:00Z", 5),
-    )
-    .await;
+    w.publish_dregs("h2", "b", "2026-11-21T10:00:00Z", 20).await;
+    w.publish_dregs("h3", "c", "2026-11-21T10:00:00Z", 5).await;
     eventually("new rule acts", Duration::from_secs(10), || {
         let paths: HashSet<String> = sink.received().into_iter().map(|r| r.path).collect();
         async move { paths.contains("/accounts/c/quarantine") }

@@ -10,7 +10,7 @@ use hookwarden::worker::state::{DecisionRecord, Store};
 
 use crate::harness::{BROKER_TIMEOUT, eventually, tempdir};
 use crate::sink::Sink;
-use crate::worker_harness::{TestWorker, WorkerHarness, dregs};
+use crate::worker_harness::{TestWorker, WorkerHarness};
 
 const RULES: &str = r#"
 [[rules]]
@@ -76,8 +76,7 @@ async fn listed(rules: &str, limit: &str) -> Vec<String> {
 
 async fn dead_letter(w: &TestWorker, id: &str, subject: &str, minute: u32) {
     let at = format!("2026-11-21T10:{minute:02}:00Z");
-    w.publish("dregs", "identity.scored", id, &dregs(id, subject, &at, 22))
-        .await;
+    w.publish_dregs(id, subject, &at, 22).await;
     // The worker commits the decision after the broker confirmed the dead letter.
     let d = w.decision("dregs", id).await;
     assert_eq!(d.outcome, "dead_lettered", "{}", d.record);

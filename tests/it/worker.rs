@@ -58,13 +58,8 @@ async fn thresholds_drops_crossings_cooldown_shadow_and_stale_events() {
     let sink = Sink::start().await;
     let w = WorkerHarness::for_dregs(RULES).start(&sink.url()).await;
     // u1, first sighting below 30: quarantined once (the shadow rule only records).
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "e1",
-        &dregs("e1", "u1", "2026-11-21T10:00:00Z", 22),
-    )
-    .await;
+    w.publish_dregs("e1", "u1", "2026-11-21T10:00:00Z", 22)
+        .await;
     let d = w.decision("dregs", "e1").await;
     assert_eq!(d.outcome, "acted", "{}", d.record);
     assert_eq!(paths(&sink), ["/accounts/u1/quarantine"]);
@@ -80,40 +75,20 @@ async fn thresholds_drops_crossings_cooldown_shadow_and_stale_events() {
     assert!(broken["error"].as_str().is_some(), "{broken}");
 
     // u1 again, still below 30: no crossing, no action.
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "e2",
-        &dregs("e2", "u1", "2026-11-21T10:01:00Z", 20),
-    )
-    .await;
+    w.publish_dregs("e2", "u1", "2026-11-21T10:01:00Z", 20)
+        .await;
     assert_eq!(w.decision("dregs", "e2").await.outcome, "matched");
     // u1, an older version arriving late: stale, skipped.
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "e0",
-        &dregs("e0", "u1", "2026-11-21T09:00:00Z", 90),
-    )
-    .await;
+    w.publish_dregs("e0", "u1", "2026-11-21T09:00:00Z", 90)
+        .await;
     assert_eq!(w.decision("dregs", "e0").await.outcome, "stale");
 
     // u2: 80, then a sharp drop to 50 (review), then a crossing to 25 (quarantine).
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "f1",
-        &dregs("f1", "u2", "2026-11-21T10:00:00Z", 80),
-    )
-    .await;
+    w.publish_dregs("f1", "u2", "2026-11-21T10:00:00Z", 80)
+        .await;
     assert_eq!(w.decision("dregs", "f1").await.outcome, "no_match");
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "f2",
-        &dregs("f2", "u2", "2026-11-21T10:01:00Z", 50),
-    )
-    .await;
+    w.publish_dregs("f2", "u2", "2026-11-21T10:01:00Z", 50)
+        .await;
     let d = w.decision("dregs", "f2").await;
     assert_eq!(d.outcome, "acted", "{}", d.record);
     let review = w
@@ -134,29 +109,14 @@ async fn thresholds_drops_crossings_cooldown_shadow_and_stale_events() {
             .map(|s| s.as_str().len()),
         Some(32)
     );
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "f3",
-        &dregs("f3", "u2", "2026-11-21T10:02:00Z", 25),
-    )
-    .await;
+    w.publish_dregs("f3", "u2", "2026-11-21T10:02:00Z", 25)
+        .await;
     assert_eq!(w.decision("dregs", "f3").await.outcome, "acted");
     // Back up, then down through 30 again within the hour: the cooldown holds it.
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "f4",
-        &dregs("f4", "u2", "2026-11-21T10:03:00Z", 90),
-    )
-    .await;
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "f5",
-        &dregs("f5", "u2", "2026-11-21T10:04:00Z", 20),
-    )
-    .await;
+    w.publish_dregs("f4", "u2", "2026-11-21T10:03:00Z", 90)
+        .await;
+    w.publish_dregs("f5", "u2", "2026-11-21T10:04:00Z", 20)
+        .await;
     let d = w.decision("dregs", "f5").await;
     let q = d.record["rules"]
         .as_array()
@@ -190,13 +150,8 @@ async fn the_same_event_twice_through_the_queue_acts_once() {
     assert_eq!(w.decision("dregs", "dup").await.outcome, "acted");
     w.publish("dregs", "identity.scored", "dup", &body).await;
     // A later event proves the duplicate was consumed before it.
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "next",
-        &dregs("next", "u9", "2026-11-21T10:01:00Z", 95),
-    )
-    .await;
+    w.publish_dregs("next", "u9", "2026-11-21T10:01:00Z", 95)
+        .await;
     w.decision("dregs", "next").await;
     assert_eq!(paths(&sink), ["/accounts/u9/quarantine"]);
     assert!(
@@ -210,13 +165,8 @@ async fn a_failing_target_is_retried_and_one_that_never_recovers_dead_letters() 
     let sink = Sink::start().await;
     let w = WorkerHarness::for_dregs(RULES).start(&sink.url()).await;
     sink.fail_first(2);
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "r1",
-        &dregs("r1", "u1", "2026-11-21T10:00:00Z", 10),
-    )
-    .await;
+    w.publish_dregs("r1", "u1", "2026-11-21T10:00:00Z", 10)
+        .await;
     let d = w.decision("dregs", "r1").await;
     assert_eq!(d.outcome, "acted", "{}", d.record);
     let q = d.record["rules"]
@@ -233,13 +183,8 @@ async fn a_failing_target_is_retried_and_one_that_never_recovers_dead_letters() 
         .expect("Idempotency-Key sent");
 
     sink.fail_always(true);
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "r2",
-        &dregs("r2", "u2", "2026-11-21T10:00:00Z", 10),
-    )
-    .await;
+    w.publish_dregs("r2", "u2", "2026-11-21T10:00:00Z", 10)
+        .await;
     let d = w.decision("dregs", "r2").await;
     assert_eq!(d.outcome, "dead_lettered");
     let dead = crate::harness::eventually_get(&w.broker, &w.names.dead_letter_queue).await;
@@ -329,13 +274,8 @@ command = ["/usr/bin/touch", "{}/{{{{ subject }}}}"]
         dir.path.display()
     );
     let w = WorkerHarness::new(&rules).start(&sink.url()).await;
-    w.publish(
-        "dregs",
-        "identity.scored",
-        "x1",
-        &dregs("x1", "a; rm -rf x", "2026-11-21T10:00:00Z", 10),
-    )
-    .await;
+    w.publish_dregs("x1", "a; rm -rf x", "2026-11-21T10:00:00Z", 10)
+        .await;
     assert_eq!(w.decision("dregs", "x1").await.outcome, "acted");
     assert!(
         dir.path.join("a; rm -rf x").exists(),

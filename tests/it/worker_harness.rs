@@ -124,6 +124,17 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
+    /// Publishes the Dregs event [`dregs`] builds from these arguments, as the listener would.
+    pub async fn publish_dregs(&self, id: &str, subject: &str, at: &str, humanity: u32) {
+        self.publish(
+            "dregs",
+            "identity.scored",
+            id,
+            &dregs(id, subject, at, humanity),
+        )
+        .await;
+    }
+
     /// Publishes `body` as the listener would for `provider`, `event_type`, `id`.
     pub async fn publish(&self, provider: &str, event_type: &str, id: &str, body: &str) {
         let envelope = Envelope::new(
