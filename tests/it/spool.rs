@@ -18,6 +18,20 @@ async fn queue_ids(broker: &Broker, queue: &str, expected: usize) -> Vec<String>
     ids
 }
 
+/// Waits (at most `within`) until the listener reports an empty spool.
+async fn spool_drained(l: &TestListener, within: Duration) {
+    eventually("spool drained", within, || {
+        let admin = l.admin.clone();
+        async move {
+            admin_get(&admin, "/metrics")
+                .await
+                .1
+                .contains("hookwarden_spool_depth 0")
+        }
+    })
+    .await;
+}
+
 /// A listener with a spool in `dir`, connected through a proxy that is then cut.
 async fn spooling_listener_cut_off(dir: &tempdir::Dir) -> (Proxy, TestListener) {
     let proxy = Proxy::start("127.0.0.1:5672").await;
@@ -61,16 +75,7 @@ async fn events_during_an_outage_are_spooled_then_forwarded_in_order() {
     let broker = Broker::connect().await;
     let got = queue_ids(&broker, &l.names.queue, ids.len()).await;
     assert_eq!(got, ids, "every spooled event, once, in arrival order");
-    eventually("spool drained", Duration::from_secs(10), || {
-        let admin = l.admin.clone();
-        async move {
-            admin_get(&admin, "/metrics")
-                .await
-                .1
-                .contains("hookwarden_spool_depth 0")
-        }
-    })
-    .await;
+    spool_drained(&l, Duration::from_secs(10)).await;
     // Back to direct publishing.
     assert_eq!(l.send("dregs", &event("after")).await.status, 200);
     assert_eq!(queue_ids(&broker, &l.names.queue, 1).await, vec!["after"]);
@@ -175,16 +180,7 @@ async fn under_steady_load_after_an_outage_the_listener_returns_to_publishing_di
             .unwrap_or(0)
     };
     // While the load goes on, the spool empties and stays empty: later events go direct.
-    eventually("spool drained under load", Duration::from_secs(20), || {
-        let admin = l.admin.clone();
-        async move {
-            admin_get(&admin, "/metrics")
-                .await
-                .1
-                .contains("hookwarden_spool_depth 0")
-        }
-    })
-    .await;
+    spool_drained(&l, Duration::from_secs(20)).await;
     let first = spooled(&admin_get(&l.admin, "/metrics").await.1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let later = spooled(&admin_get(&l.admin, "/metrics").await.1);
