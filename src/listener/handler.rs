@@ -77,6 +77,7 @@ impl Handoff for BrokerHandoff {
         let Some(spool) = &self.spool else {
             return Ok(self.publisher.publish(&envelope, self.timeout).await?);
         };
+        let started = Instant::now();
         // Older events wait in the spool: queue behind them, not ahead. Once the broker is
         // back and only a few are left, wait for the forwarder to send them instead of adding
         // to them: under steady load the spool would otherwise never run empty, and every
@@ -90,7 +91,9 @@ impl Handoff for BrokerHandoff {
         } else if !self.publisher.is_connected() {
             PublishError::NotConnected.to_string()
         } else {
-            match self.publisher.publish(&envelope, self.timeout).await {
+            // A wait for the spool above came out of the same handoff_timeout.
+            let left = self.timeout.saturating_sub(started.elapsed());
+            match self.publisher.publish(&envelope, left).await {
                 Ok(()) => return Ok(()),
                 // Unroutable is a topology problem the spool cannot fix: say so now.
                 Err(err @ PublishError::Returned { .. }) => return Err(err.into()),
