@@ -1,5 +1,6 @@
-//! RabbitMQ: the topology both daemons declare, and the confirmed publisher the listener
-//! hands events to.
+//! RabbitMQ: the topology both daemons declare, how both open, probe and close a
+//! connection, and the confirmed publisher the listener hands events to.
 
+pub mod connection;
 pub mod publisher;
 pub mod topology;

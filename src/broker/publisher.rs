@@ -9,10 +9,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::connection::{self, SETUP_TIMEOUT};
 use crate::broker::topology::{self, Topology};
 use crate::config::amqp::{AmqpConfig, redact};
 use crate::envelope::Envelope;
@@ -63,6 +64,8 @@ impl PublishError {
 struct Link {
     connection: Connection,
     channels: Vec<Channel>,
+    /// Publishes nothing; carries the liveness probe so a probe never waits behind publishes.
+    probe: Channel,
 }
 
 struct Inner {
@@ -175,10 +178,9 @@ enum ConnectError {
     Topology(lapin::Error),
     #[error("the broker did not complete the connection set-up in time")]
     Timeout,
+    #[error("{0}")]
+    Open(#[from] connection::OpenError),
 }
-
-/// Longest wait for a connection's handshake, declarations and channels.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Publishes `body` persistent-or-not as `properties` say, `mandatory`, on a confirm-mode
 /// `channel`, and waits at most `timeout` for the confirm. Shared by the listener's handoff
@@ -321,7 +323,7 @@ impl Supervisor {
                         close(&link).await;
                         break;
                     }
-                    tracing::warn!(broker = %redact(url), reason, "broker connection lost; reconnecting");
+                    tracing::warn!(broker = %redact(url), reason = %reason, "broker connection lost; reconnecting");
                     self.inner.metrics.reconnects.inc();
                     // Closing makes lapin fail every confirm still pending on this link.
                     close(&link).await;
@@ -341,16 +343,12 @@ impl Supervisor {
     }
 
     async fn connect(&self, url: &str) -> Result<Link, ConnectError> {
-        let props =
-            ConnectionProperties::default().with_connection_name("hookwarden-listener".into());
-        let connection = Connection::connect(url, props).await?;
+        let connection = connection::open(url, "hookwarden-listener").await?;
         let setup = connection.create_channel().await?;
         if let Err(err) = topology::declare(&setup, &self.topology).await {
-            let _ = connection.close(200, "topology refused".into()).await;
+            connection::close(&connection, &[]).await;
             return Err(ConnectError::Topology(err));
         }
-        // Best effort: the declarations are done; a failed close must not fail the link.
-        let _ = setup.close(200, "declared".into()).await;
         let mut channels = Vec::with_capacity(self.channels);
         for _ in 0..self.channels {
             let channel = connection.create_channel().await?;
@@ -362,6 +360,7 @@ impl Supervisor {
         Ok(Link {
             connection,
             channels,
+            probe: setup,
         })
     }
 
@@ -375,37 +374,47 @@ impl Supervisor {
     }
 
     /// Returns when the link fails or shutdown begins, with a reason for the log.
-    async fn watch(&self, link: &Link) -> &'static str {
+    async fn watch(&self, link: &Link) -> String {
         let mut events = link.connection.events_listener();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(connection::PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = events.next() => match event {
-                    Some(lapin::Event::Error(_)) | None => return "connection error",
+                    Some(lapin::Event::Error(err)) => return format!("connection error: {err}"),
+                    None => return "connection error".to_owned(),
                     Some(_) => {}
                 },
-                () = self.inner.broken.notified() => return "a channel closed",
+                () = self.inner.broken.notified() => return "a channel closed".to_owned(),
                 _ = tick.tick() => {
                     // Events can be missed if the connection dies during set-up.
                     if !link.connection.status().connected()
                         || link.channels.iter().any(|c| !c.status().connected())
                     {
-                        return "connection or channel not connected";
+                        return "connection or channel not connected".to_owned();
+                    }
+                    // A connection blocked by a resource alarm answers nothing until the alarm
+                    // clears; that is the broker's flow control, not a dead link (the spool
+                    // takes the events meanwhile).
+                    if !link.connection.status().blocked() {
+                        tokio::select! {
+                            probed = connection::probe(&link.probe) => {
+                                if let Err(reason) = probed {
+                                    return reason;
+                                }
+                            }
+                            () = self.shutdown.cancelled() => return "shutdown".to_owned(),
+                        }
                     }
                 }
-                () = self.shutdown.cancelled() => return "shutdown",
+                () = self.shutdown.cancelled() => return "shutdown".to_owned(),
             }
         }
     }
 }
 
 async fn close(link: &Link) {
-    for channel in &link.channels {
-        if channel.status().connected() {
-            let _ = channel.close(200, "bye".into()).await;
-        }
-    }
-    if link.connection.status().connected() {
-        let _ = link.connection.close(200, "bye".into()).await;
-    }
+    let mut channels: Vec<&Channel> = link.channels.iter().collect();
+    channels.push(&link.probe);
+    connection::close(&link.connection, &channels).await;
 }

@@ -12,10 +12,11 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::connection;
 use crate::broker::publisher::publish_confirmed;
 use crate::broker::topology::{self, Topology};
 use crate::config::amqp::redact;
@@ -36,15 +37,15 @@ pub const HEADER_ACTION: &str = "x-hookwarden-action";
 /// Header: the routing key the event had, so a replay can restore it.
 pub const HEADER_ROUTING_KEY: &str = "x-hookwarden-routing-key";
 
-/// Longest wait for a connection's handshake, and then for its channels and declarations.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for an ack or a cancel to be written: the connection may be dead.
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The consumer tag the broker lists for the worker.
+const CONSUMER_TAG: &str = "hookwarden-worker";
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// How often the queue depth (consumer lag) is read while busy.
-const DEPTH_EVERY: Duration = Duration::from_secs(5);
 
 /// A started worker.
 pub struct Running {
@@ -233,37 +234,15 @@ impl Consumer {
         self.metrics.consuming.set(0);
     }
 
-    /// Reads the queue's ready-message count (consumer lag) with a passive declare.
-    async fn update_depth(&self, channel: &Channel, queue: &str) {
-        let Ok(name) = ShortString::try_new(queue) else {
-            return;
-        };
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        if let Ok(q) = channel
-            .queue_declare(name, passive, FieldTable::default())
-            .await
-        {
-            self.metrics.queue_depth.set(i64::from(q.message_count()));
-        }
-    }
-
     /// One connection's life: set up, then batches until it fails or shutdown.
     async fn session(&self, config: &WorkerConfig, url: &str) -> Result<Ended, String> {
-        let props =
-            ConnectionProperties::default().with_connection_name("hookwarden-worker".into());
-        // Bounded: a broker still booting can accept the socket and never finish the
-        // handshake, and a worker waiting on it would never try again.
-        let connection = tokio::time::timeout(SETUP_TIMEOUT, Connection::connect(url, props))
+        let connection = connection::open(url, "hookwarden-worker")
             .await
-            .map_err(|_| "the broker did not complete the handshake in time".to_owned())?
             .map_err(|e| e.to_string())?;
         let result = self.consume(config, &connection).await;
-        if connection.status().connected() {
-            let _ = connection.close(200, "bye".into()).await;
-        }
+        self.consuming.store(false, Ordering::Relaxed);
+        self.metrics.consuming.set(0);
+        connection::close(&connection, &[]).await;
         result
     }
 
@@ -272,6 +251,7 @@ impl Consumer {
         config: &WorkerConfig,
         connection: &Connection,
     ) -> Result<Ended, String> {
+        let queue = ShortString::try_new(config.amqp.queue.as_str()).map_err(|e| e.to_string())?;
         let setup = async {
             let channel = connection
                 .create_channel()
@@ -291,50 +271,72 @@ impl Consumer {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(|e| e.to_string())?;
+            let probe = connection
+                .create_channel()
+                .await
+                .map_err(|e| e.to_string())?;
             channel
                 .basic_qos(config.amqp.prefetch.get(), BasicQosOptions::default())
                 .await
                 .map_err(|e| e.to_string())?;
-            let queue =
-                ShortString::try_new(config.amqp.queue.as_str()).map_err(|e| e.to_string())?;
             let consumer = channel
                 .basic_consume(
-                    queue,
-                    ShortString::from("hookwarden-worker"),
+                    queue.clone(),
+                    ShortString::from(CONSUMER_TAG),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<_, String>((channel, publish, consumer))
+            Ok::<_, String>((channel, publish, probe, consumer))
         };
-        let (channel, publish, mut consumer) = tokio::time::timeout(SETUP_TIMEOUT, setup)
-            .await
-            .map_err(|_| {
-            "the broker did not complete the channel set-up in time".to_owned()
-        })??;
+        let (channel, publish, probe, mut consumer) =
+            tokio::time::timeout(connection::SETUP_TIMEOUT, setup)
+                .await
+                .map_err(|_| {
+                    "the broker did not complete the channel set-up in time".to_owned()
+                })??;
+        let channels = [&channel, &publish, &probe];
+        // The watchdog runs beside the batch loop, so a connection that dies while a batch
+        // is in hand (or while nothing arrives) is noticed at once: `consuming` and /readyz
+        // turn false, and the loop ends at its next await on the broker.
+        self.consuming.store(true, Ordering::Relaxed);
+        self.metrics.consuming.set(1);
+        tracing::info!(queue = %config.amqp.queue, prefetch = config.amqp.prefetch.get(), "consuming");
+        let mut watchdog = AbortOnDrop(tokio::spawn(watch(Watched {
+            status: connection.status().clone(),
+            events: Box::pin(connection.events_listener()),
+            channels: vec![channel.clone(), publish.clone()],
+            probe: probe.clone(),
+            queue: queue.clone(),
+            metrics: self.metrics.clone(),
+            consuming: self.consuming.clone(),
+        })));
         let runner = Arc::new(Runner {
             http: self.http.clone(),
             channel: publish.clone(),
             marks: self.marks.clone(),
         });
-        self.consuming.store(true, Ordering::Relaxed);
-        self.metrics.consuming.set(1);
-        tracing::info!(queue = %config.amqp.queue, prefetch = config.amqp.prefetch.get(), "consuming");
         let dead_letter_exchange = ShortString::try_new(config.amqp.dead_letter_exchange.as_str())
             .map_err(|e| e.to_string())?;
         let limit = usize::from(config.amqp.prefetch.get());
-        self.update_depth(&channel, &config.amqp.queue).await;
-        let mut last_depth = std::time::Instant::now();
         loop {
             let first = tokio::select! {
                 next = consumer.next() => next,
+                lost = &mut watchdog.0 => {
+                    return Ok(Ended::Lost(lost.unwrap_or_else(|e| format!("watchdog failed: {e}"))));
+                }
                 () = self.shutdown.cancelled() => {
-                    let _ = channel.basic_cancel(ShortString::from("hookwarden-worker"), BasicCancelOptions::default()).await;
+                    self.consuming.store(false, Ordering::Relaxed);
+                    self.metrics.consuming.set(0);
+                    let _ = tokio::time::timeout(
+                        BROKER_CALL_TIMEOUT,
+                        channel.basic_cancel(ShortString::from(CONSUMER_TAG), BasicCancelOptions::default()),
+                    )
+                    .await;
                     // Closing the channels first returns prefetched, unacked deliveries to
                     // the queue in order and lets the connection close without errors.
-                    let _ = channel.close(200, "shutdown".into()).await;
-                    let _ = publish.close(200, "shutdown".into()).await;
+                    connection::close(connection, &channels).await;
                     return Ok(Ended::Shutdown);
                 }
             };
@@ -400,18 +402,105 @@ impl Consumer {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             if let Some(last) = deliveries.last() {
-                match last.acker.ack(BasicAckOptions { multiple: true }).await {
-                    Ok(true) => {}
+                let acked = tokio::time::timeout(
+                    BROKER_CALL_TIMEOUT,
+                    last.acker.ack(BasicAckOptions { multiple: true }),
+                )
+                .await;
+                match acked {
+                    Ok(Ok(true)) => {}
                     // The channel changed under us: the broker redelivers, the rules skip.
-                    Ok(false) => return Ok(Ended::Lost("ack not delivered".to_owned())),
-                    Err(e) => return Ok(Ended::Lost(e.to_string())),
+                    Ok(Ok(false)) => return Ok(Ended::Lost("ack not delivered".to_owned())),
+                    Ok(Err(e)) => return Ok(Ended::Lost(e.to_string())),
+                    Err(_) => return Ok(Ended::Lost("the ack was not written in time".to_owned())),
                 }
             }
-            if last_depth.elapsed() >= DEPTH_EVERY {
-                last_depth = std::time::Instant::now();
-                self.update_depth(&channel, &config.amqp.queue).await;
+        }
+    }
+}
+
+/// What the watchdog of one session looks at.
+struct Watched {
+    status: lapin::ConnectionStatus,
+    events: std::pin::Pin<Box<dyn futures_util::Stream<Item = lapin::Event> + Send>>,
+    /// The consuming and publishing channels, whose status is checked.
+    channels: Vec<Channel>,
+    /// A channel of its own for the round trip, so it never waits behind a batch's publishes.
+    probe: Channel,
+    queue: ShortString,
+    metrics: Arc<WorkerMetrics>,
+    consuming: Arc<AtomicBool>,
+}
+
+/// Returns, with the reason, as soon as the session's connection is known to be dead or the
+/// broker no longer lists a consumer on the queue; meanwhile reads the queue depth. Every
+/// [`connection::PROBE_EVERY`] it checks lapin's status flags and asks the broker itself
+/// (a passive declare of the queue, which answers depth and consumer count): lapin has been
+/// seen to keep a connection "connected", and its consumer stream open, after the broker
+/// went away.
+async fn watch(mut w: Watched) -> String {
+    let mut tick = tokio::time::interval(connection::PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reason = loop {
+        tokio::select! {
+            event = w.events.next() => match event {
+                Some(lapin::Event::Error(err)) => break format!("connection error: {err}"),
+                None => break "connection closed".to_owned(),
+                Some(_) => {}
+            },
+            _ = tick.tick() => {
+                if !w.status.connected() || w.channels.iter().any(|c| !c.status().connected()) {
+                    break "connection or channel not connected".to_owned();
+                }
+                // Blocked by a resource alarm, the broker reads nothing from this connection
+                // until the alarm clears: its flow control, not a dead link.
+                if w.status.blocked() {
+                    continue;
+                }
+                match probe_queue(&w.probe, &w.queue).await {
+                    Ok(queue) if queue.consumer_count() == 0 => {
+                        break "the broker lists no consumer on the queue".to_owned();
+                    }
+                    Ok(queue) => {
+                        w.metrics.queue_depth.set(i64::from(queue.message_count()));
+                    }
+                    Err(reason) => break reason,
+                }
             }
         }
+    };
+    w.consuming.store(false, Ordering::Relaxed);
+    w.metrics.consuming.set(0);
+    reason
+}
+
+/// A passive declare of `queue` within [`connection::PROBE_TIMEOUT`].
+async fn probe_queue(channel: &Channel, queue: &ShortString) -> Result<lapin::Queue, String> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match tokio::time::timeout(
+        connection::PROBE_TIMEOUT,
+        channel.queue_declare(queue.clone(), passive, FieldTable::default()),
+    )
+    .await
+    {
+        Ok(Ok(q)) => Ok(q),
+        Ok(Err(err)) => Err(format!("the broker probe failed: {err}")),
+        Err(_) => Err(format!(
+            "the broker did not answer a probe within {}s",
+            connection::PROBE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Aborts the task when the session ends however it ends.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -221,17 +221,108 @@ fn explain_if_slow(p: &Pipeline) {
     });
 }
 
-async fn broker_stopped_for(seconds: u64) {
+/// Other applications on the same broker: `n` clients that keep reconnecting through an
+/// outage and, whenever connected, publish about 1,000 1 KB messages a second each into a
+/// queue of their own (exclusive, so the broker deletes it with the connection; capped at
+/// 1,000 messages, oldest dropped), until `until`. Returns how many each published.
+async fn busy_clients(n: usize, until: Instant) -> Vec<tokio::task::JoinHandle<u64>> {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                while Instant::now() < until {
+                    let session = async {
+                        let conn = lapin::Connection::connect(
+                            &crate::harness::amqp_url(),
+                            lapin::ConnectionProperties::default()
+                                .with_connection_name("hwtest-busy-client".into()),
+                        )
+                        .await?;
+                        let ch = conn.create_channel().await?;
+                        let mut args = FieldTable::default();
+                        args.insert("x-max-length".into(), AMQPValue::LongInt(1000));
+                        let q = ch
+                            .queue_declare(
+                                "".into(),
+                                QueueDeclareOptions {
+                                    exclusive: true,
+                                    ..Default::default()
+                                },
+                                args,
+                            )
+                            .await?;
+                        let body = vec![b'x'; 1024];
+                        while Instant::now() < until {
+                            for _ in 0..10 {
+                                ch.basic_publish(
+                                    "".into(),
+                                    q.name().clone(),
+                                    BasicPublishOptions::default(),
+                                    &body,
+                                    lapin::BasicProperties::default(),
+                                )
+                                .await?;
+                                sent += 1;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        let _ = conn.close(200, "done".into()).await;
+                        Ok::<_, lapin::Error>(())
+                    };
+                    // Any failure (the broker away, a connection cut): wait a little, retry.
+                    let _ = tokio::time::timeout(until - Instant::now(), session).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                sent
+            })
+        })
+        .collect()
+}
+
+/// The daemons' own account of the broker while it is away: neither may claim a live link.
+async fn assert_both_see_the_broker_gone(p: &Pipeline) {
+    eventually(
+        "listener and worker both report the broker gone",
+        Duration::from_secs(30),
+        || {
+            let admin = p.listener.admin.clone();
+            let worker = p.worker.admin.clone();
+            async move {
+                let listener = crate::harness::admin_get(&admin, "/metrics").await.1;
+                let (status, metrics) = crate::harness::admin_get(&worker, "/metrics").await;
+                let worker_ready = crate::harness::admin_get(&worker, "/readyz").await.0;
+                status == 200
+                    && listener.contains("hookwarden_broker_connected 0")
+                    && metrics.contains("hookwarden_worker_consuming 0")
+                    && worker_ready == 503
+            }
+        },
+    )
+    .await;
+}
+
+async fn broker_stopped_for(seconds: u64, others_busy: bool) {
     let _serial = crate::SERIAL.lock().await;
     let _guard = BrokerGuard;
     let p = pipeline(None).await;
     let url = format!("{}/hooks/dregs", p.listener.base);
     let until = Instant::now() + Duration::from_secs(seconds + 4);
     let traffic = tokio::spawn(load(url, p.signer.clone(), 4, until));
+    // Busy through the outage and for the minute after it, when the daemons reconnect.
+    let others = if others_busy {
+        busy_clients(6, Instant::now() + Duration::from_secs(seconds + 60)).await
+    } else {
+        Vec::new()
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
         .await
         .unwrap();
+    if seconds >= 30 {
+        assert_both_see_the_broker_gone(&p).await;
+    }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
         .await
@@ -250,17 +341,33 @@ async fn broker_stopped_for(seconds: u64) {
         None,
         "the spool should have taken every event: {statuses:?}"
     );
+    let mut other_messages = 0;
+    for task in others {
+        other_messages += task.await.unwrap();
+    }
+    if others_busy {
+        eprintln!("other clients published {other_messages} messages meanwhile");
+        assert!(other_messages > 0, "the other clients never got going");
+    }
     let _ = &p.worker;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stopped_5s_under_load() {
-    broker_stopped_for(5).await;
+    broker_stopped_for(5, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stopped_60s_under_load() {
-    broker_stopped_for(60).await;
+    broker_stopped_for(60, false).await;
+}
+
+/// As the run that once left the worker saying `consuming 1` with no connection for 90 s:
+/// the broker stopped for 60 s while other applications keep it busy, before, during (they
+/// retry) and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_60s_with_other_clients_busy() {
+    broker_stopped_for(60, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

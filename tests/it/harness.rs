@@ -517,29 +517,46 @@ pub async fn eventually_get(broker: &Broker, queue: &str) -> BasicGetMessage {
 pub struct Proxy {
     pub addr: SocketAddr,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections accepted so far, numbered from 1.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Connections numbered up to this forward nothing (see [`Proxy::freeze`]).
+    frozen_upto: std::sync::Arc<std::sync::atomic::AtomicU64>,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
     pub async fn start(target: &str) -> Self {
+        use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let frozen_upto = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (u, c, target) = (up.clone(), connections.clone(), target.to_owned());
+        let (u, a, f, c, target) = (
+            up.clone(),
+            accepted.clone(),
+            frozen_upto.clone(),
+            connections.clone(),
+            target.to_owned(),
+        );
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                if !u.load(std::sync::atomic::Ordering::SeqCst) {
+                if !u.load(Ordering::SeqCst) {
                     continue; // dropped: the connection is refused in effect
                 }
-                let target = target.clone();
+                let mine = a.fetch_add(1, Ordering::SeqCst) + 1;
+                let (target, f) = (target.clone(), f.clone());
                 let handle = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = tokio::net::TcpStream::connect(&target).await {
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        let alive = move || f.load(Ordering::SeqCst) < mine;
+                        tokio::join!(pump(cr, sw, alive.clone()), pump(sr, cw, alive));
                     }
                 });
                 c.lock().unwrap().push(handle);
@@ -548,6 +565,8 @@ impl Proxy {
         Self {
             addr,
             up,
+            accepted,
+            frozen_upto,
             connections,
             task,
         }
@@ -569,6 +588,42 @@ impl Proxy {
     pub fn up(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Every connection open now goes silent for good, in both directions, with its sockets
+    /// left open: what a peer sees when a NAT entry, a firewall or a wedged broker drops its
+    /// traffic. Nobody is told; only a heartbeat or a probe finds out. New connections work.
+    pub fn freeze(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_upto
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` while `alive()`; once not, holds both ends open and silent.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    alive: impl Fn() -> bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_millis(100), from.read(&mut buf)).await {
+            Err(_) if alive() => continue,
+            Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        if !alive() {
+            break;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    // Frozen: keep the sockets (and so the peers' connections) open, forwarding nothing.
+    let _held = (from, to);
+    std::future::pending::<()>().await;
 }
 
 impl Drop for Proxy {

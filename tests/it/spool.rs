@@ -204,3 +204,47 @@ async fn under_steady_load_after_an_outage_the_listener_returns_to_publishing_di
     assert_eq!(distinct.len(), got.len());
     l.stop().await;
 }
+
+/// The broker link goes silent without a word (frozen proxy: sockets open, nothing
+/// forwarded). lapin alone, on the broker's 60 s heartbeat, kept `broker_connected 1` for
+/// two minutes while every event waited out its confirm timeout; the listener must notice
+/// by itself, say so, and deliver what it took once a new connection works.
+#[tokio::test]
+async fn a_broker_link_gone_silent_is_noticed_and_what_was_taken_arrives() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let dir = tempdir::Dir::new();
+    let mut l = Harness::new()
+        .amqp("url", &format!("\"{}\"", proxy.url()))
+        .spool(&dir.path.join("spool.db"), "")
+        .start()
+        .await;
+    let publisher = l.running.as_ref().unwrap().publisher.clone();
+    assert!(publisher.wait_connected(Duration::from_secs(10)).await);
+    proxy.freeze();
+    let ids: Vec<String> = (0..5).map(|i| format!("silent_{i}")).collect();
+    for id in &ids {
+        let a = l.send("dregs", &event(id)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    eventually(
+        "broker_connected 0 after the link went silent",
+        Duration::from_secs(30),
+        || {
+            let admin = l.admin.clone();
+            async move {
+                admin_get(&admin, "/metrics")
+                    .await
+                    .1
+                    .contains("hookwarden_broker_connected 0")
+            }
+        },
+    )
+    .await;
+    let broker = Broker::connect().await;
+    let got = queue_ids(&broker, &l.names.queue, ids.len()).await;
+    assert_eq!(
+        got, ids,
+        "every event taken, once, in order, over the new connection"
+    );
+    l.stop().await;
+}

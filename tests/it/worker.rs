@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::header;
+use crate::harness::{Proxy, admin_get, eventually, header};
 use crate::sink::Sink;
 use crate::worker_harness::{WorkerHarness, dregs};
 
@@ -281,4 +281,56 @@ command = ["/usr/bin/touch", "{}/{{{{ subject }}}}"]
         dir.path.join("a; rm -rf x").exists(),
         "the argument arrived as one literal argv entry"
     );
+}
+
+/// The broker link goes silent without a word (frozen proxy: sockets open, nothing
+/// forwarded), as when the broker was found gone while the worker's metrics still said
+/// `hookwarden_worker_consuming 1`. lapin alone, on the broker's 60 s heartbeat, noticed
+/// after two minutes; the worker must notice by itself, stop saying it consumes, reconnect,
+/// and act on what arrives meanwhile.
+#[tokio::test]
+async fn a_worker_whose_broker_link_goes_silent_says_so_and_comes_back() {
+    let sink = Sink::start().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let w = WorkerHarness::for_dregs(RULES)
+        .url(&proxy.url())
+        .start(&sink.url())
+        .await;
+    w.publish_dregs("before", "s1", "2026-11-21T10:00:00Z", 10)
+        .await;
+    assert_eq!(w.decision("dregs", "before").await.outcome, "acted");
+    assert_eq!(admin_get(&w.admin, "/readyz").await.0, 200);
+
+    proxy.freeze();
+    eventually(
+        "the worker stops saying it consumes",
+        Duration::from_secs(30),
+        || {
+            let admin = w.admin.clone();
+            async move {
+                let ready = admin_get(&admin, "/readyz").await.0;
+                let metrics = admin_get(&admin, "/metrics").await.1;
+                ready == 503 && metrics.contains("hookwarden_worker_consuming 0")
+            }
+        },
+    )
+    .await;
+    // Published while the old, silent connection may still hold a consumer at the broker:
+    // it reaches the worker once the broker drops that one (its heartbeat) or at once.
+    w.publish_dregs("after", "s2", "2026-11-21T10:00:00Z", 10)
+        .await;
+    eventually("consuming again", Duration::from_secs(30), || {
+        let admin = w.admin.clone();
+        async move { admin_get(&admin, "/readyz").await.0 == 200 }
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !paths(&sink).contains(&"/accounts/s2/quarantine".to_owned()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event published during the silence never acted: {:?}",
+            paths(&sink)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -22,6 +22,7 @@ use crate::harness::{BROKER_TIMEOUT, Broker, Names, amqp_url, tempdir};
 pub struct WorkerHarness {
     rules: String,
     amqp: Vec<(String, String)>,
+    url: Option<String>,
 }
 
 /// The `[[subjects]]` entry for Dregs test events (see [`dregs`]).
@@ -44,7 +45,14 @@ impl WorkerHarness {
         Self {
             rules: rules.to_owned(),
             amqp: Vec::new(),
+            url: None,
         }
+    }
+
+    /// Connects the worker to `url` (e.g. a [`crate::harness::Proxy`]) instead of the broker.
+    pub fn url(mut self, url: &str) -> Self {
+        self.url = Some(url.to_owned());
+        self
     }
 
     pub fn amqp(mut self, key: &str, value: &str) -> Self {
@@ -55,7 +63,7 @@ impl WorkerHarness {
     pub fn text(&self, names: &Names, state: &std::path::Path, sink: &str) -> String {
         let mut text = format!(
             "[amqp]\nurl = \"{}\"\nexchange = \"{}\"\nqueue = \"{}\"\ndead_letter_exchange = \"{}\"\ndead_letter_queue = \"{}\"\nreview_queue = \"{}\"\n",
-            amqp_url(),
+            self.url.clone().unwrap_or_else(amqp_url),
             names.exchange,
             names.queue,
             names.dead_letter_exchange,
@@ -85,6 +93,7 @@ impl WorkerHarness {
         let config = WorkerConfig::parse("rules.toml", &text, &HashMap::new())
             .unwrap_or_else(|e| panic!("test rules invalid:\n{e}"));
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let running = hookwarden::worker::start(config, admin, shutdown.clone()).unwrap();
         crate::harness::eventually("worker consuming", BROKER_TIMEOUT, || {
@@ -100,6 +109,7 @@ impl WorkerHarness {
             .unwrap();
         let store = SqliteStore::open(&state).unwrap();
         TestWorker {
+            admin: admin_url,
             names,
             text,
             dir,
@@ -113,6 +123,8 @@ impl WorkerHarness {
 }
 
 pub struct TestWorker {
+    /// The admin base URL (`/readyz`, `/metrics`).
+    pub admin: String,
     pub names: Names,
     pub text: String,
     pub dir: tempdir::Dir,
