@@ -8,6 +8,7 @@ mod worker_harness;
 
 mod admin;
 mod bench;
+mod ci;
 mod cli;
 mod cli_worker;
 mod config_files;
