@@ -42,6 +42,8 @@ pub enum Fate {
         rule: Option<String>,
         /// `x-hookwarden-action`.
         action: Option<String>,
+        /// The subject, when the event was read that far (for the log line).
+        subject: Option<String>,
     },
 }
 
@@ -62,21 +64,32 @@ fn text_header(props: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
+impl Item {
+    /// The event id (the message id), if it has one.
+    pub fn event_id(&self) -> Option<String> {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The provider (the `x-provider` header, else the routing key's first part).
+    pub fn provider(&self) -> Option<String> {
+        text_header(&self.properties, HEADER_PROVIDER)
+            .or_else(|| self.routing_key.split_once('.').map(|(p, _)| p.to_owned()))
+    }
+}
+
 /// Reads a delivery as an event.
 ///
 /// # Errors
 /// Why it is unreadable: no message id, no provider, or a body that is not JSON.
 pub fn read_item(item: &Item) -> Result<Event, String> {
     let id = item
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.to_string())
-        .filter(|s| !s.is_empty())
+        .event_id()
         .ok_or("message has no message_id (event id)")?;
-    let provider = text_header(&item.properties, HEADER_PROVIDER)
-        .or_else(|| item.routing_key.split_once('.').map(|(p, _)| p.to_owned()))
-        .ok_or("message has no x-provider header")?;
+    let provider = item.provider().ok_or("message has no x-provider header")?;
     let event_type = item
         .properties
         .kind()
@@ -133,6 +146,7 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
                     error: reason,
                     rule: None,
                     action: None,
+                    subject: None,
                 };
             }
         }
@@ -186,6 +200,7 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
                     error: reason,
                     rule: None,
                     action: None,
+                    subject: None,
                 };
             }
         }
@@ -268,7 +283,14 @@ async fn handle_subject(
                 ctx.metrics.rule_matched(&rule.name, rule.mode.as_str());
             }
             if let Some(err) = &v.error {
-                tracing::warn!(rule = %rule.name, event_id = %event.id, error = %err, "condition failed to evaluate");
+                tracing::warn!(
+                    provider = %event.provider,
+                    event_id = %event.id,
+                    subject = %subject.id,
+                    rule = %rule.name,
+                    error = %err,
+                    "condition failed to evaluate"
+                );
             }
             let mut actions_json = Vec::new();
             if v.fires() && failure.is_none() {
@@ -292,6 +314,7 @@ async fn handle_subject(
                                     .unwrap_or_else(|| "action failed".to_owned()),
                                 rule: Some(rule.name.clone()),
                                 action: Some(result.action.clone()),
+                                subject: Some(subject.id.clone()),
                             });
                             break;
                         }

@@ -378,6 +378,7 @@ impl Consumer {
                     error,
                     rule,
                     action,
+                    subject,
                 } = fate
                 {
                     dead_letter(
@@ -390,7 +391,15 @@ impl Consumer {
                     )
                     .await
                     .map_err(|e| format!("dead-lettering failed: {e}"))?;
-                    tracing::warn!(error = %error, rule, action, "event dead-lettered");
+                    tracing::warn!(
+                        provider = item.provider().as_deref(),
+                        event_id = item.event_id().as_deref(),
+                        subject = subject.as_deref(),
+                        rule = rule.as_deref(),
+                        action = action.as_deref(),
+                        error = %error,
+                        "event dead-lettered"
+                    );
                 }
             }
             // Done-marks of this batch's actions land before its state and its ack.

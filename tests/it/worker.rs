@@ -334,3 +334,86 @@ async fn a_worker_whose_broker_link_goes_silent_says_so_and_comes_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A worker process's `event dead-lettered` log lines (and its other per-event warnings)
+/// name the event: an operator reading the log must be able to find it, replay it, or
+/// ask the provider about it.
+#[tokio::test]
+async fn per_event_warnings_in_the_log_name_the_event_its_provider_and_subject() {
+    let sink = Sink::start().await;
+    sink.fail_always(true);
+    let rules = RULES.replace("retries = 2", "retries = 0");
+    let mut w = WorkerHarness::for_dregs(&rules).start(&sink.url()).await;
+    // Only the declarations and the publisher are wanted; the process does the work.
+    w.stop().await;
+    let dir = crate::harness::tempdir::Dir::new();
+    let config = dir.path.join("rules.toml");
+    std::fs::write(&config, &w.text).unwrap();
+    let log_path = dir.path.join("worker.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _kill = crate::harness::KillOnDrop(child.id());
+
+    // Its action fails (the target answers 500): dead-lettered by the rule's action. Its
+    // "broken" rule's condition also fails to evaluate: a per-event warning of its own.
+    w.publish_dregs("dl-1", "u-dl", "2026-11-21T10:00:00Z", 10)
+        .await;
+    // Unreadable: dead-lettered before any subject is known.
+    let props = lapin::BasicProperties::default()
+        .with_message_id("dl-2".into())
+        .with_headers({
+            let mut h = lapin::types::FieldTable::default();
+            h.insert(
+                "x-provider".into(),
+                lapin::types::AMQPValue::LongString("dregs".into()),
+            );
+            h
+        });
+    w.publish_raw("dregs.identity.scored", props, b"not json {")
+        .await;
+
+    let lines = |what: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == what)
+            .collect()
+    };
+    eventually("two dead-letter lines", Duration::from_secs(30), || {
+        let n = lines("event dead-lettered").len();
+        async move { n == 2 }
+    })
+    .await;
+    let dead = lines("event dead-lettered");
+    let by_id = |id: &str| {
+        dead.iter()
+            .find(|v| v["event_id"] == id)
+            .unwrap_or_else(|| panic!("no dead-letter line names {id}: {dead:?}"))
+    };
+    let first = by_id("dl-1");
+    assert_eq!(first["provider"], "dregs", "{first}");
+    assert_eq!(first["subject"], "u-dl", "{first}");
+    assert_eq!(first["rule"], "quarantine", "{first}");
+    assert_eq!(first["action"], "quarantine", "{first}");
+    let second = by_id("dl-2");
+    assert_eq!(second["provider"], "dregs", "{second}");
+    assert!(
+        second["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("body is not JSON")),
+        "{second}"
+    );
+    let condition = lines("condition failed to evaluate");
+    let broken = condition
+        .iter()
+        .find(|v| v["event_id"] == "dl-1")
+        .unwrap_or_else(|| panic!("no condition warning for dl-1: {condition:?}"));
+    assert_eq!(broken["provider"], "dregs", "{broken}");
+    assert_eq!(broken["subject"], "u-dl", "{broken}");
+}
