@@ -14,6 +14,7 @@ mod config_files;
 mod handoff;
 mod hostile;
 mod http_answers;
+mod logs;
 mod readme;
 mod schemes;
 mod spool;
