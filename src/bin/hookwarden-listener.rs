@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Receives signed webhooks and hands them to RabbitMQ with publisher confirms.
 #[derive(Parser)]
+// Named here: clap otherwise takes the package's name ("hookwarden") for --version.
 #[command(
+    name = "hookwarden-listener",
     version,
     after_help = "Example: hookwarden-listener --config /etc/hookwarden/listener.toml --check"
 )]

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Consumes webhook events, evaluates rules and runs actions.
 #[derive(Parser)]
+// Named here: clap otherwise takes the package's name ("hookwarden") for --version.
 #[command(
+    name = "hookwarden-worker",
     version,
     after_help = "Example: hookwarden-worker --config /etc/hookwarden/rules.toml --check"
 )]

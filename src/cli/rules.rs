@@ -2,7 +2,8 @@
 //! read, decided and its actions rendered by the functions the worker itself uses
 //! ([`crate::worker::decide`], [`crate::worker::act::render`]), so what is printed is what
 //! the worker would do; nothing is sent, and no state is read or written: the subject's past
-//! comes from `--previous` instead of the worker's store.
+//! comes from `--previous` instead of the worker's store. The event's id and type are read
+//! where the listener reads them (`--config`), since they key the worker's idempotency keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -11,11 +12,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
+use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cli::sign;
-use crate::config::{self, worker::Mode, worker::WorkerConfig};
+use crate::config::{self, listener::ListenerConfig, worker::Mode, worker::WorkerConfig};
+use crate::listener::extract::{self, ExtractError, FieldRef, parse_body};
+use crate::scheme::Verified;
 use crate::worker::act::{self, Rendered};
 use crate::worker::decide::{self, Event, RuleVerdict};
 use crate::worker::state::{SubjectState, now_ms};
@@ -28,7 +32,8 @@ pub enum RulesCommand {
     /// of a firing rule the exact request it would send. Sends nothing.
     #[command(
         after_help = "Example: hookwarden rules test --rules deploy/rules.toml \
---provider dregs --previous previous.json examples/dregs-identity-scored.json
+--config listener.toml --provider dregs --previous previous.json \
+examples/dregs-identity-scored.json
 
 --previous is a JSON file standing in for what the worker remembers of the subject;
 every key is optional:
@@ -36,7 +41,7 @@ every key is optional:
    \"fired\": {\"quarantine-low-humanity\": \"2026-11-21T13:00:00Z\"}}
 
 Exit status: 0 it ran (whether or not a rule matched), 1 a condition or an action
-template failed, 64 bad input (rules file, event, --previous)."
+template failed, 64 bad input (rules file, --config, event, --previous)."
     )]
     Test(TestArgs),
 }
@@ -47,14 +52,20 @@ pub struct TestArgs {
     /// The worker's rules file.
     #[arg(long, default_value = "/etc/hookwarden/rules.toml")]
     pub rules: PathBuf,
+    /// Listener config: the event's id and type are read where it says the provider puts
+    /// them, as the listener reads them before handing the event to the worker.
+    #[arg(long, value_name = "LISTENER.toml")]
+    pub config: Option<PathBuf>,
     /// Provider the event comes from, as named in the rules' `[[subjects]]` and `events`.
     #[arg(long)]
     pub provider: String,
-    /// Event type; default: the event's top-level `type` field.
+    /// Event type; default: where --config says the provider puts it, else the event's
+    /// top-level `type`, else the one type the provider's `[[subjects]]` entry names.
     #[arg(long = "type", value_name = "TYPE")]
     pub event_type: Option<String>,
-    /// Event id (it keys the Idempotency-Key); default: the event's top-level `id` field,
-    /// else a generated one.
+    /// Event id (it keys the Idempotency-Key); default: where --config says the provider
+    /// puts it, else the event's top-level `id`; made up (`dry-run-…`) only when there is
+    /// none, and then the keys shown are not the worker's.
     #[arg(long)]
     pub id: Option<String>,
     /// JSON file with the subject's previous score, time, version and rule firings.
@@ -91,6 +102,9 @@ pub struct Report {
     pub event_type: String,
     /// Event id.
     pub event_id: String,
+    /// Why the event id was made up (`dry-run-…`) instead of read from the event: the
+    /// idempotency keys shown are then not the ones the worker would send.
+    pub id_note: Option<String>,
     /// Subject id; `None` when no `[[subjects]]` entry reads the event.
     pub subject: Option<String>,
     /// The event's version as the worker compares it (RFC 3339 as Unix nanoseconds).
@@ -219,32 +233,25 @@ struct PreviousFile {
 /// Runs the dry run.
 ///
 /// # Errors
-/// Bad input: an invalid rules file, an unreadable event or `--previous`, an event without a
-/// type (and no `--type`), an event its `[[subjects]]` entry cannot read.
+/// Bad input: an invalid rules file or listener config, a provider the listener config does
+/// not name, an unreadable event or `--previous`, an event whose type cannot be found (and no
+/// `--type`), an event its `[[subjects]]` entry cannot read.
 pub fn test(args: &TestArgs, env: &HashMap<String, String>) -> anyhow::Result<Report> {
     let config = load_rules(&args.rules, env)?;
+    let fields = match &args.config {
+        Some(path) => listener_fields(path, &args.provider, env)?,
+        None => Fields::defaults(),
+    };
     let bytes = sign::read_event(&args.event)?;
-    let json: Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not JSON", args.event.display()))?;
+    // As strict as the listener: it refuses a body that names a key twice.
+    let json = parse_body(&bytes).map_err(|e| anyhow!("{}: {e}", args.event.display()))?;
     let event_type = match &args.event_type {
         Some(t) => t.clone(),
-        None => json
-            .pointer("/type")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                anyhow!(
-                    "{} has no string \"type\" field; give --type",
-                    args.event.display()
-                )
-            })?,
+        None => event_type(&fields, &json, &config, &args.provider, &args.event)?,
     };
-    let id = match (&args.id, json.pointer("/id")) {
-        (Some(id), _) => id.clone(),
-        (None, Some(Value::String(s))) if !s.is_empty() => s.clone(),
-        (None, Some(Value::Number(n))) => n.to_string(),
-        // Any id will do for a dry run; it only changes the Idempotency-Key shown.
-        _ => format!("dry-run-{}", uuid::Uuid::new_v4().simple()),
+    let (id, id_note) = match &args.id {
+        Some(id) => (id.clone(), None),
+        None => event_id(&fields, &json, &args.provider, &args.event),
     };
     let (prior, previous) = match &args.previous {
         Some(path) => read_previous(path)?,
@@ -261,6 +268,7 @@ pub fn test(args: &TestArgs, env: &HashMap<String, String>) -> anyhow::Result<Re
         provider: event.provider.clone(),
         event_type: event.event_type.clone(),
         event_id: event.id.clone(),
+        id_note,
         subject: None,
         version: None,
         score: BTreeMap::new(),
@@ -372,6 +380,167 @@ pub fn test(args: &TestArgs, env: &HashMap<String, String>) -> anyhow::Result<Re
         "no_match"
     };
     Ok(report)
+}
+
+/// Where the listener reads a provider's event id and type, and from which config.
+struct Fields {
+    id: FieldRef,
+    event_type: FieldRef,
+    /// The listener config they come from; `None` for the listener's defaults.
+    from: Option<PathBuf>,
+}
+
+impl Fields {
+    /// The listener's default for every scheme but GitHub's and Standard Webhooks': the
+    /// body's top-level `id` and `type`.
+    fn defaults() -> Self {
+        Self {
+            id: FieldRef::Pointer("/id".to_owned()),
+            event_type: FieldRef::Pointer("/type".to_owned()),
+            from: None,
+        }
+    }
+
+    /// Reads `field` from an event file: a body has no request headers, so a header (or the
+    /// scheme's id header) is never there.
+    fn read(field: &FieldRef, what: &'static str, json: &Value) -> Result<String, ExtractError> {
+        let unsigned = Verified {
+            scheme_id: None,
+            timestamp: None,
+        };
+        extract::extract(field, what, &HeaderMap::new(), json, &unsigned)
+    }
+}
+
+/// The provider's id and type locations in the listener config at `path`.
+fn listener_fields(
+    path: &Path,
+    provider: &str,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<Fields> {
+    let text = config::read_file(path)?;
+    let listener = ListenerConfig::parse(&path.display().to_string(), &text, env)?;
+    let Some(p) = listener.provider(provider) else {
+        let known: Vec<&str> = listener.providers.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            "no provider {provider:?} in {}; configured: {}",
+            path.display(),
+            known.join(", ")
+        );
+    };
+    Ok(Fields {
+        id: p.event_id.clone(),
+        event_type: p.event_type.clone(),
+        from: Some(path.to_owned()),
+    })
+}
+
+/// The event's type, read where the listener reads it. Without a listener config and without
+/// a top-level `type`, the provider's `[[subjects]]` entries decide when they name exactly one
+/// type (not a pattern).
+fn event_type(
+    fields: &Fields,
+    json: &Value,
+    config: &WorkerConfig,
+    provider: &str,
+    event: &Path,
+) -> anyhow::Result<String> {
+    let err = match Fields::read(&fields.event_type, "event type", json) {
+        Ok(t) => return Ok(t),
+        Err(err) => err,
+    };
+    if let Some(listener) = &fields.from {
+        return Err(match &fields.event_type {
+            FieldRef::Pointer(_) => anyhow!(
+                "{}: {err} (where {} says {provider}'s events carry it); the listener would \
+                 refuse this event; give --type to dry-run it anyway",
+                event.display(),
+                listener.display()
+            ),
+            elsewhere => anyhow!(
+                "{provider}'s event type is {} ({}), which an event file does not carry; give \
+                 --type",
+                outside_the_body(elsewhere),
+                listener.display()
+            ),
+        });
+    }
+    let types: Vec<String> = config
+        .subjects
+        .iter()
+        .filter(|s| s.provider == provider)
+        .flat_map(|s| s.types.iter().map(|t| t.pattern()))
+        .collect();
+    match types.as_slice() {
+        [only] if !only.contains(['*', '?']) => Ok(only.clone()),
+        _ => {
+            let named = if types.is_empty() {
+                format!("no [[subjects]] entry names {provider}'s types")
+            } else {
+                format!(
+                    "{provider}'s [[subjects]] types are {}",
+                    types
+                        .iter()
+                        .map(|t| format!("{t:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            bail!(
+                "{} has no string \"type\" field and {named}; give --type, or --config \
+                 LISTENER.toml to read the type where the listener does",
+                event.display()
+            )
+        }
+    }
+}
+
+/// The event's id, read where the listener reads it; when there is none, a made-up one and
+/// a note saying why, since the idempotency keys shown then differ from the worker's.
+fn event_id(
+    fields: &Fields,
+    json: &Value,
+    provider: &str,
+    event: &Path,
+) -> (String, Option<String>) {
+    let err = match Fields::read(&fields.id, "event id", json) {
+        Ok(id) => return (id, None),
+        Err(err) => err,
+    };
+    let id = format!("dry-run-{}", uuid::Uuid::new_v4().simple());
+    let why = match (&fields.from, &fields.id) {
+        (Some(listener), FieldRef::Pointer(_)) => format!(
+            "{}: {err} (where {} says {provider}'s events carry it): the listener would \
+             refuse this event",
+            event.display(),
+            listener.display()
+        ),
+        (Some(listener), elsewhere) => format!(
+            "{provider}'s event id is {} ({}), which an event file does not carry",
+            outside_the_body(elsewhere),
+            listener.display()
+        ),
+        (None, _) => format!(
+            "{} has no top-level \"id\"; give --config LISTENER.toml if {provider} puts its \
+             id elsewhere",
+            event.display()
+        ),
+    };
+    let note = format!(
+        "{why}; the id {id} is made up, so the idempotency keys below are not the worker's \
+         (give --id)"
+    );
+    (id, Some(note))
+}
+
+/// A location outside the body, in words.
+fn outside_the_body(field: &FieldRef) -> String {
+    match field {
+        FieldRef::Header(name) => format!("the {name} request header"),
+        // Only Standard Webhooks carries the id in its signature headers.
+        FieldRef::SchemeId => "the webhook-id (or svix-id) request header".to_owned(),
+        FieldRef::Pointer(pointer) => pointer.clone(),
+    }
 }
 
 fn verdict_of(v: &RuleVerdict) -> Verdict {
@@ -591,6 +760,9 @@ impl fmt::Display for Report {
             "event {}/{} ({})",
             self.provider, self.event_id, self.event_type
         )?;
+        if let Some(note) = &self.id_note {
+            writeln!(f, "note: {note}")?;
+        }
         if let Some(subject) = &self.subject {
             write!(f, "subject {subject}")?;
             if let Some(v) = self.version {
@@ -727,7 +899,91 @@ fn write_action(f: &mut fmt::Formatter<'_>, a: &ActionReport) -> fmt::Result {
 
 #[cfg(test)]
 mod tests {
-    use super::mentions;
+    use super::*;
+
+    const RULES: &str = r#"
+[[subjects]]
+provider = "reputation"
+types = ["Reputation_Score_Updated"]
+subject = "/entity/id"
+
+[[subjects]]
+provider = "dregs"
+types = ["identity.*"]
+subject = "/data/identity_id"
+"#;
+
+    fn rules() -> WorkerConfig {
+        WorkerConfig::parse("rules.toml", RULES, &HashMap::new()).unwrap()
+    }
+
+    fn listener(provider: &str) -> Fields {
+        Fields {
+            id: FieldRef::parse(provider).unwrap(),
+            event_type: FieldRef::parse("/event").unwrap(),
+            from: Some(PathBuf::from("listener.toml")),
+        }
+    }
+
+    #[test]
+    fn the_type_is_read_where_the_listener_reads_it_else_from_the_one_subject_type() {
+        let event = serde_json::json!({"event_id": "e1", "event": "Reputation_Score_Updated"});
+        let file = Path::new("e.json");
+        let (config, defaults) = (rules(), Fields::defaults());
+        let t = |fields: &Fields, provider: &str| {
+            event_type(fields, &event, &config, provider, file).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            t(&listener("/event_id"), "reputation").unwrap(),
+            "Reputation_Score_Updated"
+        );
+        // No top-level `type`: the provider's one subject type.
+        assert_eq!(
+            t(&defaults, "reputation").unwrap(),
+            "Reputation_Score_Updated"
+        );
+        // A pattern is no type; nor is a provider without subjects.
+        let err = t(&defaults, "dregs").unwrap_err();
+        assert!(
+            err.contains("types are \"identity.*\"; give --type"),
+            "{err}"
+        );
+        let err = t(&defaults, "other").unwrap_err();
+        assert!(
+            err.contains("no [[subjects]] entry names other's types"),
+            "{err}"
+        );
+        // The listener config names a header: the file cannot have it.
+        let github = Fields {
+            event_type: FieldRef::parse("header:X-GitHub-Event").unwrap(),
+            ..listener("/id")
+        };
+        let err = t(&github, "gh").unwrap_err();
+        assert!(err.contains("the x-github-event request header"), "{err}");
+    }
+
+    #[test]
+    fn the_id_is_the_events_own_and_made_up_only_when_there_is_none() {
+        let event = serde_json::json!({"id": "top", "event_id": "own"});
+        let file = Path::new("e.json");
+        let id = |fields: &Fields| event_id(fields, &event, "p", file);
+        assert_eq!(id(&listener("/event_id")), ("own".to_owned(), None));
+        assert_eq!(id(&Fields::defaults()), ("top".to_owned(), None));
+        for (fields, why) in [
+            (listener("/missing"), "no event id at /missing"),
+            (listener("header:X-Id"), "the x-id request header"),
+        ] {
+            let (made_up, note) = id(&fields);
+            assert!(made_up.starts_with("dry-run-"), "{made_up}");
+            let note = note.unwrap();
+            assert!(
+                note.contains(why) && note.contains("not the worker's"),
+                "{note}"
+            );
+        }
+        let (_, note) = event_id(&Fields::defaults(), &serde_json::json!({}), "p", file);
+        assert!(note.unwrap().contains("no top-level \"id\""));
+    }
 
     #[test]
     fn mentions_finds_whole_paths_only() {

@@ -196,12 +196,14 @@ impl Runner {
                 }
             }
             Rendered::Log { message } => {
+                // The rendered text goes under `text`: `message` is the formatter's own key
+                // (here "action"), and a JSON line naming it twice is ambiguous to log readers.
                 tracing::info!(
                     rule = %context["rule"].as_str().unwrap_or_default(),
                     provider = %event.provider,
                     event_id = %event.id,
                     subject = %context["subject"].as_str().unwrap_or_default(),
-                    message = %message,
+                    text = %message,
                     "action"
                 );
                 Ok((1, Value::Null))

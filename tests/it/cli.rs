@@ -1,5 +1,5 @@
 //! The binaries as an operator runs them: `--check`, `hookwarden sign`, `hookwarden send`
-//! with its exit codes.
+//! with its exit codes, and `--version`/`--help` of each binary.
 
 use std::process::Command;
 
@@ -256,4 +256,31 @@ fn completions_are_generated() {
     let script = String::from_utf8_lossy(&out.stdout);
     assert!(script.contains("_hookwarden()"), "{script}");
     assert!(script.contains("dead-letters"));
+}
+
+#[test]
+fn each_binary_names_itself_in_version_and_help() {
+    let version = env!("CARGO_PKG_VERSION");
+    for (name, bin) in [
+        ("hookwarden", env!("CARGO_BIN_EXE_hookwarden")),
+        (
+            "hookwarden-listener",
+            env!("CARGO_BIN_EXE_hookwarden-listener"),
+        ),
+        ("hookwarden-worker", env!("CARGO_BIN_EXE_hookwarden-worker")),
+    ] {
+        let out = Command::new(bin).arg("--version").output().unwrap();
+        assert!(out.status.success(), "{name} --version failed");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{name} {version}\n")
+        );
+        let out = Command::new(bin).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{name} --help failed");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains(&format!("Usage: {name} ")),
+            "{name} --help:\n{help}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The operator's worker commands as run from a shell, against the real broker, a worker
-//! running in this process and a real HTTP target: `rules test` (dry run), `decisions`,
+//! running in this process and a real HTTP target: `rules test` (dry run, checked against
+//! what the worker sends for the same event), `decisions`,
 //! `dead-letters list` (nothing lost, order kept) and `dead-letters replay` (the worker acts
 //! on the replayed event, the dead letter goes).
 
@@ -442,4 +443,224 @@ kind = "log"
     .await;
     assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `scores`"));
+}
+
+const LISTENER_TOML: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/listener.toml");
+
+/// Each example event and the provider that sends it (as `deploy/run-local` sends them).
+const EXAMPLES: &[(&str, &str)] = &[
+    ("dregs-identity-scored.json", "dregs"),
+    ("reputation-score-updated.json", "reputation"),
+    ("reward-tier-changed.json", "rewards"),
+];
+
+fn example(file: &str) -> String {
+    format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn rules_test_runs_every_example_with_the_shipped_files() {
+    let mut shipped: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    shipped.sort();
+    let mut known: Vec<&str> = EXAMPLES.iter().map(|(f, _)| *f).collect();
+    known.sort();
+    assert_eq!(shipped, known, "name the provider of every example here");
+
+    // The listener config says where each provider puts its id and type.
+    let mut ids = Vec::new();
+    for (file, provider) in EXAMPLES {
+        let out = run(&[
+            "rules",
+            "test",
+            "--rules",
+            DEPLOY_RULES,
+            "--config",
+            LISTENER_TOML,
+            "--provider",
+            provider,
+            "--json",
+            &example(file),
+        ])
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", explain(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push((report["event_id"].clone(), report["id_note"].clone()));
+    }
+    assert_eq!(ids[0].0, "evt_01JD8Q6W3M4X9T2R7K5N0P1Q8S");
+    assert_eq!(ids[1].0, "9f1c2e7a-5b3d-4c8e-a0f6-2d4b8e1c7a93");
+    assert!(ids[1].1.is_null());
+    // Standard Webhooks carries the id in a header: made up, and said so.
+    assert!(ids[2].0.as_str().unwrap().starts_with("dry-run-"));
+    assert!(
+        ids[2].1.as_str().unwrap().contains("not the worker's"),
+        "{:?}",
+        ids[2].1
+    );
+
+    // Without the listener config, the reputation event's type comes from its [[subjects]]
+    // entry, and the made-up id is named as such.
+    let reputation = example("reputation-score-updated.json");
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        DEPLOY_RULES,
+        "--provider",
+        "reputation",
+        &reputation,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let text = stdout(&out);
+    assert!(text.contains("(Reputation_Score_Updated)"), "{text}");
+    assert!(
+        text.contains("rule merchant-caution (enforce): matched"),
+        "{text}"
+    );
+    assert!(
+        text.contains("has no top-level \"id\"; give --config LISTENER.toml")
+            && text.contains("the idempotency keys below are not the worker's"),
+        "{text}"
+    );
+    // With --type and the listener config: the event's own id, as before only with --id.
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        DEPLOY_RULES,
+        "--config",
+        LISTENER_TOML,
+        "--provider",
+        "reputation",
+        "--type",
+        "Reputation_Score_Updated",
+        &reputation,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(
+        stdout(&out).starts_with(
+            "event reputation/9f1c2e7a-5b3d-4c8e-a0f6-2d4b8e1c7a93 (Reputation_Score_Updated)\n"
+        ),
+        "{}",
+        explain(&out)
+    );
+    // A provider the listener config does not name.
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        DEPLOY_RULES,
+        "--config",
+        LISTENER_TOML,
+        "--provider",
+        "nobody",
+        &reputation,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no provider \"nobody\""),
+        "{}",
+        explain(&out)
+    );
+}
+
+/// The reputation provider as `listener.toml` configures it (id and type at its own keys).
+const REPUTATION_PROVIDER: &str = r#"
+name = "reputation"
+scheme = "stripe"
+secrets = ["whsec_test_reputation"]
+event_id = "/event_id"
+event_type = "/event"
+"#;
+
+/// `deploy/rules.toml`'s reputation rule, with a review body that shows the event id.
+const REPUTATION_RULES: &str = r#"
+[[subjects]]
+provider = "reputation"
+types = ["Reputation_Score_Updated"]
+subject = "/entity/id"
+version = "/version"
+scores = { reputation = "/new_score" }
+
+[[rules]]
+name = "merchant-caution"
+events = ["reputation:*"]
+when = "score.reputation < 60.0 && (!has(previous.score.reputation) || previous.score.reputation >= 60.0)"
+actions = ["review", "note"]
+
+[actions.review]
+kind = "amqp"
+body = '{"merchant": {{ subject | tojson }}, "event_id": {{ event_id | tojson }}}'
+
+[actions.note]
+kind = "log"
+message = "merchant {{ subject }} fell to {{ score.reputation }}"
+"#;
+
+#[tokio::test]
+async fn rules_test_renders_what_the_worker_sends_for_the_same_event() {
+    let l = crate::harness::Harness::new()
+        .provider(REPUTATION_PROVIDER)
+        .start()
+        .await;
+    let w = WorkerHarness::new(REPUTATION_RULES)
+        .start_with_names("http://127.0.0.1:9", l.names.clone_names())
+        .await;
+    let dir = tempdir::Dir::new();
+    let rules = dir.path.join("rules.toml");
+    std::fs::write(&rules, &w.text).unwrap();
+    let listener = dir.path.join("listener.toml");
+    std::fs::write(&listener, l.config_text_for_signing()).unwrap();
+    let file = example("reputation-score-updated.json");
+
+    // Through the real pipeline: listener, broker, worker, the review message it publishes.
+    let body = std::fs::read_to_string(&file).unwrap();
+    let answer = l.send("reputation", &body).await;
+    assert_eq!(answer.status.as_u16(), 200, "{}", answer.body);
+    let sent = crate::harness::eventually_get(&w.broker, &w.names.review_queue).await;
+    let sent_id = sent
+        .delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.to_string());
+
+    // The dry run of the same file with the same two config files.
+    let out = run(&[
+        "rules",
+        "test",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--config",
+        listener.to_str().unwrap(),
+        "--provider",
+        "reputation",
+        "--json",
+        &file,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let review = &report["rules"][0]["actions"][0];
+    assert_eq!(review["action"], "review", "{report:#}");
+    assert_eq!(
+        review["rendered"]["message_id"].as_str().map(str::to_owned),
+        sent_id,
+        "{report:#}"
+    );
+    assert_eq!(
+        review["rendered"]["body"].as_str().unwrap().as_bytes(),
+        &sent.delivery.data[..],
+        "{report:#}"
+    );
+    assert_eq!(
+        review["rendered"]["routing_key"].as_str(),
+        Some(w.names.review_queue.as_str())
+    );
 }

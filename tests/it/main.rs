@@ -15,6 +15,7 @@ mod config_files;
 mod handoff;
 mod hostile;
 mod http_answers;
+mod logs;
 mod readme;
 mod schemes;
 mod spool;

@@ -1,0 +1,213 @@
+//! The daemons' output as a log pipeline reads it: run as processes with stdout not a
+//! terminal, the listener and the worker write one JSON object per line, and no line names a
+//! key twice (pipelines keep one of the values or refuse the line). Prerequisite: RabbitMQ.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hookwarden::cli::http_client;
+use hookwarden::config::listener::ListenerConfig;
+use hookwarden::listener::extract::parse_body;
+
+use crate::harness::{Broker, Harness, KillOnDrop, eventually, eventually_get, free_addr};
+use crate::sink::Sink;
+use crate::worker_harness::{WorkerHarness, dregs};
+
+/// A `log` action for every low score, and an `http` action the test makes fail (a dead letter).
+const RULES: &str = r#"
+[[rules]]
+name = "note-low"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 50.0"
+actions = ["note"]
+
+[[rules]]
+name = "quarantine"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 30.0"
+actions = ["quarantine"]
+
+[actions.note]
+kind = "log"
+message = "identity {{ subject }} fell to {{ score.humanity }}"
+
+[actions.quarantine]
+kind = "http"
+url = "{SINK}/accounts/{{ subject }}/quarantine"
+retries = 0
+timeout = "2s"
+"#;
+
+/// A daemon process whose stdout and stderr lines are collected as they come.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    _kill: KillOnDrop,
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, bin: &str, config: &Path) -> Self {
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            // The level the shipped configs use, whatever the test runner's environment says.
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|stream| {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        })
+        .collect();
+        let kill = KillOnDrop(child.id());
+        Self {
+            name,
+            child,
+            lines,
+            readers,
+            _kill: kill,
+        }
+    }
+
+    fn logged(&self, part: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| l.contains(part))
+    }
+
+    async fn wait_for(&self, part: &str) {
+        eventually(
+            &format!("{} to log {part}", self.name),
+            Duration::from_secs(20),
+            || async move { self.logged(part) },
+        )
+        .await;
+    }
+
+    /// SIGTERM, the exit, and every line it wrote.
+    async fn stop(mut self) -> Vec<String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let child = &mut self.child;
+        let name = self.name;
+        eventually(&format!("{name} to exit"), Duration::from_secs(30), || {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            async move { exited }
+        })
+        .await;
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn every_json_log_line_of_both_daemons_has_unique_keys() {
+    let sink = Sink::start().await;
+    sink.fail_always(true);
+    let public = free_addr();
+    let (dir, listener_toml, names) = Harness::new().write_config(public, free_addr());
+    let rules_toml = dir.path.join("rules.toml");
+    std::fs::write(
+        &rules_toml,
+        WorkerHarness::for_dregs(RULES).text(&names, &dir.path.join("worker.db"), &sink.url()),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&listener_toml).unwrap();
+    let signers = ListenerConfig::parse("listener.toml", &text, &HashMap::new()).unwrap();
+    let dregs_provider = signers.provider("dregs").unwrap();
+
+    let listener = Daemon::spawn(
+        "listener",
+        env!("CARGO_BIN_EXE_hookwarden-listener"),
+        &listener_toml,
+    );
+    let worker = Daemon::spawn(
+        "worker",
+        env!("CARGO_BIN_EXE_hookwarden-worker"),
+        &rules_toml,
+    );
+    listener.wait_for("broker connected").await;
+    worker.wait_for(r#""message":"consuming""#).await;
+
+    let url = format!("http://{public}/hooks/dregs");
+    // Signs `signed` and sends `body`: the same text, or another one to be refused.
+    let post = |signed: &str, body: String| {
+        let headers = dregs_provider
+            .scheme
+            .sign(
+                &dregs_provider.keys[0],
+                signed.as_bytes(),
+                SystemTime::now(),
+                "",
+            )
+            .unwrap();
+        let url = url.clone();
+        async move {
+            http_client::post(&url, &headers, Bytes::from(body))
+                .await
+                .unwrap()
+                .status
+                .as_u16()
+        }
+    };
+    let noted = dregs("e-note", "u1", "2026-11-21T10:00:00Z", 40);
+    // Accepted, then a duplicate, a bad signature, and an event whose action fails.
+    assert_eq!(post(&noted, noted.clone()).await, 200);
+    assert_eq!(post(&noted, noted.clone()).await, 200);
+    let forged = dregs("e-bad", "u2", "2026-11-21T10:01:00Z", 40);
+    assert_eq!(post(&noted, forged).await, 401);
+    let failing = dregs("e-dead", "u3", "2026-11-21T10:02:00Z", 22);
+    assert_eq!(post(&failing, failing.clone()).await, 200);
+    worker.wait_for("identity u1 fell to 40").await;
+    let broker = Broker::connect().await;
+    let dead = eventually_get(&broker, &names.dead_letter_queue).await;
+    assert_eq!(
+        dead.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "e-dead"
+    );
+
+    for (name, lines) in [
+        ("listener", listener.stop().await),
+        ("worker", worker.stop().await),
+    ] {
+        assert!(lines.len() >= 3, "{name} wrote only {lines:?}");
+        for line in &lines {
+            match parse_body(line.as_bytes()) {
+                Ok(value) => assert!(value.is_object(), "{name}: not an object: {line}"),
+                Err(err) => panic!("{name}: {err}\n{line}"),
+            }
+        }
+    }
+}
