@@ -265,16 +265,7 @@ const EXAMPLE: &str = concat!(
 
 #[tokio::test]
 async fn rules_test_shows_what_the_shipped_rules_decide_and_would_send() {
-    let out = run(&[
-        "rules",
-        "test",
-        "--rules",
-        DEPLOY_RULES,
-        "--provider",
-        "dregs",
-        EXAMPLE,
-    ])
-    .await;
+    let out = rules_test(&["--provider", "dregs", EXAMPLE]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let text = stdout(&out);
     let key = hookwarden::worker::act::idempotency_key(
@@ -306,11 +297,7 @@ async fn rules_test_shows_what_the_shipped_rules_decide_and_would_send() {
         r#"{"score": {"humanity": 20}, "at": "2026-11-21T14:00:00Z", "version": 1412}"#,
     )
     .unwrap();
-    let out = run(&[
-        "rules",
-        "test",
-        "--rules",
-        DEPLOY_RULES,
+    let out = rules_test(&[
         "--provider",
         "dregs",
         "--previous",
@@ -334,11 +321,7 @@ async fn rules_test_shows_what_the_shipped_rules_decide_and_would_send() {
 
     // A version newer than the event's: stale, nothing evaluated.
     std::fs::write(&previous, r#"{"version": "2027-01-01T00:00:00Z"}"#).unwrap();
-    let out = run(&[
-        "rules",
-        "test",
-        "--rules",
-        DEPLOY_RULES,
+    let out = rules_test(&[
         "--provider",
         "dregs",
         "--previous",
@@ -454,6 +437,13 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("reward-tier-changed.json", "rewards"),
 ];
 
+/// `hookwarden rules test --rules deploy/rules.toml ARGS…`.
+async fn rules_test(args: &[&str]) -> std::process::Output {
+    let mut all = vec!["rules", "test", "--rules", DEPLOY_RULES];
+    all.extend_from_slice(args);
+    run(&all).await
+}
+
 fn example(file: &str) -> String {
     format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -473,11 +463,7 @@ async fn rules_test_runs_every_example_with_the_shipped_files() {
     // The listener config says where each provider puts its id and type.
     let mut ids = Vec::new();
     for (file, provider) in EXAMPLES {
-        let out = run(&[
-            "rules",
-            "test",
-            "--rules",
-            DEPLOY_RULES,
+        let out = rules_test(&[
             "--config",
             LISTENER_TOML,
             "--provider",
@@ -504,16 +490,7 @@ async fn rules_test_runs_every_example_with_the_shipped_files() {
     // Without the listener config, the reputation event's type comes from its [[subjects]]
     // entry, and the made-up id is named as such.
     let reputation = example("reputation-score-updated.json");
-    let out = run(&[
-        "rules",
-        "test",
-        "--rules",
-        DEPLOY_RULES,
-        "--provider",
-        "reputation",
-        &reputation,
-    ])
-    .await;
+    let out = rules_test(&["--provider", "reputation", &reputation]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let text = stdout(&out);
     assert!(text.contains("(Reputation_Score_Updated)"), "{text}");
@@ -527,11 +504,7 @@ async fn rules_test_runs_every_example_with_the_shipped_files() {
         "{text}"
     );
     // With --type and the listener config: the event's own id, as before only with --id.
-    let out = run(&[
-        "rules",
-        "test",
-        "--rules",
-        DEPLOY_RULES,
+    let out = rules_test(&[
         "--config",
         LISTENER_TOML,
         "--provider",
@@ -550,11 +523,7 @@ async fn rules_test_runs_every_example_with_the_shipped_files() {
         explain(&out)
     );
     // A provider the listener config does not name.
-    let out = run(&[
-        "rules",
-        "test",
-        "--rules",
-        DEPLOY_RULES,
+    let out = rules_test(&[
         "--config",
         LISTENER_TOML,
         "--provider",
