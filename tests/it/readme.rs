@@ -1,8 +1,8 @@
 //! The README's commands, run as a reader would run them, from the repository root: the
 //! by-hand section's sink, listener and worker (the commands marked `# terminal N`) started as
-//! written and left running while every other command runs; then the trial `deploy/run-local`.
-//! The few commands that change the machine or run for minutes are named below with where
-//! they run.
+//! written and left running while every other command runs; then the trial `deploy/run-local`,
+//! kept up while the commands it prints are run, and stopped as Ctrl-C stops it. The few
+//! commands that change the machine or run for minutes are named below with where they run.
 //! Prerequisite: RabbitMQ, python3, curl; ports 8080, 8089, 9090, 9091 free.
 
 use std::os::unix::process::CommandExt as _;
@@ -22,7 +22,7 @@ static FIXED_PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ELSEWHERE: &[(&str, &str)] = &[
     (
         "bash deploy/run-local",
-        "run at the end of every_readme_command_works_as_written",
+        "run and kept up by run_local_prints_commands_that_work_while_it_runs",
     ),
     ("cargo build", "the build of this test made target/debug"),
     ("bash .ci/run", "it is what runs this test"),
@@ -279,26 +279,6 @@ async fn every_readme_command_works_as_written() {
         opened.is_some_and(|l| l.contains("\"path\":\"target/local/worker.db\"")),
         "the worker logs the state file it opened:\n{worker_log}"
     );
-    drop(daemons);
-
-    // The README's first command: the trial, told to exit once it has shown the actions.
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("bash")
-            .args(["deploy/run-local"])
-            .env("HOOKWARDEN_TRIAL_EXIT", "1")
-            .current_dir(ROOT)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains(DREGS_ACTION), "{text}");
 }
 
 #[test]
@@ -388,4 +368,73 @@ async fn run_local_refuses_a_rust_older_than_cargo_toml_asks() {
         "does not say {need} is needed, what it found, and how to update:\n{output}"
     );
     assert!(!output.contains("== building"), "{output}");
+}
+
+/// The trial, as the README's first command, left running: the commands it prints for
+/// looking at its state work while it runs and are the ones the README shows; cargo's
+/// progress reaches the terminal while it builds; Ctrl-C stops it.
+#[tokio::test]
+async fn run_local_prints_commands_that_work_while_it_runs() {
+    let _turn = FIXED_PORTS.lock().await;
+    assert_fixed_ports_free();
+    let logs = tempdir::Dir::new();
+    let mut trial = Background::start(
+        "bash deploy/run-local",
+        logs.path.join("run-local.log"),
+        None,
+    );
+    // Up to a first build's worth of time, on a busy machine.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while !trial.output().contains("== running") {
+        assert!(
+            trial.child.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "run-local did not get to running:\n{}",
+            trial.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = trial.output();
+    assert!(output.contains(DREGS_ACTION), "{output}");
+
+    let printed: Vec<&str> = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("  "))
+        .filter(|l| l.contains("hookwarden decisions") || l.contains("hookwarden dead-letters"))
+        .collect();
+    assert!(
+        printed.iter().any(|c| c.contains("hookwarden decisions"))
+            && printed
+                .iter()
+                .any(|c| c.contains("hookwarden dead-letters")),
+        "run-local does not print the decisions and dead-letters commands:\n{output}"
+    );
+    let readme = readme();
+    for command in printed {
+        assert!(
+            readme.contains(command),
+            "the README does not show the command run-local prints: {command}"
+        );
+        // The decision record is committed with the worker's batch, a moment after the
+        // action's request; a reader quicker than that sees "no decisions" and runs it again.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = run(command).await;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if out.status.success()
+                && (!command.contains("decisions") || stdout.contains("quarantine-low-humanity"))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "printed command failed while run-local runs: {command}\nstdout: {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    trial.signal_group("INT");
+    trial.exit_within(Duration::from_secs(40)).await;
+    assert!(trial.output().contains("stopped"), "{}", trial.output());
 }
