@@ -395,6 +395,11 @@ async fn run_local_prints_commands_that_work_while_it_runs() {
     }
     let output = trial.output();
     assert!(output.contains(DREGS_ACTION), "{output}");
+    // Even a build with nothing to do says so; a first build shows each crate it compiles.
+    assert!(
+        output.contains("Finished `dev` profile"),
+        "cargo's progress does not reach the output:\n{output}"
+    );
 
     let printed: Vec<&str> = output
         .lines()
