@@ -124,6 +124,9 @@ pub fn start(
             source,
         },
     )?);
+    // Opening creates the file and its directory when missing: say where, so a worker run by
+    // hand without `[state] path` set does not quietly keep its state in the service's place.
+    tracing::info!(path = %config.state.path.display(), "state store opened");
     let http = crate::worker::http::client().map_err(StartError::Http)?;
     let marks = DoneMarks::start(store.clone()).map_err(StartError::Thread)?;
     let metrics = Arc::new(WorkerMetrics::new());
