@@ -17,6 +17,12 @@ class Sink(http.server.BaseHTTPRequestHandler):
 
     do_PUT = do_POST
 
+    def do_GET(self):
+        # A readiness check (run-local waits for it before sending); not an action.
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, *args):
         pass
 

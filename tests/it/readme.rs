@@ -395,6 +395,11 @@ async fn run_local_prints_commands_that_work_while_it_runs() {
     }
     let output = trial.output();
     assert!(output.contains(DREGS_ACTION), "{output}");
+    // The sink was listening before the first event: its action went through at once.
+    assert!(
+        output.contains("quarantine: ok, 1 attempt(s)"),
+        "the trial's first action needed retries:\n{output}"
+    );
     // Even a build with nothing to do says so; a first build shows each crate it compiles.
     assert!(
         output.contains("Finished `dev` profile"),
