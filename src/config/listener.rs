@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{ConfigError, Document};
+use super::{ConfigError, ConfigKind, Document};
 use crate::config::amqp::AmqpConfig;
 use crate::config::secret;
 use crate::listener::extract::FieldRef;
@@ -226,8 +226,8 @@ impl ListenerConfig {
         text: &str,
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let mut doc = Document::parse(file, text, env)?;
-        doc.reject_unknown_sections(&["server", "amqp", "dedupe", "log", "spool", "providers"]);
+        let mut doc = Document::parse(file, text, env, ConfigKind::Listener)?;
+        doc.reject_unknown_sections();
         let server: Option<ServerConfig> = doc.section("server");
         let amqp: Option<AmqpConfig> = doc.section("amqp");
         let dedupe: Option<DedupeConfig> = doc.section("dedupe");
@@ -377,6 +377,7 @@ fn unreachable_config(file: &str) -> Result<ListenerConfig, ConfigError> {
             line: None,
             key: String::new(),
             reason: "incomplete config".to_owned(),
+            variable: None,
         }],
     })
 }
@@ -423,33 +424,33 @@ fn build_provider(doc: &mut Document<'_>, key: &str, raw: RawProvider) -> Option
     let tolerance = raw.tolerance.unwrap_or(DEFAULT_TOLERANCE);
     let scheme = match raw.scheme.as_str() {
         "hmac-sha256" => build_hmac(doc, key, &raw, tolerance),
-        other => {
+        known @ ("github" | "stripe" | "standard-webhooks") => {
             for (field, set) in hmac_only_keys(&raw) {
                 if set {
                     doc.problem(
                         &format!("{key}.{field}"),
-                        format!("only for scheme \"hmac-sha256\"; scheme {other:?} fixes its own"),
+                        format!("only for scheme \"hmac-sha256\"; scheme {known:?} fixes its own"),
                     );
                     ok = false;
                 }
             }
-            match other {
-                "github" => Some(Scheme::Hmac(hmac::HmacScheme::github())),
-                "stripe" => Some(Scheme::Stripe(stripe::StripeScheme { tolerance })),
-                "standard-webhooks" => Some(Scheme::StandardWebhooks(
-                    standard_webhooks::StandardScheme { tolerance },
-                )),
-                _ => {
-                    doc.problem(
-                        &format!("{key}.scheme"),
-                        format!(
-                            "unknown scheme {other:?}; expected one of {}",
-                            SCHEMES.join(", ")
-                        ),
-                    );
-                    None
-                }
-            }
+            Some(match known {
+                "github" => Scheme::Hmac(hmac::HmacScheme::github()),
+                "stripe" => Scheme::Stripe(stripe::StripeScheme { tolerance }),
+                _ => Scheme::StandardWebhooks(standard_webhooks::StandardScheme { tolerance }),
+            })
+        }
+        // Which other keys fit depends on the scheme: with none known, judging them would
+        // only add problems that go away once the scheme is fixed.
+        unknown => {
+            doc.problem(
+                &format!("{key}.scheme"),
+                format!(
+                    "unknown scheme {unknown:?}; expected one of {}",
+                    SCHEMES.join(", ")
+                ),
+            );
+            None
         }
     };
 

@@ -3,6 +3,7 @@
 //! once with its file, line (where known), key path and reason.
 
 pub mod amqp;
+pub(crate) mod glob;
 pub mod listener;
 pub mod secret;
 pub mod units;
@@ -19,6 +20,59 @@ use toml::de::{DeArray, DeTable, DeValue};
 pub const ENV_PREFIX: &str = "HOOKWARDEN";
 const ENV_SEPARATOR: &str = "__";
 
+/// Which daemon a config file is for. Each has top-level sections the other lacks, which
+/// tell a file given to the wrong daemon apart from a file with mistakes in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigKind {
+    /// `listener.toml`, read by `hookwarden-listener`.
+    Listener,
+    /// The rules file, read by `hookwarden-worker`.
+    Worker,
+}
+
+impl ConfigKind {
+    /// What operators call such a file.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Listener => "listener config",
+            Self::Worker => "worker rules file",
+        }
+    }
+
+    /// Every top-level section this kind of file may have.
+    pub fn sections(self) -> &'static [&'static str] {
+        match self {
+            Self::Listener => &["server", "amqp", "dedupe", "log", "spool", "providers"],
+            Self::Worker => &[
+                "amqp", "server", "state", "log", "subjects", "rules", "actions",
+            ],
+        }
+    }
+
+    /// The sections only this kind has (`server`, `amqp` and `log` are in both).
+    fn own_sections(self) -> &'static [&'static str] {
+        match self {
+            Self::Listener => &["providers", "dedupe", "spool"],
+            Self::Worker => &["subjects", "rules", "actions", "state"],
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::Listener => Self::Worker,
+            Self::Worker => Self::Listener,
+        }
+    }
+
+    /// The daemon that reads this kind of file, and its name in prose.
+    fn daemon(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Listener => ("hookwarden-listener", "the listener"),
+            Self::Worker => ("hookwarden-worker", "the worker"),
+        }
+    }
+}
+
 /// One thing wrong with a config, pinned to where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -30,10 +84,17 @@ pub struct Problem {
     pub key: String,
     /// Why it is wrong, and what would be right.
     pub reason: String,
+    /// The `HOOKWARDEN__…` variable at fault, when the problem is in the environment rather
+    /// than in the file: it is then shown under the variable's name alone, since no line of
+    /// the file is to blame.
+    pub variable: Option<String>,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(variable) = &self.variable {
+            return write!(f, "environment variable {variable}: {}", self.reason);
+        }
         write!(f, "{}", self.file)?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
@@ -77,6 +138,7 @@ pub fn read_file(path: &Path) -> Result<String, ConfigError> {
             line: None,
             key: String::new(),
             reason: format!("cannot read: {err}"),
+            variable: None,
         }],
     })
 }
@@ -92,6 +154,7 @@ pub fn process_env() -> HashMap<String, String> {
 /// A parsed, merged config document and the problems found so far.
 pub(crate) struct Document<'a> {
     file: String,
+    kind: ConfigKind,
     spans: Option<toml::Spanned<DeTable<'a>>>,
     text: &'a str,
     root: HashMap<String, ::config::Value>,
@@ -102,17 +165,20 @@ pub(crate) struct Document<'a> {
 }
 
 impl<'a> Document<'a> {
-    /// Parses `text` and merges the `HOOKWARDEN__…` variables of `env` over it.
+    /// Parses `text`, a `kind` file, and merges the `HOOKWARDEN__…` variables of `env` over it.
     ///
     /// # Errors
-    /// TOML syntax errors (with line), and environment variables that cannot apply.
+    /// TOML syntax errors (with line), a file of the other kind (that alone), and environment
+    /// variables that cannot apply.
     pub(crate) fn parse(
         file: &str,
         text: &'a str,
         env: &'a HashMap<String, String>,
+        kind: ConfigKind,
     ) -> Result<Self, ConfigError> {
         let mut doc = Document {
             file: file.to_owned(),
+            kind,
             spans: None,
             text,
             root: HashMap::new(),
@@ -135,9 +201,22 @@ impl<'a> Document<'a> {
                         reason:
                             "a key may not contain '.', '[' or ']' (write nested tables instead)"
                                 .to_owned(),
+                        variable: None,
                     });
                 }
                 if !doc.problems.is_empty() {
+                    return Err(doc.finish_err());
+                }
+                // Checked against the wrong daemon's keys, every section of such a file would
+                // be a problem of its own; the one problem is which daemon it was given to.
+                if let Some(reason) = doc.other_kind(spans.get_ref()) {
+                    doc.problems.push(Problem {
+                        file: doc.file.clone(),
+                        line: None,
+                        key: String::new(),
+                        reason,
+                        variable: None,
+                    });
                     return Err(doc.finish_err());
                 }
                 doc.spans = Some(spans);
@@ -149,6 +228,7 @@ impl<'a> Document<'a> {
                     line,
                     key: String::new(),
                     reason: format!("invalid TOML: {}", err.message().trim()),
+                    variable: None,
                 });
                 return Err(doc.finish_err());
             }
@@ -162,10 +242,11 @@ impl<'a> Document<'a> {
             };
             let segments: Vec<String> = rest.split(ENV_SEPARATOR).map(str::to_lowercase).collect();
             if segments.iter().any(|s| s.is_empty()) {
-                doc.problem_env(name, "names no key (empty segment)".to_owned());
+                doc.problem_env(name, "", "names no key (empty segment)".to_owned());
             } else if segments.iter().any(|s| s.parse::<usize>().is_ok()) {
                 doc.problem_env(
                     name,
+                    "",
                     "entries of a list cannot be overridden from the environment; \
                      reference env: or file: secrets in the file instead"
                         .to_owned(),
@@ -200,6 +281,7 @@ impl<'a> Document<'a> {
                 line: None,
                 key: String::new(),
                 reason: err.to_string(),
+                variable: None,
             }),
         }
         if doc.problems.is_empty() {
@@ -209,8 +291,43 @@ impl<'a> Document<'a> {
         }
     }
 
-    /// Reports top-level keys that are not among `known`.
-    pub(crate) fn reject_unknown_sections(&mut self, known: &[&str]) {
+    /// Why `table`, the file's top level, looks like the other kind of file: it has sections
+    /// only that kind has and none only this kind has. `None` when it does not.
+    fn other_kind(&self, table: &DeTable<'_>) -> Option<String> {
+        let has = |name: &&str| table.contains_key(*name);
+        if self.kind.own_sections().iter().any(has) {
+            return None;
+        }
+        let other = self.kind.other();
+        let mut found: Vec<(usize, String)> = table
+            .iter()
+            .filter(|(key, _)| other.own_sections().contains(&key.get_ref().as_ref()))
+            .map(|(key, value)| {
+                let header = match value.get_ref() {
+                    DeValue::Array(_) => format!("[[{}]]", key.get_ref()),
+                    _ => format!("[{}]", key.get_ref()),
+                };
+                (key.span().start, header)
+            })
+            .collect();
+        if found.is_empty() {
+            return None;
+        }
+        found.sort();
+        let headers: Vec<String> = found.into_iter().map(|(_, header)| header).collect();
+        let (command, daemon) = other.daemon();
+        Some(format!(
+            "this looks like a {}, not a {} (it has {}); {daemon} takes it: {command} --config {}",
+            other.describe(),
+            self.kind.describe(),
+            headers.join(", "),
+            self.file,
+        ))
+    }
+
+    /// Reports top-level keys that are not sections of this kind of file.
+    pub(crate) fn reject_unknown_sections(&mut self) {
+        let known = self.kind.sections();
         let mut unknown: Vec<String> = self
             .root
             .keys()
@@ -218,10 +335,35 @@ impl<'a> Document<'a> {
             .cloned()
             .collect();
         unknown.sort();
+        let expected = format!("expected one of {}", known.join(", "));
         for key in unknown {
-            let reason = format!("unknown section; expected one of {}", known.join(", "));
-            let reason = self.unknown_field_from_env(&key, format!("unknown field: {reason}"));
-            self.problem(&key, reason);
+            let variable = (!self.in_file(&key))
+                .then(|| self.variable_under(&key))
+                .flatten();
+            let other = self.kind.other();
+            let elsewhere = other.own_sections().contains(&key.as_str());
+            match variable {
+                Some(variable) => {
+                    let section = match elsewhere {
+                        true => format!("`{key}` is a section of the {}", other.describe()),
+                        false => format!("unknown section `{key}`"),
+                    };
+                    let reason = format!(
+                        "names no key of the {} ({section}; {expected})",
+                        self.kind.describe()
+                    );
+                    self.problem_env(&variable, &key, reason);
+                }
+                None if elsewhere => {
+                    let reason = format!(
+                        "a section of the {}, not of the {}; {expected}",
+                        other.describe(),
+                        self.kind.describe()
+                    );
+                    self.problem_in_file(&key, reason);
+                }
+                None => self.problem_in_file(&key, format!("unknown section; {expected}")),
+            }
         }
     }
 
@@ -264,52 +406,68 @@ impl<'a> Document<'a> {
                     format!("{prefix}.{inner}")
                 };
                 let reason = err.into_inner().to_string();
-                let reason = match self.env_keys.get(&key) {
-                    Some(var) => format!("{reason} (set by environment variable {var})"),
-                    None => reason,
+                // A value a variable set is that variable's; so is an unknown field the file
+                // does not spell (the variable's typo).
+                let unknown = reason.starts_with("unknown field");
+                let variable = match unknown {
+                    true if self.in_file(&key) => None,
+                    true => self.variable_under(&key),
+                    false => self.env_keys.get(&key).cloned(),
                 };
-                let reason = self.unknown_field_from_env(&key, reason);
-                self.problem(&key, reason);
+                match variable {
+                    Some(variable) if unknown => {
+                        let reason =
+                            format!("names no key of the {} ({reason})", self.kind.describe());
+                        self.problem_env(&variable, &key, reason);
+                    }
+                    Some(variable) => self.problem_env(&variable, &key, reason),
+                    None => self.problem_in_file(&key, reason),
+                }
                 None
             }
         }
     }
 
-    /// An unknown field set from the environment is reported as that variable.
-    fn unknown_field_from_env(&self, key: &str, reason: String) -> String {
-        if !reason.starts_with("unknown field") {
-            return reason;
-        }
-        let mut found: Vec<&String> = self
-            .env_keys
+    /// The first (by name) variable that sets `key` or a key below it.
+    fn variable_under(&self, key: &str) -> Option<String> {
+        let below = format!("{key}.");
+        self.env_keys
             .iter()
-            .filter(|(path, _)| path.as_str() == key || path.starts_with(&format!("{key}.")))
-            .map(|(_, var)| var)
-            .collect();
-        found.sort();
-        match found.first() {
-            Some(var) => format!("environment variable {var} names no key: {reason}"),
-            None => reason,
+            .filter(|(path, _)| path.as_str() == key || path.starts_with(&below))
+            .map(|(_, variable)| variable)
+            .min()
+            .cloned()
+    }
+
+    /// Records a problem at `key` (a path such as `providers[1].scheme`); a key whose value
+    /// came from the environment is reported as that variable.
+    pub(crate) fn problem(&mut self, key: &str, reason: String) {
+        match self.env_keys.get(key).cloned() {
+            Some(variable) => self.problem_env(&variable, key, reason),
+            None => self.problem_in_file(key, reason),
         }
     }
 
-    /// Records a problem at `key` (a path such as `providers[1].scheme`).
-    pub(crate) fn problem(&mut self, key: &str, reason: String) {
+    /// Records a problem at `key` in the file, at the line of its deepest part written there.
+    fn problem_in_file(&mut self, key: &str, reason: String) {
         let line = self.line_of(key);
         self.problems.push(Problem {
             file: self.file.clone(),
             line,
             key: key.to_owned(),
             reason,
+            variable: None,
         });
     }
 
-    fn problem_env(&mut self, var: &str, reason: String) {
+    /// Records a problem in the environment variable `variable` (setting `key`, if it names one).
+    fn problem_env(&mut self, variable: &str, key: &str, reason: String) {
         self.problems.push(Problem {
             file: self.file.clone(),
             line: None,
-            key: String::new(),
-            reason: format!("environment variable {var} {reason}"),
+            key: key.to_owned(),
+            reason,
+            variable: Some(variable.to_owned()),
         });
     }
 
@@ -336,7 +494,23 @@ impl<'a> Document<'a> {
 
     /// The line of the deepest part of `key` that is present in the file.
     fn line_of(&self, key: &str) -> Option<usize> {
+        self.offset_of(key).map(|offset| self.line_at(offset))
+    }
+
+    /// The byte offset of the deepest part of `key` that is present in the file.
+    pub(crate) fn offset_of(&self, key: &str) -> Option<usize> {
+        self.find(key).map(|(offset, _)| offset)
+    }
+
+    /// Whether `key` itself, not just a table above it, is written in the file.
+    fn in_file(&self, key: &str) -> bool {
+        self.find(key).is_some_and(|(_, whole)| whole)
+    }
+
+    /// The offset of the deepest part of `key` present in the file, and whether that is all of it.
+    fn find(&self, key: &str) -> Option<(usize, bool)> {
         let spans = self.spans.as_ref()?;
+        let mut whole = true;
         let mut span = None;
         let mut table: Option<&DeTable<'_>> = Some(spans.get_ref());
         let mut array: Option<&DeArray<'_>> = None;
@@ -346,7 +520,10 @@ impl<'a> Document<'a> {
                 (Segment::Index(i), _, Some(a)) => a.get(i),
                 _ => None,
             };
-            let Some(value) = found else { break };
+            let Some(value) = found else {
+                whole = false;
+                break;
+            };
             span = Some(value.span());
             table = None;
             array = None;
@@ -356,7 +533,7 @@ impl<'a> Document<'a> {
                 _ => {}
             }
         }
-        span.map(|s| self.line_at(s.start))
+        span.map(|s| (s.start, whole))
     }
 
     fn line_at(&self, offset: usize) -> usize {

@@ -11,7 +11,7 @@ use http::{HeaderName, Method};
 use serde::Deserialize;
 use wildmatch::WildMatch;
 
-use super::{ConfigError, Document};
+use super::{ConfigError, ConfigKind, Document, glob};
 use crate::config::amqp::AmqpConfig;
 use crate::config::listener::LogConfig;
 use crate::worker::condition::{self, Condition, Input};
@@ -241,10 +241,8 @@ impl WorkerConfig {
         text: &str,
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let mut doc = Document::parse(file, text, env)?;
-        doc.reject_unknown_sections(&[
-            "amqp", "server", "state", "log", "subjects", "rules", "actions",
-        ]);
+        let mut doc = Document::parse(file, text, env, ConfigKind::Worker)?;
+        doc.reject_unknown_sections();
         let amqp: Option<AmqpConfig> = doc.section("amqp");
         let server: Option<WorkerServer> = doc.section("server");
         let state: Option<StateConfig> = doc.section("state");
@@ -287,7 +285,7 @@ impl WorkerConfig {
                     format!("rule {:?} is defined twice", raw.name),
                 );
             }
-            if let Some(rule) = build_rule(&mut doc, &key, raw, &actions, &score_names) {
+            if let Some(rule) = build_rule(&mut doc, &key, raw, &actions, &subjects, &score_names) {
                 rules.push(rule);
             }
         }
@@ -310,6 +308,7 @@ impl WorkerConfig {
                     line: None,
                     key: String::new(),
                     reason: "incomplete config".to_owned(),
+                    variable: None,
                 }],
             }),
         }
@@ -387,12 +386,15 @@ fn build_subjects(doc: &mut Document<'_>, raw: Vec<Option<RawSubject>>) -> Vec<S
             ok = false;
         }
         if ok {
+            // In file order, as messages list them.
+            let mut scores: Vec<(String, String)> = raw.scores.into_iter().collect();
+            scores.sort_by_key(|(name, _)| doc.offset_of(&format!("{key}.scores.{name}")));
             out.push(SubjectSpec {
                 provider: raw.provider,
                 types: raw.types.iter().map(|t| WildMatch::new(t)).collect(),
                 subject: raw.subject,
                 version: raw.version,
-                scores: raw.scores.into_iter().collect(),
+                scores,
             });
         }
     }
@@ -404,6 +406,7 @@ fn build_rule(
     key: &str,
     raw: RawRule,
     actions: &[Action],
+    subjects: &[SubjectSpec],
     score_names: &BTreeSet<String>,
 ) -> Option<Rule> {
     let mut ok = true;
@@ -441,7 +444,10 @@ fn build_rule(
         previous_at: Some("2026-01-01T00:00:00Z"),
     };
     let when = match Condition::compile_checked(&raw.when, &sample) {
-        Ok(c) => Some(c),
+        Ok(c) => {
+            check_score_names(doc, &format!("{key}.when"), &c, &events, subjects);
+            Some(c)
+        }
         Err(reason) => {
             doc.problem(&format!("{key}.when"), reason);
             None
@@ -484,6 +490,92 @@ fn build_rule(
         }),
         _ => None,
     }
+}
+
+/// Reports each score `when` names that a `[[subjects]]` spec reading the rule's events does
+/// not declare: such a score is in no event of those kinds, and the condition would fail on
+/// every one of them. A `has()` guard is held to the same list, since the list is all there
+/// is. A rule whose events no spec reads is left alone.
+fn check_score_names(
+    doc: &mut Document<'_>,
+    key: &str,
+    when: &Condition,
+    events: &[(WildMatch, WildMatch)],
+    subjects: &[SubjectSpec],
+) {
+    let names = when.score_names();
+    if names.is_empty() {
+        return;
+    }
+    let reached = reached_event_kinds(events, subjects);
+    for name in names {
+        // Per spec lacking the name: the event kinds it reads for this rule, and what it declares.
+        let missing: Vec<(String, String)> = reached
+            .iter()
+            .filter(|(spec, _)| !spec.scores.iter().any(|(declared, _)| *declared == name))
+            .map(|(spec, kinds)| {
+                let declared: Vec<&str> = spec.scores.iter().map(|(n, _)| n.as_str()).collect();
+                let declared = if declared.is_empty() {
+                    "none".to_owned()
+                } else {
+                    declared.join(", ")
+                };
+                (kinds.join(", "), declared)
+            })
+            .collect();
+        let reason = match missing.as_slice() {
+            [] => continue,
+            [(kinds, declared)] => format!("no score {name:?} for {kinds}; declared: {declared}"),
+            several => {
+                let each: Vec<String> = several
+                    .iter()
+                    .map(|(kinds, declared)| format!("{kinds} (declared: {declared})"))
+                    .collect();
+                format!("no score {name:?} for {}", each.join(" or "))
+            }
+        };
+        doc.problem(key, reason);
+    }
+}
+
+/// The specs that read some event a rule's `events` match, each with its event kinds
+/// (`provider:type`) that do. An event is read by the first spec matching it, so a kind an
+/// earlier spec of the same provider reads in full is not reached through a later one.
+fn reached_event_kinds<'s>(
+    events: &[(WildMatch, WildMatch)],
+    subjects: &'s [SubjectSpec],
+) -> Vec<(&'s SubjectSpec, Vec<String>)> {
+    let events: Vec<(&WildMatch, String)> = events
+        .iter()
+        .map(|(provider, event_type)| (provider, event_type.to_string()))
+        .collect();
+    let mut out = Vec::new();
+    for (k, spec) in subjects.iter().enumerate() {
+        let earlier: Vec<String> = subjects[..k]
+            .iter()
+            .filter(|s| s.provider == spec.provider)
+            .flat_map(|s| s.types.iter().map(ToString::to_string))
+            .collect();
+        let earlier: Vec<&str> = earlier.iter().map(String::as_str).collect();
+        let kinds: Vec<String> = spec
+            .types
+            .iter()
+            .map(ToString::to_string)
+            .filter(|spec_type| {
+                events.iter().any(|(provider, event_type)| {
+                    // Globs too intricate to settle are not checked: better a typo missed
+                    // than a valid file refused.
+                    provider.matches(&spec.provider)
+                        && glob::overlap(&[event_type, spec_type], &earlier) == Some(true)
+                })
+            })
+            .map(|spec_type| format!("{}:{spec_type}", spec.provider))
+            .collect();
+        if !kinds.is_empty() {
+            out.push((spec, kinds));
+        }
+    }
+    out
 }
 
 fn build_action(

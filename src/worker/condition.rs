@@ -206,6 +206,18 @@ impl Condition {
         &self.source
     }
 
+    /// The score names the condition spells out, in order of first appearance, from
+    /// `score` and `previous.score` alike: `score.x`, `has(score.x)`, `score["x"]`,
+    /// `"x" in score`. Names computed at evaluation (`score[name]`) cannot be listed.
+    ///
+    /// cel would report a name no event carries only when evaluation reaches it (and never
+    /// behind `false &&`), so the config check compares these with the declared scores.
+    pub fn score_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        score_names(&self.expr, &mut Vec::new(), &mut names);
+        names
+    }
+
     /// Evaluate: `Ok(true/false)`, or `Err(reason)` for evaluation errors and non-bool
     /// results. Never panics.
     pub fn evaluate(&self, input: &Input<'_>) -> Result<bool, String> {
@@ -519,6 +531,105 @@ fn is_declared(env: &Arc<Env>, probe: &str, missing: &str) -> bool {
         Value::resolve_val(&expr, &context).map(|_| ())
     }));
     !matches!(result, Ok(Err(ExecutionError::UndeclaredReference(name))) if name.as_str() == missing)
+}
+
+/// Whether `expr` is one of the score maps: `score`, `previous.score` or `previous["score"]`,
+/// with neither name shadowed by a comprehension variable in `locals`.
+fn is_score_map(expr: &IdedExpr, locals: &[&str]) -> bool {
+    let is_variable = |expr: &IdedExpr, name: &str| {
+        matches!(&expr.expr, Expr::Ident(ident) if ident == name) && !locals.contains(&name)
+    };
+    match &expr.expr {
+        Expr::Ident(_) => is_variable(expr, "score"),
+        Expr::Select(select) => {
+            !select.test && select.field == "score" && is_variable(&select.operand, "previous")
+        }
+        Expr::Call(call) if call.func_name == operators::INDEX && call.target.is_none() => {
+            matches!(call.args.as_slice(), [map, key]
+                if is_variable(map, "previous") && string_literal(key) == Some("score"))
+        }
+        _ => false,
+    }
+}
+
+fn string_literal(expr: &IdedExpr) -> Option<&str> {
+    match &expr.expr {
+        Expr::Literal(LiteralValue::String(value)) => Some(value.inner()),
+        _ => None,
+    }
+}
+
+/// Collects into `out` the score names `expr` spells out (see [`Condition::score_names`]).
+fn score_names<'e>(expr: &'e IdedExpr, locals: &mut Vec<&'e str>, out: &mut Vec<String>) {
+    let mut found = |name: &str| {
+        if !out.iter().any(|known| known == name) {
+            out.push(name.to_owned());
+        }
+    };
+    match &expr.expr {
+        Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => {}
+        // `score.x`, and `has(score.x)`, which the parser turns into a testing select.
+        Expr::Select(select) => {
+            if is_score_map(&select.operand, locals) {
+                found(&select.field);
+            }
+            score_names(&select.operand, locals, out);
+        }
+        Expr::Call(call) => {
+            if call.target.is_none() {
+                let named = match (call.func_name.as_str(), call.args.as_slice()) {
+                    // `score["x"]`, `score[?"x"]`, `score.?x`
+                    (operators::INDEX | operators::OPT_INDEX | operators::OPT_SELECT, [map, key])
+                    // `"x" in score`
+                    | (operators::IN, [key, map])
+                        if is_score_map(map, locals) =>
+                    {
+                        string_literal(key)
+                    }
+                    _ => None,
+                };
+                if let Some(name) = named {
+                    found(name);
+                }
+            }
+            for part in call.target.as_deref().into_iter().chain(&call.args) {
+                score_names(part, locals, out);
+            }
+        }
+        Expr::Comprehension(comprehension) => {
+            score_names(&comprehension.iter_range, locals, out);
+            score_names(&comprehension.accu_init, locals, out);
+            let depth = locals.len();
+            locals.push(&comprehension.iter_var);
+            if let Some(second) = &comprehension.iter_var2 {
+                locals.push(second);
+            }
+            locals.push(&comprehension.accu_var);
+            for part in [
+                &comprehension.loop_cond,
+                &comprehension.loop_step,
+                &comprehension.result,
+            ] {
+                score_names(part, locals, out);
+            }
+            locals.truncate(depth);
+        }
+        Expr::List(list) => {
+            for element in &list.elements {
+                score_names(element, locals, out);
+            }
+        }
+        Expr::Map(map) => {
+            for part in map.entries.iter().flat_map(entry_parts) {
+                score_names(part, locals, out);
+            }
+        }
+        Expr::Struct(literal) => {
+            for part in literal.entries.iter().flat_map(entry_parts) {
+                score_names(part, locals, out);
+            }
+        }
+    }
 }
 
 /// Turns integer literals into doubles where they meet a number from the input in `+`, `-`,
@@ -871,6 +982,37 @@ mod tests {
                 .unwrap_err()
                 .contains("has()")
         );
+    }
+
+    #[test]
+    fn score_names_are_listed_however_spelled() {
+        let names = |source: &str| Condition::compile(source).unwrap().score_names();
+        assert_eq!(
+            names(
+                "score.humanity < 30 && (!has(previous.score.uniqueness) || \
+                 previous.score.humanity >= 30)"
+            ),
+            ["humanity", "uniqueness"]
+        );
+        assert_eq!(
+            names(r#"score["a"] > 1 && previous["score"]["b"] > 1 && previous["score"].c > 1"#),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            names(r#""a" in score && "b" in previous.score && false && score.c > 1"#),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            names("[1].exists(x, score.a > x) && size(score.map(k, score[k] > 1)) > 0"),
+            ["a"]
+        );
+        // Not scores: other maps, computed keys, and a comprehension variable named `score`.
+        assert!(
+            names(r#"event.score.x > 1 && score[subject] > 1 && previous.at == null"#).is_empty()
+        );
+        assert!(names("[{'x': 1}].exists(score, score.x == 1)").is_empty());
+        assert!(names("[{'x': 1}].exists(previous, previous.score.x == 1)").is_empty());
+        assert_eq!(names("score.a.b > 1"), ["a"]);
     }
 
     #[test]

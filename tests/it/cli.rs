@@ -249,6 +249,64 @@ fn the_worker_checks_the_shipped_rules_and_check_reports_both_files_at_once() {
     );
 }
 
+/// The new user's mix-ups, as the binaries report them: each daemon given the other's file,
+/// `hookwarden check` with the two swapped, and a misspelt score that only evaluation found.
+#[test]
+fn swapped_files_and_misspelt_scores_are_named_by_every_checker() {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules.toml");
+    let listener = concat!(env!("CARGO_MANIFEST_DIR"), "/listener.toml");
+    let worker_file = format!(
+        "{rules}: this looks like a worker rules file, not a listener config (it has [state], \
+         [[subjects]], [[rules]], [actions]); the worker takes it: hookwarden-worker --config {rules}\n"
+    );
+    let listener_file = format!(
+        "{listener}: this looks like a listener config, not a worker rules file (it has \
+         [dedupe], [spool], [[providers]]); the listener takes it: hookwarden-listener \
+         --config {listener}\n"
+    );
+    let out = listener_bin()
+        .args(["--config", rules, "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), worker_file);
+    let out = Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
+        .args(["--config", listener, "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), listener_file);
+    let out = cli_bin()
+        .args(["check", "--config", rules, "--rules", listener])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("{worker_file}{listener_file}")
+    );
+
+    let dir = crate::harness::tempdir::Dir::new();
+    let typo = dir.path.join("rules.toml");
+    let text = std::fs::read_to_string(rules)
+        .unwrap()
+        .replace("score.uniqueness < 70.0", "score.uniquness < 70.0");
+    std::fs::write(&typo, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
+        .args(["--config", typo.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "rules[2].when: no score \"uniquness\" for dregs:identity.scored; declared: \
+             humanity, uniqueness, authenticity"
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn completions_are_generated() {
     let out = cli_bin().args(["completions", "bash"]).output().unwrap();

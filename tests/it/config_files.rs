@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use hookwarden::config::listener::ListenerConfig;
+use hookwarden::config::worker::WorkerConfig;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -295,4 +296,211 @@ fn keys_that_look_like_paths_are_refused_not_expanded() {
     .err()
     .expect("refused");
     assert!(err.to_string().contains("r.toml:2"), "{err}");
+}
+
+/// A listener config whose scheme is unknown gets that one problem for the provider: which
+/// other keys fit depends on the scheme. Problems elsewhere are still reported.
+#[test]
+fn an_unknown_scheme_is_one_problem_not_one_per_scheme_key() {
+    let text = r#"[server]
+max_body = "lots"
+
+[[providers]]
+name = "dregs"
+scheme = "hmac-sha512"
+secrets = ["s"]
+signature_header = "X-Dregs-Signature"
+encoding = "hex"
+prefix = "sha256="
+event_id = "no pointer"
+"#;
+    let err = ListenerConfig::parse("listener.toml", text, &HashMap::new()).unwrap_err();
+    let text = err.to_string();
+    assert_eq!(
+        text,
+        "listener.toml:2: server.max_body: invalid size \"lots\"; write bytes or a unit such as \
+         \"1MiB\" for key `max_body`\n\
+         listener.toml:6: providers[0].scheme: unknown scheme \"hmac-sha512\"; expected one of \
+         hmac-sha256, github, stripe, standard-webhooks\n\
+         listener.toml:11: providers[0].event_id: \"no pointer\" is neither a JSON pointer \
+         (\"/id\") nor a header (\"header:X-Event-Id\")",
+    );
+}
+
+/// A `HOOKWARDEN__…` variable at fault is named alone: no line of the file is to blame.
+#[test]
+fn environment_problems_name_the_variable_not_a_line_of_the_file() {
+    let e = env(&[
+        ("HOOKWARDEN__SERVER__LISTN", "0.0.0.0:1"),
+        ("HOOKWARDEN__SERVR__LISTEN", "0.0.0.0:1"),
+        ("HOOKWARDEN__DEDUPE__TTL", "0s"),
+        ("P_SECRET", "x"),
+    ]);
+    let text = format!("[server]\nlisten = \"127.0.0.1:8080\"\n[dedupe]\nttl = \"1h\"\n{MINIMAL}");
+    let err = ListenerConfig::parse("listener.toml", &text, &e).unwrap_err();
+    let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "environment variable HOOKWARDEN__SERVR__LISTEN: names no key of the listener config \
+             (unknown section `servr`; expected one of server, amqp, dedupe, log, spool, providers)",
+            "environment variable HOOKWARDEN__SERVER__LISTN: names no key of the listener config \
+             (unknown field `listn`, expected one of `listen`, `admin_listen`, `max_body`, \
+             `handoff_timeout`, `header_timeout`, `body_timeout`, `shutdown_grace`, \
+             `trusted_proxies`)",
+            "environment variable HOOKWARDEN__DEDUPE__TTL: must be greater than 0",
+        ]
+    );
+    // A value the variable sets that cannot be read is the variable's too.
+    let e = env(&[("HOOKWARDEN__SERVER__MAX_BODY", "lots"), ("P_SECRET", "x")]);
+    let err = ListenerConfig::parse("listener.toml", MINIMAL, &e).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "environment variable HOOKWARDEN__SERVER__MAX_BODY: invalid size \"lots\"; write bytes \
+         or a unit such as \"1MiB\" for key `max_body`"
+    );
+    // The same for the worker's rules file.
+    let e = env(&[("HOOKWARDEN__STATE__PAHT", "/tmp/x")]);
+    let err = WorkerConfig::parse("rules.toml", "[state]\npath = \"/tmp/w.db\"\n", &e)
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "environment variable HOOKWARDEN__STATE__PAHT: names no key of the worker rules file \
+         (unknown field `paht`, expected `path` or `retention`)"
+    );
+    // An unknown key written in the file is still the file's, with its line.
+    let e = env(&[("HOOKWARDEN__SERVER__LISTN", "x"), ("P_SECRET", "x")]);
+    let text = format!("[server]\nlistn = \"x\"\n{MINIMAL}");
+    let err = ListenerConfig::parse("listener.toml", &text, &e).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("listener.toml:2: server.listn: unknown field `listn`"),
+        "{err}"
+    );
+}
+
+/// Each daemon given the other's file says so, once, and names the command that takes it.
+#[test]
+fn a_file_for_the_other_daemon_is_named_as_such() {
+    let rules =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules.toml")).unwrap();
+    let listener =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/listener.toml")).unwrap();
+    let err = ListenerConfig::parse("deploy/rules.toml", &rules, &HashMap::new()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "deploy/rules.toml: this looks like a worker rules file, not a listener config (it has \
+         [state], [[subjects]], [[rules]], [actions]); the worker takes it: hookwarden-worker \
+         --config deploy/rules.toml"
+    );
+    let err = WorkerConfig::parse("listener.toml", &listener, &HashMap::new())
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "listener.toml: this looks like a listener config, not a worker rules file (it has \
+         [dedupe], [spool], [[providers]]); the listener takes it: hookwarden-listener \
+         --config listener.toml"
+    );
+    // A file with sections of both is no clear sign: its stray sections are named.
+    let mixed = "[state]\npath = \"x\"\n[[providers]]\nname = \"g\"\nscheme = \"github\"\nsecrets = [\"s\"]\n";
+    let err = ListenerConfig::parse("l.toml", mixed, &HashMap::new()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "l.toml:1: state: a section of the worker rules file, not of the listener config; \
+         expected one of server, amqp, dedupe, log, spool, providers"
+    );
+    // Sections both daemons have are no sign either.
+    let err = WorkerConfig::parse("r.toml", "[server]\nlisten = \"x\"\n", &HashMap::new())
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .starts_with("r.toml:2: server.listen: unknown field `listen`"),
+        "{err}"
+    );
+}
+
+const SUBJECTS: &str = r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.scored"]
+subject = "/data/identity_id"
+scores = { humanity = "/data/scores/humanity", uniqueness = "/data/scores/uniqueness", authenticity = "/data/scores/authenticity" }
+
+[[subjects]]
+provider = "dregs"
+types = ["*"]
+subject = "/data/identity_id"
+
+[[subjects]]
+provider = "reputation"
+types = ["Reputation_Score_Updated"]
+subject = "/entity/id"
+scores = { reputation = "/new_score" }
+
+[actions.note]
+kind = "log"
+"#;
+
+fn rule_problems(events: &str, when: &str) -> Vec<String> {
+    let text = format!(
+        "{SUBJECTS}\n[[rules]]\nname = \"r\"\nevents = {events}\nwhen = '{when}'\nactions = [\"note\"]\n"
+    );
+    match WorkerConfig::parse("rules.toml", &text, &HashMap::new()) {
+        Ok(_) => Vec::new(),
+        Err(err) => err.problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// A score the rule names but no spec reading its events declares fails at load, however it is
+/// spelled and even where evaluation would never reach it.
+#[test]
+fn score_names_are_checked_against_the_subjects_a_rule_reads() {
+    let line = SUBJECTS.lines().count() + 5;
+    for when in [
+        "score.uniquness < 70.0",
+        "false && score.uniquness < 70.0",
+        "has(score.uniquness) && score.uniquness < 70.0",
+        "has(previous.score.uniquness)",
+        r#"score["uniquness"] < 70.0"#,
+        r#""uniquness" in previous.score"#,
+    ] {
+        assert_eq!(
+            rule_problems(r#"["dregs:identity.scored"]"#, when),
+            [format!(
+                "rules.toml:{line}: rules[0].when: no score \"uniquness\" for \
+                 dregs:identity.scored; declared: humanity, uniqueness, authenticity"
+            )],
+            "{when}"
+        );
+    }
+    // Named where it is missing, for every event kind the rule's globs reach.
+    assert_eq!(
+        rule_problems(r#"["*:*"]"#, "has(score.humanity) && score.humanity < 30.0"),
+        [format!(
+            "rules.toml:{line}: rules[0].when: no score \"humanity\" for dregs:* (declared: none) \
+             or reputation:Reputation_Score_Updated (declared: reputation)"
+        )]
+    );
+    // An event is read by the first spec that matches it: the catch-all after the specific
+    // spec never reads identity.scored, but it does read the rest of identity.*.
+    assert!(rule_problems(r#"["dregs:identity.scored"]"#, "score.humanity < 30.0").is_empty());
+    assert_eq!(
+        rule_problems(r#"["dregs:identity.*"]"#, "score.humanity < 30.0"),
+        [format!(
+            "rules.toml:{line}: rules[0].when: no score \"humanity\" for dregs:*; declared: none"
+        )]
+    );
+    // Names computed at evaluation cannot be checked; a rule no spec reads is left as it was.
+    assert!(rule_problems(r#"["dregs:identity.scored"]"#, "score[subject] > 1.0").is_empty());
+    assert!(rule_problems(r#"["elsewhere:*"]"#, "score.anything > 1.0").is_empty());
+    assert!(
+        rule_problems(
+            r#"["reputation:*"]"#,
+            "score.reputation < 60.0 && previous.score.reputation >= 60.0"
+        )
+        .is_empty()
+    );
 }
