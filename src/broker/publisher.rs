@@ -160,7 +160,7 @@ impl Publisher {
         .await;
         if matches!(result, Err(PublishError::ChannelClosed(_))) || !channel.status().connected() {
             // A dead channel stays dead (e.g. after NOT_FOUND): rebuild the link.
-            self.inner.broken.notify_one();
+            self.link_broken(&link);
         }
         result
     }
@@ -285,9 +285,18 @@ impl Publisher {
             .any(|r| matches!(r, Err(PublishError::ChannelClosed(_))))
             || !channel.status().connected()
         {
-            self.inner.broken.notify_one();
+            self.link_broken(&link);
         }
         results
+    }
+
+    /// Asks the supervisor to rebuild `link`, if it is still the one in use: closing a link
+    /// fails its pending confirms, and a stale report would end the next link at once.
+    fn link_broken(&self, link: &Arc<Link>) {
+        let current = self.inner.link.read().ok().and_then(|l| l.clone());
+        if current.is_some_and(|c| Arc::ptr_eq(&c, link)) {
+            self.inner.broken.notify_one();
+        }
     }
 }
 
@@ -399,7 +408,11 @@ impl Supervisor {
                     if !link.connection.status().blocked() {
                         tokio::select! {
                             probed = connection::probe(&link.probe) => {
-                                if let Err(reason) = probed {
+                                // An alarm that began while the probe was on its way is not a
+                                // dead link either.
+                                if let Err(reason) = probed
+                                    && !link.connection.status().blocked()
+                                {
                                     return reason;
                                 }
                             }

@@ -492,10 +492,11 @@ fn build_rule(
     }
 }
 
-/// Reports each score `when` names that a `[[subjects]]` spec reading the rule's events does
-/// not declare: such a score is in no event of those kinds, and the condition would fail on
-/// every one of them. A `has()` guard is held to the same list, since the list is all there
-/// is. A rule whose events no spec reads is left alone.
+/// Reports each score `when` names that no `[[subjects]]` spec reading the rule's events
+/// declares: such a score is in no event the rule sees, so the name is a typo (or a missing
+/// declaration) and the condition could never use it. A name some of those specs declare is
+/// accepted: a rule over several providers may guard one provider's score with `has()`.
+/// A rule whose events no spec reads is left alone.
 fn check_score_names(
     doc: &mut Document<'_>,
     key: &str,
@@ -523,6 +524,9 @@ fn check_score_names(
                 (kinds.join(", "), declared)
             })
             .collect();
+        if missing.len() < reached.len() {
+            continue; // declared by some spec the rule reads
+        }
         let reason = match missing.as_slice() {
             [] => continue,
             [(kinds, declared)] => format!("no score {name:?} for {kinds}; declared: {declared}"),

@@ -39,6 +39,8 @@ pub const HEADER_ROUTING_KEY: &str = "x-hookwarden-routing-key";
 
 /// Longest wait for an ack or a cancel to be written: the connection may be dead.
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session that lasted this long was a good one: the next reconnect starts the backoff over.
+const SESSION_STABLE: Duration = Duration::from_secs(30);
 /// The consumer tag the broker lists for the worker.
 const CONSUMER_TAG: &str = "hookwarden-worker";
 
@@ -215,10 +217,15 @@ impl Consumer {
             let Some(config) = self.current() else { return };
             let url = config.amqp.url[attempt % config.amqp.url.len()].clone();
             attempt += 1;
+            let began = tokio::time::Instant::now();
             match self.session(&config, &url).await {
                 Ok(Ended::Shutdown) => break,
                 Ok(Ended::Lost(reason)) => {
-                    backoff = BACKOFF_MIN;
+                    // A session that lasted starts the backoff afresh; one lost soon after it
+                    // began (a broker struggling) keeps backing off instead of churning.
+                    if began.elapsed() >= SESSION_STABLE {
+                        backoff = BACKOFF_MIN;
+                    }
                     tracing::warn!(broker = %redact(&url), reason, "broker connection lost; reconnecting");
                 }
                 Err(err) => {
@@ -414,17 +421,23 @@ impl Consumer {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             if let Some(last) = deliveries.last() {
-                let acked = tokio::time::timeout(
-                    BROKER_CALL_TIMEOUT,
-                    last.acker.ack(BasicAckOptions { multiple: true }),
-                )
-                .await;
+                let mut ack = std::pin::pin!(last.acker.ack(BasicAckOptions { multiple: true }));
+                let acked = loop {
+                    match tokio::time::timeout(BROKER_CALL_TIMEOUT, &mut ack).await {
+                        Ok(acked) => break acked,
+                        // Blocked by a resource alarm (this connection also publishes dead
+                        // letters and amqp actions): the ack goes out when the alarm clears.
+                        Err(_) if connection.status().blocked() => {}
+                        Err(_) => {
+                            return Ok(Ended::Lost("the ack was not written in time".to_owned()));
+                        }
+                    }
+                };
                 match acked {
-                    Ok(Ok(true)) => {}
+                    Ok(true) => {}
                     // The channel changed under us: the broker redelivers, the rules skip.
-                    Ok(Ok(false)) => return Ok(Ended::Lost("ack not delivered".to_owned())),
-                    Ok(Err(e)) => return Ok(Ended::Lost(e.to_string())),
-                    Err(_) => return Ok(Ended::Lost("the ack was not written in time".to_owned())),
+                    Ok(false) => return Ok(Ended::Lost("ack not delivered".to_owned())),
+                    Err(e) => return Ok(Ended::Lost(e.to_string())),
                 }
             }
         }
@@ -437,19 +450,20 @@ struct Watched {
     events: std::pin::Pin<Box<dyn futures_util::Stream<Item = lapin::Event> + Send>>,
     /// The consuming and publishing channels, whose status is checked.
     channels: Vec<Channel>,
-    /// A channel of its own for the round trip, so it never waits behind a batch's publishes.
+    /// A channel of its own for the round trip and the depth, so they never wait behind a
+    /// batch's publishes.
     probe: Channel,
     queue: ShortString,
     metrics: Arc<WorkerMetrics>,
     consuming: Arc<AtomicBool>,
 }
 
-/// Returns, with the reason, as soon as the session's connection is known to be dead or the
-/// broker no longer lists a consumer on the queue; meanwhile reads the queue depth. Every
-/// [`connection::PROBE_EVERY`] it checks lapin's status flags and asks the broker itself
-/// (a passive declare of the queue, which answers depth and consumer count): lapin has been
-/// seen to keep a connection "connected", and its consumer stream open, after the broker
-/// went away.
+/// Returns, with the reason, as soon as the session's connection is known to be dead;
+/// meanwhile reads the queue depth. Every [`connection::PROBE_EVERY`] it checks lapin's
+/// status flags and makes a round trip to the broker on a channel of its own: lapin has been
+/// seen to keep a connection "connected", and its consumer stream open, after the broker went
+/// away. A connection the broker blocks for a resource alarm is not probed (the broker reads
+/// nothing from it until the alarm clears: flow control, not a dead link).
 async fn watch(mut w: Watched) -> String {
     let mut tick = tokio::time::interval(connection::PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -464,20 +478,17 @@ async fn watch(mut w: Watched) -> String {
                 if !w.status.connected() || w.channels.iter().any(|c| !c.status().connected()) {
                     break "connection or channel not connected".to_owned();
                 }
-                // Blocked by a resource alarm, the broker reads nothing from this connection
-                // until the alarm clears: its flow control, not a dead link.
                 if w.status.blocked() {
                     continue;
                 }
-                match probe_queue(&w.probe, &w.queue).await {
-                    Ok(queue) if queue.consumer_count() == 0 => {
-                        break "the broker lists no consumer on the queue".to_owned();
+                if let Err(reason) = connection::probe(&w.probe).await {
+                    // An alarm that began while the probe was on its way: not a dead link.
+                    if w.status.blocked() {
+                        continue;
                     }
-                    Ok(queue) => {
-                        w.metrics.queue_depth.set(i64::from(queue.message_count()));
-                    }
-                    Err(reason) => break reason,
+                    break reason;
                 }
+                read_depth(&w.probe, &w.queue, &w.metrics).await;
             }
         }
     };
@@ -486,24 +497,24 @@ async fn watch(mut w: Watched) -> String {
     reason
 }
 
-/// A passive declare of `queue` within [`connection::PROBE_TIMEOUT`].
-async fn probe_queue(channel: &Channel, queue: &ShortString) -> Result<lapin::Queue, String> {
+/// Sets the queue-depth gauge from a passive declare. Never a verdict on the link: a quorum
+/// queue whose leader does not answer the broker in time is reported as 0 messages and 0
+/// consumers, so an answer listing no consumer (there is at least this worker's) is unknown,
+/// and the gauge keeps its last reading.
+async fn read_depth(channel: &Channel, queue: &ShortString, metrics: &WorkerMetrics) {
     let passive = lapin::options::QueueDeclareOptions {
         passive: true,
         ..Default::default()
     };
-    match tokio::time::timeout(
+    let declared = tokio::time::timeout(
         connection::PROBE_TIMEOUT,
         channel.queue_declare(queue.clone(), passive, FieldTable::default()),
     )
-    .await
+    .await;
+    if let Ok(Ok(q)) = declared
+        && q.consumer_count() > 0
     {
-        Ok(Ok(q)) => Ok(q),
-        Ok(Err(err)) => Err(format!("the broker probe failed: {err}")),
-        Err(_) => Err(format!(
-            "the broker did not answer a probe within {}s",
-            connection::PROBE_TIMEOUT.as_secs()
-        )),
+        metrics.queue_depth.set(i64::from(q.message_count()));
     }
 }
 

@@ -476,19 +476,23 @@ fn score_names_are_checked_against_the_subjects_a_rule_reads() {
             "{when}"
         );
     }
-    // Named where it is missing, for every event kind the rule's globs reach.
+    // Declared by no spec the rule's globs reach: named with every event kind and what each
+    // declares.
     assert_eq!(
-        rule_problems(r#"["*:*"]"#, "has(score.humanity) && score.humanity < 30.0"),
+        rule_problems(r#"["*:*"]"#, "has(score.humanty) && score.humanty < 30.0"),
         [format!(
-            "rules.toml:{line}: rules[0].when: no score \"humanity\" for dregs:* (declared: none) \
+            "rules.toml:{line}: rules[0].when: no score \"humanty\" for dregs:identity.scored \
+             (declared: humanity, uniqueness, authenticity) or dregs:* (declared: none) \
              or reputation:Reputation_Score_Updated (declared: reputation)"
         )]
     );
+    // Declared by one of them: a rule over several providers guards it with has().
+    assert!(rule_problems(r#"["*:*"]"#, "has(score.humanity) && score.humanity < 30.0").is_empty());
     // An event is read by the first spec that matches it: the catch-all after the specific
     // spec never reads identity.scored, but it does read the rest of identity.*.
     assert!(rule_problems(r#"["dregs:identity.scored"]"#, "score.humanity < 30.0").is_empty());
     assert_eq!(
-        rule_problems(r#"["dregs:identity.*"]"#, "score.humanity < 30.0"),
+        rule_problems(r#"["dregs:identity.other"]"#, "score.humanity < 30.0"),
         [format!(
             "rules.toml:{line}: rules[0].when: no score \"humanity\" for dregs:*; declared: none"
         )]

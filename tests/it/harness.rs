@@ -585,6 +585,11 @@ impl Proxy {
         }
     }
 
+    /// Refuses new connections, leaving the open ones as they are.
+    pub fn refuse_new(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn up(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }

@@ -221,6 +221,8 @@ async fn a_broker_link_gone_silent_is_noticed_and_what_was_taken_arrives() {
     let publisher = l.running.as_ref().unwrap().publisher.clone();
     assert!(publisher.wait_connected(Duration::from_secs(10)).await);
     proxy.freeze();
+    // Held off until the daemon has said so: a quick reconnect would make that a blink.
+    proxy.refuse_new();
     let ids: Vec<String> = (0..5).map(|i| format!("silent_{i}")).collect();
     for id in &ids {
         let a = l.send("dregs", &event(id)).await;
@@ -240,6 +242,7 @@ async fn a_broker_link_gone_silent_is_noticed_and_what_was_taken_arrives() {
         },
     )
     .await;
+    proxy.up();
     let broker = Broker::connect().await;
     let got = queue_ids(&broker, &l.names.queue, ids.len()).await;
     assert_eq!(

@@ -302,6 +302,8 @@ async fn a_worker_whose_broker_link_goes_silent_says_so_and_comes_back() {
     assert_eq!(admin_get(&w.admin, "/readyz").await.0, 200);
 
     proxy.freeze();
+    // Held off until the daemon has said so: a quick reconnect would make that a blink.
+    proxy.refuse_new();
     eventually(
         "the worker stops saying it consumes",
         Duration::from_secs(30),
@@ -319,6 +321,7 @@ async fn a_worker_whose_broker_link_goes_silent_says_so_and_comes_back() {
     // it reaches the worker once the broker drops that one (its heartbeat) or at once.
     w.publish_dregs("after", "s2", "2026-11-21T10:00:00Z", 10)
         .await;
+    proxy.up();
     eventually("consuming again", Duration::from_secs(30), || {
         let admin = w.admin.clone();
         async move { admin_get(&admin, "/readyz").await.0 == 200 }
