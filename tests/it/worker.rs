@@ -354,7 +354,7 @@ async fn per_event_warnings_in_the_log_name_the_event_its_provider_and_subject()
     std::fs::write(&config, &w.text).unwrap();
     let log_path = dir.path.join("worker.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
         .args(["--config", config.to_str().unwrap()])
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -419,4 +419,6 @@ async fn per_event_warnings_in_the_log_name_the_event_its_provider_and_subject()
         .unwrap_or_else(|| panic!("no condition warning for dl-1: {condition:?}"));
     assert_eq!(broken["provider"], "dregs", "{broken}");
     assert_eq!(broken["subject"], "u-dl", "{broken}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
