@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hookwarden::cli::{Cli, Command, dead_letters, decisions, exit, http_client, rules, sign};
+use hookwarden::cli::{Cli, Command, dead_letters, decisions, exit, http_client, out, rules, sign};
 use hookwarden::config::{self, listener::ListenerConfig};
 
 fn main() -> ExitCode {
@@ -20,8 +20,8 @@ fn main() -> ExitCode {
                 .and_then(|text| ListenerConfig::parse(&path.display().to_string(), &text, &env));
             match listener {
                 Ok(config) => {
-                    print!("{}", config.summary());
-                    println!("{}: ok", path.display());
+                    out::print(&config.summary());
+                    out::println(&format!("{}: ok", path.display()));
                 }
                 Err(err) => {
                     eprintln!("{err}");
@@ -38,8 +38,8 @@ fn main() -> ExitCode {
                 });
                 match worker {
                     Ok(config) => {
-                        print!("{}", config.summary());
-                        println!("{}: ok", rules.display());
+                        out::print(&config.summary());
+                        out::println(&format!("{}: ok", rules.display()));
                     }
                     Err(err) => {
                         eprintln!("{err}");
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
                 let signer = sign::Signer::from_args(&signer, &env)?;
                 let body = sign::read_event(&event)?;
                 for (name, value) in signer.sign(&body)? {
-                    println!("{name}: {}", value.to_str().unwrap_or_default());
+                    out::println(&format!("{name}: {}", value.to_str().unwrap_or_default()));
                 }
                 Ok(())
             };
@@ -82,7 +82,11 @@ fn main() -> ExitCode {
                     .build()?;
                 match runtime.block_on(http_client::post(&url, &headers, body)) {
                     Ok(answer) => {
-                        println!("{} {}", answer.status.as_u16(), answer.body.trim_end());
+                        out::println(&format!(
+                            "{} {}",
+                            answer.status.as_u16(),
+                            answer.body.trim_end()
+                        ));
                         Ok(answer.status.is_success())
                     }
                     // Reaching the listener failed: the operation failed, the input was fine.
@@ -137,11 +141,11 @@ fn rules_test(args: &rules::TestArgs, env: &std::collections::HashMap<String, St
     };
     if args.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => out::println(&text),
             Err(err) => return usage(&err.into()),
         }
     } else {
-        print!("{report}");
+        out::print(&format!("{report}"));
     }
     if report.errored() {
         ExitCode::from(exit::FAILED)
@@ -164,9 +168,9 @@ fn decisions(
     match decisions::read(&config, &query, args.limit) {
         Ok(records) => {
             if args.json {
-                println!("{:#}", decisions::to_json(&records));
+                out::println(&format!("{:#}", decisions::to_json(&records)));
             } else {
-                print!("{}", decisions::to_text(&records));
+                out::print(&decisions::to_text(&records));
             }
             ExitCode::SUCCESS
         }
@@ -211,9 +215,9 @@ fn bench(
         options,
     ))?;
     if load.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out::println(&serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{report}");
+        out::println(&format!("{report}"));
     }
     Ok(())
 }

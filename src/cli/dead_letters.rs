@@ -37,6 +37,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 
 use crate::broker::publisher::publish_confirmed;
+use crate::cli::out;
 use crate::config::amqp::redact;
 use crate::config::worker::WorkerConfig;
 use crate::envelope::{HEADER_PROVIDER, HEADER_RECEIVED_AT};
@@ -554,9 +555,9 @@ pub fn run(config: &WorkerConfig, command: &DeadLettersCommand) -> anyhow::Resul
         DeadLettersCommand::List { limit, json } => {
             let (letters, count) = runtime.block_on(list(config, *limit))?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
+                out::println(&serde_json::to_string_pretty(&letters)?);
             } else {
-                print!("{}", list_text(&letters, count, queue));
+                out::print(&list_text(&letters, count, queue));
             }
             Ok(true)
         }
@@ -564,7 +565,7 @@ pub fn run(config: &WorkerConfig, command: &DeadLettersCommand) -> anyhow::Resul
             // clap makes --id and --all exclusive and one required; an empty list is --all.
             let ids: &[String] = if *all { &[] } else { id };
             let done = runtime.block_on(replay(config, ids, *dry_run))?;
-            print!("{}", done.text(*dry_run, queue));
+            out::print(&done.text(*dry_run, queue));
             Ok(done.ok())
         }
     }

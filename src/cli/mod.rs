@@ -5,6 +5,7 @@ pub mod bench;
 pub mod dead_letters;
 pub mod decisions;
 pub mod http_client;
+pub mod out;
 pub mod rules;
 pub mod sign;
 

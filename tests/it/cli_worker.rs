@@ -633,3 +633,31 @@ async fn rules_test_renders_what_the_worker_sends_for_the_same_event() {
         Some(w.names.review_queue.as_str())
     );
 }
+
+/// `hookwarden rules test … | head -1`: the reader goes away before the report is written.
+/// The report is simply not written; no panic, and the exit code still says how the run went.
+#[test]
+fn a_reader_that_goes_away_is_not_a_panic() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+        .args([
+            "rules",
+            "test",
+            "--rules",
+            DEPLOY_RULES,
+            "--config",
+            LISTENER_TOML,
+            "--provider",
+            "dregs",
+            &example("dregs-identity-scored.json"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the command can have written anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
