@@ -18,18 +18,18 @@ async fn queue_ids(broker: &Broker, queue: &str, expected: usize) -> Vec<String>
     ids
 }
 
-/// Waits (at most `within`) until the listener reports an empty spool.
-async fn spool_drained(l: &TestListener, within: Duration) {
-    eventually("spool drained", within, || {
-        let admin = l.admin.clone();
-        async move {
-            admin_get(&admin, "/metrics")
-                .await
-                .1
-                .contains("hookwarden_spool_depth 0")
-        }
+/// Waits (at most `within`) until the listener's metrics show `line`.
+async fn metrics_show(l: &TestListener, line: &str, within: Duration) {
+    eventually(line, within, || {
+        let (admin, line) = (l.admin.clone(), line.to_owned());
+        async move { admin_get(&admin, "/metrics").await.1.contains(&line) }
     })
     .await;
+}
+
+/// Waits (at most `within`) until the listener reports an empty spool.
+async fn spool_drained(l: &TestListener, within: Duration) {
+    metrics_show(l, "hookwarden_spool_depth 0", within).await;
 }
 
 /// A listener with a spool in `dir`, connected through a proxy that is then cut.
@@ -228,20 +228,8 @@ async fn a_broker_link_gone_silent_is_noticed_and_what_was_taken_arrives() {
         let a = l.send("dregs", &event(id)).await;
         assert_eq!(a.status, 200, "{}", a.body);
     }
-    eventually(
-        "broker_connected 0 after the link went silent",
-        Duration::from_secs(30),
-        || {
-            let admin = l.admin.clone();
-            async move {
-                admin_get(&admin, "/metrics")
-                    .await
-                    .1
-                    .contains("hookwarden_broker_connected 0")
-            }
-        },
-    )
-    .await;
+    // lapin alone, on the broker's 60 s heartbeat, took 120 s to notice.
+    metrics_show(&l, "hookwarden_broker_connected 0", Duration::from_secs(30)).await;
     proxy.up();
     let broker = Broker::connect().await;
     let got = queue_ids(&broker, &l.names.queue, ids.len()).await;
