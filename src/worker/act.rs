@@ -24,13 +24,35 @@ const EXEC_OUTPUT: usize = 4096;
 /// Longest wait for the broker's confirm of an `amqp` action.
 const AMQP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How running one action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionOutcome {
+    /// It ran and its target took it.
+    Ok,
+    /// Not run: its done-mark exists (a redelivery or replay of an event already acted on).
+    Skipped,
+    /// It failed after its retries (or could not be rendered): the event dead-letters.
+    Failed,
+}
+
+impl ActionOutcome {
+    /// The label in metrics and decision records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// What running one action came to.
 #[derive(Debug, Clone)]
 pub struct ActionResult {
     /// Action name.
     pub action: String,
-    /// `ok`, `failed`, or `skipped` (its done-mark exists).
-    pub outcome: &'static str,
+    /// How it ended.
+    pub outcome: ActionOutcome,
     /// Attempts made.
     pub attempts: u32,
     /// Why it failed.
@@ -45,7 +67,7 @@ impl ActionResult {
     /// For the decision record.
     pub fn to_json(&self) -> Value {
         serde_json::json!({
-            "action": self.action, "outcome": self.outcome, "attempts": self.attempts,
+            "action": self.action, "outcome": self.outcome.as_str(), "attempts": self.attempts,
             "error": self.error, "latency_ms": self.latency_ms, "detail": self.detail,
         })
     }
@@ -88,14 +110,14 @@ impl Runner {
         let started = Instant::now();
         let mut result = ActionResult {
             action: action.name.clone(),
-            outcome: "failed",
+            outcome: ActionOutcome::Failed,
             attempts: 0,
             error: None,
             latency_ms: 0,
             detail: Value::Null,
         };
         if done.contains(&key) {
-            result.outcome = "skipped";
+            result.outcome = ActionOutcome::Skipped;
             return result;
         }
         let outcome = match render(config, &action.kind, &key, event, context) {
@@ -109,7 +131,7 @@ impl Runner {
                 result.detail = detail;
                 // Written behind us; the batch flushes the marks before it commits.
                 self.marks.mark(key);
-                result.outcome = "ok";
+                result.outcome = ActionOutcome::Ok;
             }
             Err((attempts, error, detail)) => {
                 result.attempts = attempts;

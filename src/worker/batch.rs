@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::config::worker::{Mode, WorkerConfig};
 use crate::envelope::HEADER_PROVIDER;
 use crate::telemetry::WorkerMetrics;
-use crate::worker::act::{Runner, idempotency_key};
+use crate::worker::act::{ActionOutcome, Runner, idempotency_key};
 use crate::worker::decide::{self, Event};
 use crate::worker::state::{Batch, DecisionRecord, Store, StoreError, SubjectState, now_ms};
 use crate::worker::subject::SubjectRead;
@@ -303,10 +303,13 @@ async fn handle_subject(
                             .runner
                             .run(config, a, &rule.name, &event, &context, done)
                             .await;
-                        ctx.metrics
-                            .action(&result.action, result.outcome, result.latency_ms);
+                        ctx.metrics.action(
+                            &result.action,
+                            result.outcome.as_str(),
+                            result.latency_ms,
+                        );
                         actions_json.push(result.to_json());
-                        if result.outcome == "failed" {
+                        if result.outcome == ActionOutcome::Failed {
                             failure = Some(Fate::DeadLetter {
                                 error: result
                                     .error
@@ -318,7 +321,7 @@ async fn handle_subject(
                             });
                             break;
                         }
-                        acted |= result.outcome != "failed";
+                        acted |= result.outcome != ActionOutcome::Failed;
                     }
                 }
             }
