@@ -1,5 +1,6 @@
-//! The admin address: `/healthz` (the process answers), `/readyz` (events can be handed off
-//! now) and `/metrics` (Prometheus text). Kept off the public port.
+//! The admin address both daemons serve: `/healthz` (the process answers), `/readyz` (the
+//! daemon does its job now, or says why not) and `/metrics` (Prometheus text). Kept off the
+//! public port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 /// What the admin endpoints report on.
 pub trait Status: Send + Sync + 'static {
-    /// True when events would be accepted now.
-    fn ready(&self) -> bool;
+    /// `Ok` when the daemon does its job now (the listener takes events durably, the worker
+    /// consumes); otherwise why not, in words an operator can act on.
+    fn readiness(&self) -> Result<(), String>;
     /// Prometheus text exposition.
     fn metrics(&self) -> String;
 }
@@ -54,12 +56,14 @@ pub async fn serve(listener: TcpListener, status: Arc<dyn Status>, shutdown: Can
 fn answer(path: &str, status: &dyn Status) -> Response<Full<Bytes>> {
     let (code, content_type, body) = match path {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" if status.ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready: broker unreachable\n".to_owned(),
-        ),
+        "/readyz" => match status.readiness() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -77,4 +81,48 @@ fn answer(path: &str, status: &dyn Status) -> Response<Full<Bytes>> {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    struct Fixed(Result<(), String>);
+
+    impl Status for Fixed {
+        fn readiness(&self) -> Result<(), String> {
+            self.0.clone()
+        }
+        fn metrics(&self) -> String {
+            "# EOF\n".to_owned()
+        }
+    }
+
+    async fn get(path: &str, status: &Fixed) -> (StatusCode, String) {
+        let response = answer(path, status);
+        let code = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (code, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_says_why_a_daemon_is_not_ready() {
+        let down = Fixed(Err("not consuming: connection closed".to_owned()));
+        assert_eq!(
+            get("/readyz", &down).await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: not consuming: connection closed\n".to_owned()
+            )
+        );
+        let up = Fixed(Ok(()));
+        assert_eq!(
+            get("/readyz", &up).await,
+            (StatusCode::OK, "ready\n".to_owned())
+        );
+        assert_eq!(get("/healthz", &down).await.0, StatusCode::OK);
+        assert_eq!(get("/metrics", &down).await.1, "# EOF\n");
+        assert_eq!(get("/other", &up).await.0, StatusCode::NOT_FOUND);
+    }
 }

@@ -16,6 +16,14 @@ pub const HEADER_RECEIVED_AT: &str = "x-received-at";
 pub const HEADER_SCHEME: &str = "x-signature-scheme";
 /// Header: the client address the event came from (after trusted proxies).
 pub const HEADER_SOURCE_IP: &str = "x-source-ip";
+/// Dead-letter header: why the worker dead-lettered the event.
+pub const HEADER_DEAD_ERROR: &str = "x-hookwarden-error";
+/// Dead-letter header: the rule whose action failed.
+pub const HEADER_DEAD_RULE: &str = "x-hookwarden-rule";
+/// Dead-letter header: the action that failed.
+pub const HEADER_DEAD_ACTION: &str = "x-hookwarden-action";
+/// Dead-letter header: the routing key the event had, so a replay can restore it.
+pub const HEADER_DEAD_ROUTING_KEY: &str = "x-hookwarden-routing-key";
 /// `app_id` of every message the listener publishes.
 pub const APP_ID: &str = "hookwarden-listener";
 

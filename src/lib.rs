@@ -8,8 +8,7 @@
 //!   body within limits ([`listener::body`]), verifies the signature ([`scheme`]), parses the
 //!   body (duplicate keys refused) and reads id and type ([`listener::extract`]) →
 //!   [`listener::dedupe`] coalesces and remembers ids →
-//!   the handoff publishes. [`listener::error`] is the one error → HTTP status map;
-//!   [`listener::admin`] serves health, readiness and metrics.
+//!   the handoff publishes. [`listener::error`] is the one error → HTTP status map.
 //! - [`scheme`]: signature schemes (hmac-sha256, GitHub, Stripe, Standard Webhooks), verify
 //!   and sign, over raw bytes, in constant time.
 //! - [`envelope`]: the message format between listener and worker.
@@ -18,6 +17,7 @@
 //! - [`worker`]: [`worker::consumer`] takes batches → [`worker::batch`] groups them by subject →
 //!   [`worker::decide`] evaluates rules → [`worker::act`] runs actions → [`worker::state`] commits.
 //! - [`config`]: files + environment → validated types, every problem named.
+//! - [`admin`]: health, readiness (with the reason when not ready) and metrics, for both daemons.
 //! - [`telemetry`]: logs and Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
 //!   [`systemd`]: readiness, watchdog, socket activation.
 //! - [`cli`]: the operator's `hookwarden` command. [`daemon`]: what both daemons' mains share.
@@ -25,6 +25,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod config;

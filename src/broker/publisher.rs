@@ -431,3 +431,28 @@ async fn close(link: &Link) {
     channels.push(&link.probe);
     connection::close(&link.connection, &channels).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a plain broker ack hands an event off; every other confirm is a failure the
+    /// listener answers 503 (or spools). A returned message (`Ack(Some(..))`) cannot be built
+    /// outside lapin; tests/it/handoff.rs covers it against the broker.
+    #[test]
+    fn only_a_plain_ack_is_a_handoff() {
+        assert!(judge(Ok(Confirmation::Ack(None))).is_ok());
+        assert!(matches!(
+            judge(Ok(Confirmation::Nack(None))),
+            Err(PublishError::Nack)
+        ));
+        assert!(matches!(
+            judge(Ok(Confirmation::NotRequested)),
+            Err(PublishError::NotConfirmed)
+        ));
+        assert!(matches!(
+            judge(Err(PublishError::ConfirmTimeout)),
+            Err(PublishError::ConfirmTimeout)
+        ));
+    }
+}

@@ -40,8 +40,10 @@ use crate::broker::publisher::publish_confirmed;
 use crate::cli::out;
 use crate::config::amqp::redact;
 use crate::config::worker::WorkerConfig;
-use crate::envelope::{HEADER_PROVIDER, HEADER_RECEIVED_AT};
-use crate::worker::consumer::{HEADER_ACTION, HEADER_ERROR, HEADER_ROUTING_KEY, HEADER_RULE};
+use crate::envelope::{
+    HEADER_DEAD_ACTION, HEADER_DEAD_ERROR, HEADER_DEAD_ROUTING_KEY, HEADER_DEAD_RULE,
+    HEADER_PROVIDER, HEADER_RECEIVED_AT,
+};
 
 /// Bound on connecting and on each broker round trip.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -175,9 +177,9 @@ impl DeadLetter {
             message_id: p.message_id().as_ref().map(ToString::to_string),
             provider: text(header(p, HEADER_PROVIDER)),
             routing_key: routing_key(d),
-            error: text(header(p, HEADER_ERROR)).or_else(|| death_reason(p)),
-            rule: text(header(p, HEADER_RULE)),
-            action: text(header(p, HEADER_ACTION)),
+            error: text(header(p, HEADER_DEAD_ERROR)).or_else(|| death_reason(p)),
+            rule: text(header(p, HEADER_DEAD_RULE)),
+            action: text(header(p, HEADER_DEAD_ACTION)),
             received_at: received.map(|t| humantime::format_rfc3339_millis(t).to_string()),
             age_seconds: received
                 .and_then(|t| now.duration_since(t).ok())
@@ -211,7 +213,8 @@ impl DeadLetter {
 /// The routing key the event was published with: the worker's header, else the routing key
 /// it reached the dead-letter queue with (the broker keeps it when it dead-letters).
 fn routing_key(d: &Delivery) -> String {
-    text(header(&d.properties, HEADER_ROUTING_KEY)).unwrap_or_else(|| d.routing_key.to_string())
+    text(header(&d.properties, HEADER_DEAD_ROUTING_KEY))
+        .unwrap_or_else(|| d.routing_key.to_string())
 }
 
 /// Whether a header describes the message's dead-lettering rather than the event.

@@ -2,7 +2,6 @@
 //! [`run`] wires the pieces: the confirmed publisher, the request pipeline, the public server
 //! and the admin server, all stopped by one shutdown token.
 
-pub mod admin;
 pub mod body;
 pub mod client_ip;
 pub mod dedupe;
@@ -13,6 +12,7 @@ pub mod handler;
 pub mod server;
 pub mod spool;
 
+use crate::admin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,9 +42,14 @@ struct AdminStatus {
 }
 
 impl admin::Status for AdminStatus {
-    fn ready(&self) -> bool {
+    fn readiness(&self) -> Result<(), String> {
         // Events are accepted durably while either the broker or the spool takes them.
-        self.publisher.is_connected() || self.spool.as_ref().is_some_and(spool::Spool::accepting)
+        match &self.spool {
+            _ if self.publisher.is_connected() => Ok(()),
+            Some(spool) if spool.accepting() => Ok(()),
+            Some(_) => Err("broker unreachable, and the spool is full or unwritable".to_owned()),
+            None => Err("broker unreachable".to_owned()),
+        }
     }
     fn metrics(&self) -> String {
         self.metrics.encode()

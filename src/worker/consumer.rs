@@ -16,26 +16,20 @@ use lapin::{BasicProperties, Channel, Connection};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin;
 use crate::broker::connection;
 use crate::broker::publisher::publish_confirmed;
 use crate::broker::topology::{self, Topology};
 use crate::config::amqp::redact;
 use crate::config::worker::WorkerConfig;
-use crate::listener::admin;
+use crate::envelope::{
+    HEADER_DEAD_ACTION, HEADER_DEAD_ERROR, HEADER_DEAD_ROUTING_KEY, HEADER_DEAD_RULE,
+};
 use crate::telemetry::WorkerMetrics;
 use crate::worker::act::Runner;
 use crate::worker::batch::{self, Fate, Item};
 use crate::worker::marks::DoneMarks;
 use crate::worker::state::{SqliteStore, Store};
-
-/// Header: why an event was dead-lettered.
-pub const HEADER_ERROR: &str = "x-hookwarden-error";
-/// Header: the rule whose action failed.
-pub const HEADER_RULE: &str = "x-hookwarden-rule";
-/// Header: the action that failed.
-pub const HEADER_ACTION: &str = "x-hookwarden-action";
-/// Header: the routing key the event had, so a replay can restore it.
-pub const HEADER_ROUTING_KEY: &str = "x-hookwarden-routing-key";
 
 /// Longest wait for an ack or a cancel to be written: the connection may be dead.
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,14 +71,28 @@ impl Running {
     }
 }
 
+/// Why the worker is not consuming right now (the last connection failure), for `/readyz`.
+type WhyNot = Arc<std::sync::Mutex<String>>;
+
+fn say_why_not(why_not: &WhyNot, reason: &str) {
+    if let Ok(mut slot) = why_not.lock() {
+        reason.clone_into(&mut slot);
+    }
+}
+
 struct Status {
     consuming: Arc<AtomicBool>,
+    why_not: WhyNot,
     metrics: Arc<WorkerMetrics>,
 }
 
 impl admin::Status for Status {
-    fn ready(&self) -> bool {
-        self.consuming.load(Ordering::Relaxed)
+    fn readiness(&self) -> Result<(), String> {
+        if self.consuming.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let why = self.why_not.lock().map(|w| w.clone()).unwrap_or_default();
+        Err(format!("not consuming: {why}"))
     }
     fn metrics(&self) -> String {
         self.metrics.encode()
@@ -133,9 +141,13 @@ pub fn start(
     let marks = DoneMarks::start(store.clone()).map_err(StartError::Thread)?;
     let metrics = Arc::new(WorkerMetrics::new());
     let consuming = Arc::new(AtomicBool::new(false));
+    let why_not: WhyNot = Arc::new(std::sync::Mutex::new(
+        "not yet connected to the broker".to_owned(),
+    ));
     let config = Arc::new(RwLock::new(Arc::new(config)));
     let status = Arc::new(Status {
         consuming: consuming.clone(),
+        why_not: why_not.clone(),
         metrics: metrics.clone(),
     });
     let admin_shutdown = CancellationToken::new();
@@ -148,6 +160,7 @@ pub fn start(
         http,
         metrics: metrics.clone(),
         consuming: consuming.clone(),
+        why_not,
         shutdown,
     };
     let done = tokio::spawn(async move {
@@ -197,6 +210,7 @@ struct Consumer {
     http: reqwest::Client,
     metrics: Arc<WorkerMetrics>,
     consuming: Arc<AtomicBool>,
+    why_not: WhyNot,
     shutdown: CancellationToken,
 }
 
@@ -226,9 +240,14 @@ impl Consumer {
                     if began.elapsed() >= SESSION_STABLE {
                         backoff = BACKOFF_MIN;
                     }
+                    say_why_not(&self.why_not, &format!("broker connection lost: {reason}"));
                     tracing::warn!(broker = %redact(&url), reason, "broker connection lost; reconnecting");
                 }
                 Err(err) => {
+                    say_why_not(
+                        &self.why_not,
+                        &format!("cannot consume from the broker: {err}"),
+                    );
                     tracing::warn!(broker = %redact(&url), error = %err, retry_in = ?backoff, "cannot consume from the broker")
                 }
             }
@@ -240,6 +259,7 @@ impl Consumer {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+        say_why_not(&self.why_not, "shutting down");
         self.consuming.store(false, Ordering::Relaxed);
         self.metrics.consuming.set(0);
     }
@@ -321,6 +341,7 @@ impl Consumer {
             queue: queue.clone(),
             metrics: self.metrics.clone(),
             consuming: self.consuming.clone(),
+            why_not: self.why_not.clone(),
         })));
         let runner = Arc::new(Runner {
             http: self.http.clone(),
@@ -337,6 +358,7 @@ impl Consumer {
                     return Ok(Ended::Lost(lost.unwrap_or_else(|e| format!("watchdog failed: {e}"))));
                 }
                 () = self.shutdown.cancelled() => {
+                    say_why_not(&self.why_not, "shutting down");
                     self.consuming.store(false, Ordering::Relaxed);
                     self.metrics.consuming.set(0);
                     let _ = tokio::time::timeout(
@@ -456,6 +478,7 @@ struct Watched {
     queue: ShortString,
     metrics: Arc<WorkerMetrics>,
     consuming: Arc<AtomicBool>,
+    why_not: WhyNot,
 }
 
 /// Returns, with the reason, as soon as the session's connection is known to be dead;
@@ -492,6 +515,7 @@ async fn watch(mut w: Watched) -> String {
             }
         }
     };
+    say_why_not(&w.why_not, &format!("broker connection lost: {reason}"));
     w.consuming.store(false, Ordering::Relaxed);
     w.metrics.consuming.set(0);
     reason
@@ -543,15 +567,15 @@ async fn dead_letter(
     let mut headers = item.properties.headers().clone().unwrap_or_default();
     // Long errors (captured output, parser messages) are cut: headers are not a log.
     let error: String = error.chars().take(1000).collect();
-    headers.insert(ShortString::from(HEADER_ERROR), text(&error));
+    headers.insert(ShortString::from(HEADER_DEAD_ERROR), text(&error));
     if let Some(rule) = rule {
-        headers.insert(ShortString::from(HEADER_RULE), text(rule));
+        headers.insert(ShortString::from(HEADER_DEAD_RULE), text(rule));
     }
     if let Some(action) = action {
-        headers.insert(ShortString::from(HEADER_ACTION), text(action));
+        headers.insert(ShortString::from(HEADER_DEAD_ACTION), text(action));
     }
     headers.insert(
-        ShortString::from(HEADER_ROUTING_KEY),
+        ShortString::from(HEADER_DEAD_ROUTING_KEY),
         text(&item.routing_key),
     );
     let props: BasicProperties = item.properties.clone().with_headers(headers);

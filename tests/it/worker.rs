@@ -310,9 +310,12 @@ async fn a_worker_whose_broker_link_goes_silent_says_so_and_comes_back() {
         || {
             let admin = w.admin.clone();
             async move {
-                let ready = admin_get(&admin, "/readyz").await.0;
+                let (ready, why) = admin_get(&admin, "/readyz").await;
                 let metrics = admin_get(&admin, "/metrics").await.1;
-                ready == 503 && metrics.contains("hookwarden_worker_consuming 0")
+                // Not ready, and saying why.
+                ready == 503
+                    && why.starts_with("not ready: not consuming: broker connection lost")
+                    && metrics.contains("hookwarden_worker_consuming 0")
             }
         },
     )
