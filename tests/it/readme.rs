@@ -316,6 +316,20 @@ fn shadow_path(dir: &Path, keep: impl Fn(&str) -> bool) {
     }
 }
 
+/// Runs `deploy/run-local` with `bin` first on PATH; it must stop with an error within 20 s.
+/// Returns what it printed.
+async fn run_local_refused(bin: &std::path::Path) -> String {
+    let mut trial = Background::start(
+        "bash deploy/run-local",
+        bin.join("run-local.log"),
+        Some(bin),
+    );
+    let status = trial.exit_within(Duration::from_secs(20)).await;
+    let output = trial.output();
+    assert!(!status.success(), "{output}");
+    output
+}
+
 #[tokio::test]
 async fn run_local_names_a_missing_prerequisite_before_building() {
     // Were the check missing, the script would go on to start the daemons.
@@ -323,14 +337,7 @@ async fn run_local_names_a_missing_prerequisite_before_building() {
     for missing in ["python3", "curl"] {
         let bin = tempdir::Dir::new();
         shadow_path(&bin.path, |name| name != missing);
-        let mut trial = Background::start(
-            "bash deploy/run-local",
-            bin.path.join("run-local.log"),
-            Some(&bin.path),
-        );
-        let status = trial.exit_within(Duration::from_secs(20)).await;
-        let output = trial.output();
-        assert!(!status.success(), "{output}");
+        let output = run_local_refused(&bin.path).await;
         assert!(
             !output.contains("== building"),
             "built before saying {missing} is missing:\n{output}"
@@ -354,14 +361,7 @@ async fn run_local_refuses_a_rust_older_than_cargo_toml_asks() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut trial = Background::start(
-        "bash deploy/run-local",
-        bin.path.join("run-local.log"),
-        Some(&bin.path),
-    );
-    let status = trial.exit_within(Duration::from_secs(20)).await;
-    let output = trial.output();
-    assert!(!status.success(), "{output}");
+    let output = run_local_refused(&bin.path).await;
     let need = format!("Rust {} or newer", rust_version());
     assert!(
         output.contains(&need) && output.contains("1.80.1") && output.contains("rustup update"),
