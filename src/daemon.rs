@@ -7,7 +7,7 @@ use std::future::Future;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::listener::LogConfig;
+use crate::config::log::LogConfig;
 use crate::config::{self, ConfigError};
 
 /// Exit code of a config or usage error (EX_USAGE).

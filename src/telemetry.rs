@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::listener::LogConfig;
+use crate::config::log::LogConfig;
 
 /// Installs the global `tracing` subscriber. `RUST_LOG`, when set, wins over `config.level`.
 ///

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, ConfigKind, Document};
 use crate::config::amqp::AmqpConfig;
+use crate::config::log::LogConfig;
 use crate::config::secret;
 use crate::listener::extract::FieldRef;
 use crate::scheme::{Scheme, SigningKey, hmac, standard_webhooks, stripe};
@@ -132,34 +133,6 @@ pub struct SpoolConfig {
 
 fn default_spool_bytes() -> u64 {
     1024 * 1024 * 1024
-}
-
-/// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    /// A `tracing` filter such as `info` or `hookwarden=debug,info`; `RUST_LOG` wins.
-    #[serde(default = "default_level")]
-    pub level: String,
-    /// `auto` (JSON when stdout is not a terminal), `json` or `text`.
-    #[serde(default = "default_format")]
-    pub format: String,
-}
-
-fn default_level() -> String {
-    "info".to_owned()
-}
-fn default_format() -> String {
-    "auto".to_owned()
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            level: default_level(),
-            format: default_format(),
-        }
-    }
 }
 
 /// One `[[providers]]` entry as written.

@@ -5,6 +5,7 @@
 pub mod amqp;
 pub(crate) mod glob;
 pub mod listener;
+pub mod log;
 pub mod secret;
 pub mod units;
 pub mod worker;

@@ -13,7 +13,7 @@ use wildmatch::WildMatch;
 
 use super::{ConfigError, ConfigKind, Document, glob};
 use crate::config::amqp::AmqpConfig;
-use crate::config::listener::LogConfig;
+use crate::config::log::LogConfig;
 use crate::worker::condition::{self, Condition, Input};
 use crate::worker::subject::SubjectSpec;
 use crate::worker::template::{TemplateId, Templates};
