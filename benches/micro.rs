@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hookwarden::config::listener::ListenerConfig;
+use hookwarden::listener::config::ListenerConfig;
 use hookwarden::listener::dedupe::Dedupe;
 use hookwarden::listener::extract::{extract, parse_body};
 use hookwarden::worker::condition::{Condition, Input, PreparedInput};

@@ -3,20 +3,23 @@
 //!
 //! # Layout
 //! In the order an event travels:
-//! - [`listener`]: the HTTP endpoint. [`listener::server`] accepts connections →
+//! - [`listener`]: the HTTP endpoint, configured by [`listener::config`] (`listener.toml`).
+//!   [`listener::server`] accepts connections →
 //!   [`listener::handler`] routes, checks the source ([`listener::client_ip`]), reads the
 //!   body within limits ([`listener::body`]), verifies the signature ([`scheme`]), parses the
 //!   body (duplicate keys refused) and reads id and type ([`listener::extract`]) →
 //!   [`listener::dedupe`] coalesces and remembers ids →
 //!   the handoff publishes. [`listener::error`] is the one error → HTTP status map.
 //! - [`scheme`]: signature schemes (hmac-sha256, GitHub, Stripe, Standard Webhooks), verify
-//!   and sign, over raw bytes, in constant time.
+//!   and sign, over raw bytes, in constant time; each owns its defaults ([`scheme::SchemeKind`]).
 //! - [`envelope`]: the message format between listener and worker.
 //! - [`broker`]: [`broker::topology`] (declared identically by both daemons) and
 //!   [`broker::publisher`] (confirmed publishing, reconnects).
 //! - [`worker`]: [`worker::consumer`] takes batches → [`worker::batch`] groups them by subject →
 //!   [`worker::decide`] evaluates rules → [`worker::act`] runs actions → [`worker::state`] commits.
-//! - [`config`]: files + environment → validated types, every problem named.
+//! - [`config`]: the loader every config file goes through (files + environment → validated
+//!   types, every problem named), and what both daemons read alike: [`config::amqp`],
+//!   [`config::log`], secrets, sizes.
 //! - [`admin`]: health, readiness (with the reason when not ready) and metrics, for both daemons.
 //! - [`telemetry`]: logs and Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
 //!   [`systemd`]: readiness, watchdog, socket activation.

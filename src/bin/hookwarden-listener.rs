@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hookwarden::config::{self, listener::ListenerConfig};
+use hookwarden::config;
 use hookwarden::daemon::{self, Loader};
+use hookwarden::listener::config::ListenerConfig;
 use hookwarden::signals::{Signal, Signals};
 use tokio_util::sync::CancellationToken;
 

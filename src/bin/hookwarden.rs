@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hookwarden::cli::{Cli, Command, dead_letters, decisions, exit, http_client, out, rules, sign};
-use hookwarden::config::{self, listener::ListenerConfig};
+use hookwarden::config;
+use hookwarden::listener::config::ListenerConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

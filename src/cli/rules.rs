@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cli::sign;
-use crate::config::{self, listener::ListenerConfig, worker::Mode, worker::WorkerConfig};
+use crate::config::{self, worker::Mode, worker::WorkerConfig};
+use crate::listener::config::ListenerConfig;
 use crate::listener::extract::{self, ExtractError, FieldRef, parse_body};
 use crate::scheme::Verified;
 use crate::worker::act::{self, Rendered};

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::cli::SignerArgs;
-use crate::config::listener::Provider;
-use crate::config::{self, listener::ListenerConfig, secret};
+use crate::config::{self, secret};
+use crate::listener::config::{ListenerConfig, Provider};
 use crate::listener::extract::FieldRef;
 use crate::scheme::{Scheme, SigningKey};
 

@@ -4,7 +4,6 @@
 
 pub mod amqp;
 pub(crate) mod glob;
-pub mod listener;
 pub mod log;
 pub mod secret;
 pub mod units;

@@ -6,7 +6,7 @@
 //!
 //! Why not every id in moka: its bookkeeping costs about 330 bytes per entry (1 000 000 ids:
 //! 333 MiB); a digest in a hash set plus its place in the arrival queue costs 45 to 90
-//! ([`crate::config::listener::DEDUPE_BYTES_PER_ENTRY`]), and the newest ids, the ones a
+//! ([`BYTES_PER_ENTRY`]), and the newest ids, the ones a
 //! provider's retry needs, are the ones oldest-first keeps.
 
 use std::collections::{HashSet, VecDeque};
@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
+
+/// Bytes of memory one remembered id costs, at most: a 16-byte digest in a hash set between
+/// 7/16 and 7/8 full (19 to 39 bytes) plus a 24-byte entry in an arrival queue between half
+/// and wholly full (24 to 48). `--check` prints what `dedupe.capacity` bounds with it.
+pub const BYTES_PER_ENTRY: u64 = 90;
 
 /// What became of an event at the door.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

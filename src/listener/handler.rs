@@ -14,10 +14,10 @@ use http_body_util::Full;
 use hyper::body::Body;
 
 use crate::broker::publisher::{PublishError, Publisher};
-use crate::config::listener::{ListenerConfig, Provider};
 use crate::envelope::Envelope;
 use crate::listener::body;
 use crate::listener::client_ip::{client_ip, is_in};
+use crate::listener::config::{ListenerConfig, Provider};
 use crate::listener::dedupe::{Admission, Dedupe};
 use crate::listener::error::{RequestError, json_response};
 use crate::listener::extract::{extract, parse_body};

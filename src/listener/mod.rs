@@ -1,9 +1,10 @@
 //! `hookwarden-listener`: verified, deduplicated, broker-confirmed intake of webhooks.
-//! [`run`] wires the pieces: the confirmed publisher, the request pipeline, the public server
+//! [`start`] wires the pieces: the confirmed publisher, the request pipeline, the public server
 //! and the admin server, all stopped by one shutdown token.
 
 pub mod body;
 pub mod client_ip;
+pub mod config;
 pub mod dedupe;
 pub mod error;
 pub mod extract;
@@ -21,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::publisher::Publisher;
 use crate::broker::topology::Topology;
-use crate::config::listener::ListenerConfig;
 use crate::telemetry::ListenerMetrics;
+use config::ListenerConfig;
 use handler::{BrokerHandoff, Handler};
 
 /// A started listener: what tests and the binary hold on to.

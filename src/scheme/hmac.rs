@@ -6,10 +6,31 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{
-    SigningKey, TAG_LEN, Verified, VerifyError, check_window, decode_base64_tag, decode_hex_tag,
-    encode_base64, expected_tags, header_text, malformed, matches_any, parse_unix_seconds,
-    unix_seconds,
+    Defaults, FieldDefault, SigningKey, TAG_LEN, Verified, VerifyError, check_window,
+    decode_base64_tag, decode_hex_tag, encode_base64, expected_tags, header_text, malformed,
+    matches_any, parse_unix_seconds, unix_seconds,
 };
+
+/// What an `hmac-sha256` provider gets for keys its config leaves out.
+pub const DEFAULTS: Defaults = Defaults {
+    event_id: FieldDefault::Pointer("/id"),
+    event_type: FieldDefault::Pointer("/type"),
+    tolerance: Duration::from_secs(300),
+};
+
+/// What a `github` provider gets: GitHub names the delivery and the event in headers.
+pub const GITHUB_DEFAULTS: Defaults = Defaults {
+    event_id: FieldDefault::Header("x-github-delivery"),
+    event_type: FieldDefault::Header("x-github-event"),
+    // GitHub signs no timestamp; kept only so every scheme has one.
+    tolerance: Duration::from_secs(300),
+};
+
+/// The encoding when the config names none.
+pub const DEFAULT_ENCODING: Encoding = Encoding::Hex;
+
+/// The signed content when the config names a `timestamp_header` but no `signed_payload`.
+pub const DEFAULT_SIGNED_PAYLOAD: &str = "{timestamp}.{body}";
 
 /// How the tag is written in the signature header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +39,20 @@ pub enum Encoding {
     Hex,
     /// Standard alphabet with padding.
     Base64,
+}
+
+impl Encoding {
+    /// Every encoding, as a config names them.
+    pub const NAMES: [&'static str; 2] = ["hex", "base64"];
+
+    /// The encoding a config names, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "hex" => Some(Self::Hex),
+            "base64" => Some(Self::Base64),
+            _ => None,
+        }
+    }
 }
 
 /// A provider that signs the body alone, or the body together with a timestamp header.

@@ -127,6 +127,90 @@ impl Scheme {
     }
 }
 
+/// The schemes a provider may name in `listener.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemeKind {
+    /// `hmac-sha256`: header, encoding, prefix and signed content from the config.
+    HmacSha256,
+    /// `github`: the hmac-sha256 preset GitHub sends.
+    Github,
+    /// `stripe`.
+    Stripe,
+    /// `standard-webhooks` (and Svix).
+    StandardWebhooks,
+}
+
+impl SchemeKind {
+    /// Every scheme, in the order messages list them.
+    pub const ALL: [SchemeKind; 4] = [
+        Self::HmacSha256,
+        Self::Github,
+        Self::Stripe,
+        Self::StandardWebhooks,
+    ];
+
+    /// The scheme a config names, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// The name a config uses, the same as [`Scheme::name`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HmacSha256 => "hmac-sha256",
+            Self::Github => "github",
+            Self::Stripe => "stripe",
+            Self::StandardWebhooks => "standard-webhooks",
+        }
+    }
+
+    /// What a provider of this scheme gets for the keys its config leaves out; each scheme's
+    /// module owns its own.
+    pub fn defaults(self) -> &'static Defaults {
+        match self {
+            Self::HmacSha256 => &hmac::DEFAULTS,
+            Self::Github => &hmac::GITHUB_DEFAULTS,
+            Self::Stripe => &stripe::DEFAULTS,
+            Self::StandardWebhooks => &standard_webhooks::DEFAULTS,
+        }
+    }
+
+    /// The scheme ready to verify, for the schemes that fix their own headers and signed
+    /// content; `None` for `hmac-sha256`, whose header and encoding only the config knows.
+    pub fn preset(self, tolerance: Duration) -> Option<Scheme> {
+        match self {
+            Self::HmacSha256 => None,
+            Self::Github => Some(Scheme::Hmac(hmac::HmacScheme::github())),
+            Self::Stripe => Some(Scheme::Stripe(stripe::StripeScheme { tolerance })),
+            Self::StandardWebhooks => Some(Scheme::StandardWebhooks(
+                standard_webhooks::StandardScheme { tolerance },
+            )),
+        }
+    }
+}
+
+/// What a provider of one scheme gets for the keys its config leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    /// Where the event id is, unless `event_id` says.
+    pub event_id: FieldDefault,
+    /// Where the event type is, unless `event_type` says.
+    pub event_type: FieldDefault,
+    /// The timestamp window, unless `tolerance` says; unused by schemes without a timestamp.
+    pub tolerance: Duration,
+}
+
+/// Where a scheme's deliveries carry the event id or type by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldDefault {
+    /// An RFC 6901 JSON pointer into the body.
+    Pointer(&'static str),
+    /// A request header, named in lower case.
+    Header(&'static str),
+    /// The id the scheme's own signed headers carry ([`Verified::scheme_id`]).
+    SchemeId,
+}
+
 /// What a successful verification learned from the signed headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
@@ -446,6 +530,28 @@ mod tests {
         assert_eq!(
             Scheme::StandardWebhooks(standard_webhooks::StandardScheme { tolerance }).name(),
             "standard-webhooks"
+        );
+    }
+
+    #[test]
+    fn every_scheme_kind_parses_from_its_name_and_names_its_scheme() {
+        let tolerance = Duration::from_secs(300);
+        for kind in SchemeKind::ALL {
+            assert_eq!(SchemeKind::parse(kind.name()), Some(kind));
+            // A preset verifies under the name the config gave it.
+            if let Some(scheme) = kind.preset(tolerance) {
+                assert_eq!(scheme.name(), kind.name());
+            }
+        }
+        assert_eq!(SchemeKind::parse("hmac-sha512"), None);
+        assert!(SchemeKind::HmacSha256.preset(tolerance).is_none());
+        assert_eq!(
+            SchemeKind::Github.defaults().event_id,
+            FieldDefault::Header("x-github-delivery")
+        );
+        assert_eq!(
+            SchemeKind::StandardWebhooks.defaults().event_id,
+            FieldDefault::SchemeId
         );
     }
 

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{
-    SigningKey, Verified, VerifyError, check_window, decode_base64_tag, encode_base64,
-    expected_tags, header_text, malformed, matches_any, parse_unix_seconds, unix_seconds,
+    Defaults, FieldDefault, SigningKey, Verified, VerifyError, check_window, decode_base64_tag,
+    encode_base64, expected_tags, header_text, malformed, matches_any, parse_unix_seconds,
+    unix_seconds,
 };
 
 /// The Standard Webhooks scheme, also accepting Svix's `svix-*` header names.
@@ -16,6 +17,14 @@ pub struct StandardScheme {
     /// Accepted distance from `now`, either direction, in whole seconds.
     pub tolerance: Duration,
 }
+
+/// What a `standard-webhooks` provider gets for keys its config leaves out: the id is the
+/// signed `webhook-id`, and the spec suggests a five-minute window.
+pub const DEFAULTS: Defaults = Defaults {
+    event_id: FieldDefault::SchemeId,
+    event_type: FieldDefault::Pointer("/type"),
+    tolerance: Duration::from_secs(300),
+};
 
 /// The names one delivery uses; the spec's `webhook-*` and Svix's older `svix-*` are the same
 /// protocol under two brands, and a delivery never mixes them.

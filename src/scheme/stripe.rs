@@ -6,13 +6,21 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{
-    SigningKey, Verified, VerifyError, check_window, decode_hex_tag, expected_tags, header_text,
-    malformed, matches_any, parse_unix_seconds, unix_seconds,
+    Defaults, FieldDefault, SigningKey, Verified, VerifyError, check_window, decode_hex_tag,
+    expected_tags, header_text, malformed, matches_any, parse_unix_seconds, unix_seconds,
 };
 
 const HEADER: &str = "stripe-signature";
 
-/// Stripe's documented default tolerance is 300 s; the caller supplies it.
+/// What a `stripe` provider gets for keys its config leaves out; 300 s is Stripe's own
+/// documented tolerance.
+pub const DEFAULTS: Defaults = Defaults {
+    event_id: FieldDefault::Pointer("/id"),
+    event_type: FieldDefault::Pointer("/type"),
+    tolerance: Duration::from_secs(300),
+};
+
+/// Stripe's scheme; the caller supplies the tolerance ([`DEFAULTS`] has Stripe's own).
 #[derive(Debug, Clone)]
 pub struct StripeScheme {
     /// Accepted distance from `now`, either direction, in whole seconds. Stripe's own

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use harness::{Broker, Harness, admin_get, event, eventually, free_addr};
 use hookwarden::cli::http_client;
-use hookwarden::config::listener::ListenerConfig;
+use hookwarden::listener::config::ListenerConfig;
 
 pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hookwarden::cli::http_client;
-use hookwarden::config::listener::ListenerConfig;
+use hookwarden::listener::config::ListenerConfig;
 
 use crate::harness::{Harness, Names, Proxy, TestListener, eventually, free_addr, tempdir};
 use crate::sink::Sink;

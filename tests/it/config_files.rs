@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use hookwarden::config::listener::ListenerConfig;
 use hookwarden::config::worker::WorkerConfig;
+use hookwarden::listener::config::ListenerConfig;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs

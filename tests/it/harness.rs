@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hookwarden::cli::http_client::{self, Answer};
-use hookwarden::config::listener::ListenerConfig;
+use hookwarden::listener::config::ListenerConfig;
 use http::{HeaderName, HeaderValue};
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};

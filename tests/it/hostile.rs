@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hookwarden::cli::http_client::{self, Answer};
-use hookwarden::config::listener::ListenerConfig;
+use hookwarden::listener::config::ListenerConfig;
 use hookwarden::listener::error::RequestError;
 use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

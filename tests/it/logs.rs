@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hookwarden::cli::http_client;
-use hookwarden::config::listener::ListenerConfig;
+use hookwarden::listener::config::ListenerConfig;
 use hookwarden::listener::extract::parse_body;
 
 use crate::harness::{Broker, Harness, KillOnDrop, eventually, eventually_get, free_addr};

@@ -104,7 +104,7 @@ async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
     wait_for("READY=1", &mut seen);
     let text = std::fs::read_to_string(&path).unwrap();
     let signer =
-        hookwarden::config::listener::ListenerConfig::parse("t.toml", &text, &Default::default())
+        hookwarden::listener::config::ListenerConfig::parse("t.toml", &text, &Default::default())
             .unwrap();
     let p = signer.provider("dregs").unwrap();
     let body = event("evt_socket");

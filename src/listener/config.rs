@@ -1,5 +1,7 @@
 //! The listener's config (`listener.toml`): raw serde structs that reject unknown keys, and
-//! the validated types the listener runs on, built by [`ListenerConfig::parse`].
+//! the validated types the listener runs on, built by [`ListenerConfig::parse`] over the
+//! shared loader in [`crate::config`]. What a scheme fixes or defaults (its headers, where its
+//! id and type are, its window) is asked of [`crate::scheme`].
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -9,15 +11,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{ConfigError, ConfigKind, Document};
 use crate::config::amqp::AmqpConfig;
 use crate::config::log::LogConfig;
-use crate::config::secret;
+use crate::config::{ConfigError, ConfigKind, Document, Problem, secret, units};
+use crate::listener::dedupe;
 use crate::listener::extract::FieldRef;
-use crate::scheme::{Scheme, SigningKey, hmac, standard_webhooks, stripe};
-
-/// The schemes a provider may name.
-pub const SCHEMES: &[&str] = &["hmac-sha256", "github", "stripe", "standard-webhooks"];
+use crate::scheme::{FieldDefault, Scheme, SchemeKind, SigningKey, hmac};
 
 /// The whole validated listener config.
 #[derive(Debug)]
@@ -47,7 +46,7 @@ pub struct ServerConfig {
     #[serde(default = "default_admin_listen")]
     pub admin_listen: SocketAddr,
     /// Largest accepted body; checked while reading, nothing is buffered past it.
-    #[serde(default = "default_max_body", deserialize_with = "super::units::size")]
+    #[serde(default = "default_max_body", deserialize_with = "units::size")]
     pub max_body: u64,
     /// Longest a request waits for the broker's confirm before it is answered 503.
     #[serde(default = "default_handoff_timeout", with = "humantime_serde")]
@@ -111,11 +110,6 @@ fn default_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
 }
 
-/// Bytes of memory one remembered id costs in the dedupe cache, at most: a 16-byte digest in
-/// a hash set between 7/16 and 7/8 full (19 to 39 bytes) plus a 24-byte entry in an arrival
-/// queue between half and wholly full (24 to 48).
-pub const DEDUPE_BYTES_PER_ENTRY: u64 = 90;
-
 /// `[spool]`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -124,10 +118,7 @@ pub struct SpoolConfig {
     /// no spool, and such events are answered 503.
     pub path: Option<std::path::PathBuf>,
     /// Most body bytes waiting; beyond it events are answered 503.
-    #[serde(
-        default = "default_spool_bytes",
-        deserialize_with = "super::units::size"
-    )]
+    #[serde(default = "default_spool_bytes", deserialize_with = "units::size")]
     pub max_bytes: u64,
 }
 
@@ -183,8 +174,6 @@ impl fmt::Debug for Provider {
             .finish()
     }
 }
-
-const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 impl ListenerConfig {
     /// Parses and validates a listener config, resolving secrets.
@@ -321,7 +310,7 @@ impl ListenerConfig {
             "dedupe: {} ids for {} (bounds the cache at about {} MiB)\n",
             self.dedupe.capacity,
             humantime::format_duration(self.dedupe.ttl),
-            self.dedupe.capacity * DEDUPE_BYTES_PER_ENTRY / (1024 * 1024)
+            self.dedupe.capacity * dedupe::BYTES_PER_ENTRY / (1024 * 1024)
         ));
         for p in &self.providers {
             out.push_str(&format!(
@@ -345,7 +334,7 @@ impl ListenerConfig {
 
 fn unreachable_config(file: &str) -> Result<ListenerConfig, ConfigError> {
     Err(ConfigError {
-        problems: vec![super::Problem {
+        problems: vec![Problem {
             file: file.to_owned(),
             line: None,
             key: String::new(),
@@ -394,33 +383,39 @@ fn build_provider(doc: &mut Document<'_>, key: &str, raw: RawProvider) -> Option
         );
         ok = false;
     }
-    let tolerance = raw.tolerance.unwrap_or(DEFAULT_TOLERANCE);
-    let scheme = match raw.scheme.as_str() {
-        "hmac-sha256" => build_hmac(doc, key, &raw, tolerance),
-        known @ ("github" | "stripe" | "standard-webhooks") => {
-            for (field, set) in hmac_only_keys(&raw) {
-                if set {
-                    doc.problem(
-                        &format!("{key}.{field}"),
-                        format!("only for scheme \"hmac-sha256\"; scheme {known:?} fixes its own"),
-                    );
-                    ok = false;
+    let kind = SchemeKind::parse(&raw.scheme);
+    let scheme = match kind {
+        Some(kind) => {
+            let tolerance = raw.tolerance.unwrap_or(kind.defaults().tolerance);
+            match kind.preset(tolerance) {
+                None => build_hmac(doc, key, &raw, tolerance),
+                Some(preset) => {
+                    for (field, set) in hmac_only_keys(&raw) {
+                        if set {
+                            doc.problem(
+                                &format!("{key}.{field}"),
+                                format!(
+                                    "only for scheme \"hmac-sha256\"; scheme {:?} fixes its own",
+                                    kind.name()
+                                ),
+                            );
+                            ok = false;
+                        }
+                    }
+                    Some(preset)
                 }
             }
-            Some(match known {
-                "github" => Scheme::Hmac(hmac::HmacScheme::github()),
-                "stripe" => Scheme::Stripe(stripe::StripeScheme { tolerance }),
-                _ => Scheme::StandardWebhooks(standard_webhooks::StandardScheme { tolerance }),
-            })
         }
         // Which other keys fit depends on the scheme: with none known, judging them would
         // only add problems that go away once the scheme is fixed.
-        unknown => {
+        None => {
+            let known: Vec<_> = SchemeKind::ALL.iter().map(|k| k.name()).collect();
             doc.problem(
                 &format!("{key}.scheme"),
                 format!(
-                    "unknown scheme {unknown:?}; expected one of {}",
-                    SCHEMES.join(", ")
+                    "unknown scheme {:?}; expected one of {}",
+                    raw.scheme,
+                    known.join(", ")
                 ),
             );
             None
@@ -456,28 +451,20 @@ fn build_provider(doc: &mut Document<'_>, key: &str, raw: RawProvider) -> Option
         }
     }
 
-    let (default_id, default_type) = match raw.scheme.as_str() {
-        "github" => (
-            FieldRef::Header(http::HeaderName::from_static("x-github-delivery")),
-            FieldRef::Header(http::HeaderName::from_static("x-github-event")),
-        ),
-        "standard-webhooks" => (FieldRef::SchemeId, FieldRef::Pointer("/type".to_owned())),
-        _ => (
-            FieldRef::Pointer("/id".to_owned()),
-            FieldRef::Pointer("/type".to_owned()),
-        ),
-    };
+    // An unknown scheme has no defaults; it already failed the provider, and the generic
+    // ones stand in so that the keys written are still checked.
+    let defaults = kind.unwrap_or(SchemeKind::HmacSha256).defaults();
     let event_id = field_ref(
         doc,
         &format!("{key}.event_id"),
         raw.event_id.as_deref(),
-        default_id,
+        defaults.event_id,
     );
     let event_type = field_ref(
         doc,
         &format!("{key}.event_type"),
         raw.event_type.as_deref(),
-        default_type,
+        defaults.event_type,
     );
     let allow_ips = parse_nets(doc, &format!("{key}.allow_ips"), &raw.allow_ips);
     if allow_ips.len() != raw.allow_ips.len() {
@@ -514,15 +501,20 @@ fn build_hmac(
         }
         Some(h) => header_name(doc, &format!("{key}.signature_header"), h),
     };
-    let encoding = match raw.encoding.as_deref().unwrap_or("hex") {
-        "hex" => Some(hmac::Encoding::Hex),
-        "base64" => Some(hmac::Encoding::Base64),
-        other => {
-            doc.problem(
-                &format!("{key}.encoding"),
-                format!("unknown encoding {other:?}; expected one of hex, base64"),
-            );
-            None
+    let encoding = match raw.encoding.as_deref() {
+        None => Some(hmac::DEFAULT_ENCODING),
+        Some(name) => {
+            let parsed = hmac::Encoding::parse(name);
+            if parsed.is_none() {
+                doc.problem(
+                    &format!("{key}.encoding"),
+                    format!(
+                        "unknown encoding {name:?}; expected one of {}",
+                        hmac::Encoding::NAMES.join(", ")
+                    ),
+                );
+            }
+            parsed
         }
     };
     let timestamp = match (
@@ -540,7 +532,8 @@ fn build_hmac(
         (Some(h), template) => {
             let header = header_name(doc, &format!("{key}.timestamp_header"), h);
             let template =
-                match hmac::SignedTemplate::parse(template.unwrap_or("{timestamp}.{body}")) {
+                match hmac::SignedTemplate::parse(template.unwrap_or(hmac::DEFAULT_SIGNED_PAYLOAD))
+                {
                     Ok(t) => Some(t),
                     Err(reason) => {
                         doc.problem(&format!("{key}.signed_payload"), reason);
@@ -558,7 +551,7 @@ fn build_hmac(
         }
     };
     Some(Scheme::Hmac(hmac::HmacScheme {
-        name: "hmac-sha256",
+        name: SchemeKind::HmacSha256.name(),
         header: header?,
         encoding: encoding?,
         prefix: raw.prefix.clone().filter(|p| !p.is_empty()),
@@ -580,10 +573,14 @@ fn field_ref(
     doc: &mut Document<'_>,
     key: &str,
     value: Option<&str>,
-    default: FieldRef,
+    default: FieldDefault,
 ) -> Option<FieldRef> {
     let Some(value) = value else {
-        return Some(default);
+        return Some(match default {
+            FieldDefault::Pointer(pointer) => FieldRef::Pointer(pointer.to_owned()),
+            FieldDefault::Header(name) => FieldRef::Header(http::HeaderName::from_static(name)),
+            FieldDefault::SchemeId => FieldRef::SchemeId,
+        });
     };
     match FieldRef::parse(value) {
         Ok(f) => Some(f),
