@@ -598,3 +598,390 @@ fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
+
+#[cfg(test)]
+mod tests {
+    //! One test per kind of config problem, each asserting the whole line an operator reads:
+    //! file, line where the key is written, key path, reason.
+
+    use super::*;
+
+    /// A provider that is fine, for configs whose problem is elsewhere.
+    const GOOD: &str = "[[providers]]\nname = \"gh\"\nscheme = \"github\"\nsecrets = [\"s\"]\n";
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<ListenerConfig, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ListenerConfig::parse("l.toml", text, &env)
+    }
+
+    /// The problems found, each as its operator-facing line.
+    fn lines(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+        match parse(text, env) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(err) => err.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The one problem found.
+    fn only(text: &str, env: &[(&str, &str)]) -> Problem {
+        let err = parse(text, env)
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{text}"));
+        assert_eq!(err.problems.len(), 1, "{err}");
+        err.problems.into_iter().next().unwrap()
+    }
+
+    fn provider(body: &str) -> String {
+        format!("[[providers]]\nname = \"p\"\n{body}")
+    }
+
+    #[test]
+    fn an_unknown_scheme_is_named_with_the_known_ones() {
+        let problem = only(
+            &provider("scheme = \"hmac-sha512\"\nsecrets = [\"s\"]\n"),
+            &[],
+        );
+        assert_eq!(
+            problem.to_string(),
+            "l.toml:3: providers[0].scheme: unknown scheme \"hmac-sha512\"; \
+             expected one of hmac-sha256, github, stripe, standard-webhooks"
+        );
+        assert_eq!(
+            (problem.file.as_str(), problem.line, problem.key.as_str()),
+            ("l.toml", Some(3), "providers[0].scheme")
+        );
+    }
+
+    #[test]
+    fn a_provider_needs_a_secret() {
+        let empty = only(&provider("scheme = \"github\"\nsecrets = []\n"), &[]);
+        assert_eq!(
+            empty.to_string(),
+            "l.toml:4: providers[0].secrets: provider \"p\" needs at least one secret"
+        );
+        // No `secrets` key at all is the deserializer's finding, at the provider's table.
+        let absent = only(&provider("scheme = \"github\"\n"), &[]);
+        assert_eq!(
+            absent.to_string(),
+            "l.toml:1: providers[0]: missing configuration field \"secrets\""
+        );
+    }
+
+    #[test]
+    fn a_secret_that_cannot_be_resolved_or_used_is_named_by_index() {
+        let unset = only(
+            &provider("scheme = \"github\"\nsecrets = [\"s\", \"env:NOT_SET_HERE\"]\n"),
+            &[],
+        );
+        assert_eq!(
+            unset.to_string(),
+            "l.toml:4: providers[0].secrets[1]: provider \"p\": \
+             environment variable NOT_SET_HERE is not set"
+        );
+        let empty = only(&provider("scheme = \"github\"\nsecrets = [\"\"]\n"), &[]);
+        assert_eq!(
+            empty.to_string(),
+            "l.toml:4: providers[0].secrets[0]: provider \"p\": secret is empty"
+        );
+        let not_base64 = only(
+            &provider("scheme = \"standard-webhooks\"\nsecrets = [\"whsec_!!\"]\n"),
+            &[],
+        );
+        assert_eq!(
+            not_base64.to_string(),
+            "l.toml:4: providers[0].secrets[0]: provider \"p\": \
+             standard-webhooks secret must be `whsec_` followed by padded standard base64"
+        );
+        // The reason never repeats the secret.
+        assert!(!not_base64.reason.contains("!!"));
+    }
+
+    #[test]
+    fn a_bad_header_name_is_named_with_its_key() {
+        let text = provider(
+            "scheme = \"hmac-sha256\"\nsecrets = [\"s\"]\nsignature_header = \"X Sig\"\n\
+             timestamp_header = \"X:T\"\nevent_id = \"header:Event Id\"\n",
+        );
+        assert_eq!(
+            lines(&text, &[]),
+            [
+                "l.toml:5: providers[0].signature_header: \"X Sig\" is not a valid HTTP header name",
+                "l.toml:6: providers[0].timestamp_header: \"X:T\" is not a valid HTTP header name",
+                "l.toml:7: providers[0].event_id: \"Event Id\" is not a valid HTTP header name",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_cidr_is_named_by_index() {
+        let text = format!(
+            "[server]\ntrusted_proxies = [\"proxy\"]\n{}",
+            provider(
+                "scheme = \"github\"\nsecrets = [\"s\"]\nallow_ips = [\"10.0.0.1\", \"10.0.0.0/33\"]\n"
+            )
+        );
+        assert_eq!(
+            lines(&text, &[]),
+            [
+                "l.toml:2: server.trusted_proxies[0]: \"proxy\" is not an address or CIDR network \
+                 such as \"203.0.113.0/24\"",
+                "l.toml:7: providers[0].allow_ips[1]: \"10.0.0.0/33\" is not an address or CIDR \
+                 network such as \"203.0.113.0/24\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_provider_name_used_twice_is_named_at_the_second() {
+        let problem = only(&format!("{GOOD}\n{GOOD}"), &[]);
+        assert_eq!(
+            problem.to_string(),
+            "l.toml:7: providers[1].name: provider \"gh\" is configured twice"
+        );
+    }
+
+    #[test]
+    fn a_provider_name_must_be_a_route_segment() {
+        let problem = only(
+            "[[providers]]\nname = \"a/b\"\nscheme = \"github\"\nsecrets = [\"s\"]\n",
+            &[],
+        );
+        assert_eq!(
+            problem.to_string(),
+            "l.toml:2: providers[0].name: \"a/b\" is not a valid provider name; \
+             use 1 to 64 of a-z, A-Z, 0-9, '-', '_'"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_refused() {
+        let text = format!(
+            "[servre]\nlisten = \"0.0.0.0:1\"\n[dedupe]\ncapcity = 1\n{}",
+            provider("scheme = \"github\"\nsecrets = [\"s\"]\nsecret = \"s\"\n")
+        );
+        assert_eq!(
+            lines(&text, &[]),
+            [
+                "l.toml:1: servre: unknown section; \
+                 expected one of server, amqp, dedupe, log, spool, providers",
+                "l.toml:4: dedupe.capcity: unknown field `capcity`, expected `capacity` or `ttl`",
+                "l.toml:9: providers[0].secret: unknown field `secret`, expected one of `name`, \
+                 `scheme`, `secrets`, `signature_header`, `encoding`, `prefix`, `timestamp_header`, \
+                 `signed_payload`, `event_id`, `event_type`, `tolerance`, `allow_ips`",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_env_override_that_names_no_key_names_the_variable() {
+        let typo = only(GOOD, &[("HOOKWARDEN__SERVER__LISTNE", "0.0.0.0:1")]);
+        assert_eq!(
+            typo.to_string(),
+            "environment variable HOOKWARDEN__SERVER__LISTNE: names no key of the listener \
+             config (unknown field `listne`, expected one of `listen`, `admin_listen`, \
+             `max_body`, `handoff_timeout`, `header_timeout`, `body_timeout`, `shutdown_grace`, \
+             `trusted_proxies`)"
+        );
+        assert_eq!(typo.variable.as_deref(), Some("HOOKWARDEN__SERVER__LISTNE"));
+        assert_eq!(
+            (typo.file.as_str(), typo.key.as_str()),
+            ("l.toml", "server.listne")
+        );
+        let section = only(GOOD, &[("HOOKWARDEN__SERVR__LISTEN", "0.0.0.0:1")]);
+        assert_eq!(
+            section.to_string(),
+            "environment variable HOOKWARDEN__SERVR__LISTEN: names no key of the listener \
+             config (unknown section `servr`; \
+             expected one of server, amqp, dedupe, log, spool, providers)"
+        );
+    }
+
+    #[test]
+    fn a_bad_env_value_is_blamed_on_its_variable() {
+        let problem = only(GOOD, &[("HOOKWARDEN__SERVER__MAX_BODY", "lots")]);
+        assert_eq!(
+            problem.to_string(),
+            "environment variable HOOKWARDEN__SERVER__MAX_BODY: invalid size \"lots\"; \
+             write bytes or a unit such as \"1MiB\" for key `max_body`"
+        );
+        assert_eq!(problem.key, "server.max_body");
+        // The same value in the file is the file's line.
+        let in_file = only(&format!("[server]\nmax_body = \"lots\"\n{GOOD}"), &[]);
+        assert!(
+            in_file
+                .to_string()
+                .starts_with("l.toml:2: server.max_body: invalid size \"lots\""),
+            "{in_file}"
+        );
+    }
+
+    #[test]
+    fn list_entries_cannot_be_overridden_from_the_environment() {
+        let problem = only(GOOD, &[("HOOKWARDEN__PROVIDERS__0__NAME", "other")]);
+        assert_eq!(
+            problem.to_string(),
+            "environment variable HOOKWARDEN__PROVIDERS__0__NAME: entries of a list cannot be \
+             overridden from the environment; reference env: or file: secrets in the file instead"
+        );
+    }
+
+    #[test]
+    fn presets_refuse_the_keys_they_fix() {
+        let text = provider(
+            "scheme = \"stripe\"\nsecrets = [\"s\"]\nprefix = \"v1=\"\nencoding = \"hex\"\n",
+        );
+        assert_eq!(
+            lines(&text, &[]),
+            [
+                "l.toml:5: providers[0].prefix: only for scheme \"hmac-sha256\"; \
+                 scheme \"stripe\" fixes its own",
+                "l.toml:6: providers[0].encoding: only for scheme \"hmac-sha256\"; \
+                 scheme \"stripe\" fixes its own",
+            ]
+        );
+    }
+
+    #[test]
+    fn hmac_sha256_needs_its_header_and_a_known_encoding_and_template() {
+        let no_header = only(
+            &provider("scheme = \"hmac-sha256\"\nsecrets = [\"s\"]\n"),
+            &[],
+        );
+        assert_eq!(
+            no_header.to_string(),
+            "l.toml:1: providers[0].signature_header: required for scheme \"hmac-sha256\" \
+             (the header carrying the signature)"
+        );
+        let hmac = "scheme = \"hmac-sha256\"\nsecrets = [\"s\"]\nsignature_header = \"x-sig\"\n";
+        let encoding = only(&provider(&format!("{hmac}encoding = \"base32\"\n")), &[]);
+        assert_eq!(
+            encoding.to_string(),
+            "l.toml:6: providers[0].encoding: unknown encoding \"base32\"; \
+             expected one of hex, base64"
+        );
+        let lone_payload = only(
+            &provider(&format!("{hmac}signed_payload = \"{{body}}\"\n")),
+            &[],
+        );
+        assert_eq!(
+            lone_payload.to_string(),
+            "l.toml:6: providers[0].signed_payload: needs timestamp_header \
+             (the header the {timestamp} placeholder reads)"
+        );
+        let template = only(
+            &provider(&format!(
+                "{hmac}timestamp_header = \"x-ts\"\nsigned_payload = \"{{ts}}.{{body}}\"\n"
+            )),
+            &[],
+        );
+        assert_eq!(
+            template.to_string(),
+            "l.toml:7: providers[0].signed_payload: signed template has unknown placeholder \
+             `{ts}`; only {timestamp} and {body} exist"
+        );
+    }
+
+    #[test]
+    fn event_id_and_type_must_be_a_pointer_or_a_header() {
+        let problem = only(
+            &provider("scheme = \"github\"\nsecrets = [\"s\"]\nevent_type = \"type\"\n"),
+            &[],
+        );
+        assert_eq!(
+            problem.to_string(),
+            "l.toml:5: providers[0].event_type: \"type\" is neither a JSON pointer (\"/id\") \
+             nor a header (\"header:X-Event-Id\")"
+        );
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_key() {
+        let problem = only(
+            &provider("scheme = \"stripe\"\nsecrets = [\"s\"]\ntolerance = \"soon\"\n"),
+            &[],
+        );
+        assert_eq!(
+            problem.to_string(),
+            "l.toml:5: providers[0].tolerance: invalid value: string \"soon\", \
+             expected a duration for key `tolerance`"
+        );
+    }
+
+    #[test]
+    fn zero_limits_and_unknown_log_formats_are_refused() {
+        let text = format!(
+            "[server]\nmax_body = 0\n[dedupe]\ncapacity = 0\nttl = \"0s\"\n[log]\nformat = \"xml\"\n{GOOD}"
+        );
+        assert_eq!(
+            lines(&text, &[]),
+            [
+                "l.toml:2: server.max_body: must be greater than 0",
+                "l.toml:4: dedupe.capacity: must be at least 1",
+                "l.toml:5: dedupe.ttl: must be greater than 0",
+                "l.toml:7: log.format: unknown format \"xml\"; expected one of auto, json, text",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_config_without_providers_says_what_that_would_mean() {
+        let problem = only("[server]\n", &[]);
+        assert_eq!(
+            problem.to_string(),
+            "l.toml: providers: no [[providers]] configured; every request would be answered 404"
+        );
+    }
+
+    #[test]
+    fn invalid_toml_is_one_problem_at_its_line() {
+        let problem = only(&format!("{GOOD}[[providers]\n"), &[]);
+        assert_eq!(
+            problem.to_string(),
+            "l.toml:5: invalid TOML: unclosed array table, expected `]`"
+        );
+    }
+
+    #[test]
+    fn a_rules_file_is_sent_to_the_worker() {
+        let problem = only("[[rules]]\nname = \"r\"\n", &[]);
+        assert_eq!(
+            problem.to_string(),
+            "l.toml: this looks like a worker rules file, not a listener config (it has \
+             [[rules]]); the worker takes it: hookwarden-worker --config l.toml"
+        );
+    }
+
+    #[test]
+    fn every_problem_of_every_provider_is_reported_at_once() {
+        let text = format!(
+            "{}\n{}",
+            provider("scheme = \"nope\"\nsecrets = [\"s\"]\n"),
+            "[[providers]]\nname = \"q\"\nscheme = \"github\"\nsecrets = []\nallow_ips = [\"x\"]\n"
+        );
+        assert_eq!(lines(&text, &[]).len(), 3, "{:?}", lines(&text, &[]));
+    }
+
+    #[test]
+    fn schemes_fill_in_their_own_defaults() {
+        let text = "[[providers]]\nname = \"gh\"\nscheme = \"github\"\nsecrets = [\"s\"]\n\
+                    [[providers]]\nname = \"sw\"\nscheme = \"standard-webhooks\"\n\
+                    secrets = [\"whsec_c2VjcmV0\"]\ntolerance = \"1m\"\n\
+                    [[providers]]\nname = \"st\"\nscheme = \"stripe\"\nsecrets = [\"whsec_x\"]\n";
+        let config = parse(text, &[]).unwrap();
+        let gh = config.provider("gh").unwrap();
+        assert_eq!(gh.event_id.to_string(), "header:x-github-delivery");
+        assert_eq!(gh.event_type.to_string(), "header:x-github-event");
+        let sw = config.provider("sw").unwrap();
+        assert_eq!(sw.event_id, FieldRef::SchemeId);
+        assert_eq!(sw.event_type, FieldRef::Pointer("/type".to_owned()));
+        assert!(
+            matches!(&sw.scheme, Scheme::StandardWebhooks(s) if s.tolerance == Duration::from_secs(60))
+        );
+        let st = config.provider("st").unwrap();
+        assert_eq!(st.event_id, FieldRef::Pointer("/id".to_owned()));
+        assert!(matches!(&st.scheme, Scheme::Stripe(s) if s.tolerance == Duration::from_secs(300)));
+    }
+}
