@@ -299,3 +299,456 @@ impl<H: Handoff> Handler<H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline driven request by request, with no socket and no broker: a fake handoff
+    //! sends what it is given down a channel and answers as the test says.
+
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use http::{HeaderName, HeaderValue, header};
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::listener::error::RETRY_AFTER_SECS;
+
+    /// How the fake answers a handoff.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// Takes the event: a confirmed publish.
+        Take,
+        /// Refuses it with this error.
+        Refuse(fn() -> HandoffError),
+    }
+
+    /// A handoff that sends every envelope it is given down a channel, then answers.
+    #[derive(Clone)]
+    struct FakeHandoff {
+        sent: mpsc::UnboundedSender<Envelope>,
+        answer: Answer,
+    }
+
+    impl Handoff for FakeHandoff {
+        async fn handoff(&self, envelope: Envelope) -> Result<(), HandoffError> {
+            // The receiver outlives every request of a test.
+            let _ = self.sent.send(envelope);
+            match self.answer {
+                Answer::Take => Ok(()),
+                Answer::Refuse(error) => Err(error()),
+            }
+        }
+    }
+
+    const CONFIG: &str = r#"
+[server]
+max_body = 1024
+body_timeout = "1s"
+
+[[providers]]
+name = "dregs"
+scheme = "hmac-sha256"
+secrets = ["test-secret"]
+signature_header = "X-Dregs-Signature"
+prefix = "sha256="
+
+[[providers]]
+name = "stripe"
+scheme = "stripe"
+secrets = ["whsec_test"]
+
+[[providers]]
+name = "fenced"
+scheme = "hmac-sha256"
+secrets = ["fence-secret"]
+signature_header = "X-Sig"
+allow_ips = ["203.0.113.0/24"]
+"#;
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 7));
+    const ELSEWHERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
+
+    /// A handler over [`CONFIG`] and the channel its handoffs go down.
+    fn handler(answer: Answer) -> (Handler<FakeHandoff>, mpsc::UnboundedReceiver<Envelope>) {
+        let config = ListenerConfig::parse("test.toml", CONFIG, &HashMap::new()).unwrap();
+        let (sent, handed) = mpsc::unbounded_channel();
+        let handoff = FakeHandoff { sent, answer };
+        let handler = Handler::new(Arc::new(config), handoff, Arc::new(ListenerMetrics::new()));
+        (handler, handed)
+    }
+
+    /// The headers `provider` would send with `body`, signed at `at`.
+    fn signed_at(
+        handler: &Handler<FakeHandoff>,
+        provider: &str,
+        body: &str,
+        at: SystemTime,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let p = handler.config.provider(provider).unwrap();
+        p.scheme.sign(&p.keys[0], body.as_bytes(), at, "").unwrap()
+    }
+
+    fn signed(
+        handler: &Handler<FakeHandoff>,
+        provider: &str,
+        body: &str,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        signed_at(handler, provider, body, SystemTime::now())
+    }
+
+    fn request(
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: &str,
+    ) -> Request<Full<Bytes>> {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    }
+
+    fn post(path: &str, headers: &[(HeaderName, HeaderValue)], body: &str) -> Request<Full<Bytes>> {
+        request(Method::POST, path, headers, body)
+    }
+
+    fn header(name: &'static str, value: &str) -> (HeaderName, HeaderValue) {
+        (
+            HeaderName::from_static(name),
+            HeaderValue::from_str(value).unwrap(),
+        )
+    }
+
+    /// Status and JSON body of an answer.
+    async fn answer(response: Response<Full<Bytes>>) -> (u16, serde_json::Value) {
+        let status = response.status().as_u16();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn event(id: &str) -> String {
+        format!(r#"{{"id":"{id}","type":"identity.scored","data":{{"humanity":22}}}}"#)
+    }
+
+    /// A POST to `/hooks/{provider}` of `body`, signed by `provider` now.
+    fn signed_post(h: &Handler<FakeHandoff>, provider: &str, body: &str) -> Request<Full<Bytes>> {
+        post(
+            &format!("/hooks/{provider}"),
+            &signed(h, provider, body),
+            body,
+        )
+    }
+
+    /// Every refusal of design.md's HTTP table that needs no broker: its status and `code`,
+    /// and nothing handed off or remembered.
+    #[tokio::test]
+    async fn refusals_answer_their_status_and_code_and_hand_nothing_off() {
+        type Build = fn(&Handler<FakeHandoff>) -> Request<Full<Bytes>>;
+        let e = || event("e");
+        let cases: &[(&str, IpAddr, Build, u16, &str)] = &[
+            (
+                "unknown provider",
+                PEER,
+                |_| post("/hooks/nobody", &[], "{}"),
+                404,
+                "unknown_provider",
+            ),
+            (
+                "not a hook path",
+                PEER,
+                |_| post("/elsewhere", &[], "{}"),
+                404,
+                "not_found",
+            ),
+            (
+                "nested hook path",
+                PEER,
+                |_| post("/hooks/dregs/x", &[], "{}"),
+                404,
+                "not_found",
+            ),
+            (
+                "method other than POST",
+                PEER,
+                |h| request(Method::PUT, "/hooks/dregs", &signed(h, "dregs", "{}"), "{}"),
+                405,
+                "method_not_allowed",
+            ),
+            (
+                "source not in allow_ips",
+                ELSEWHERE,
+                |h| signed_post(h, "fenced", "{}"),
+                403,
+                "forbidden",
+            ),
+            (
+                "headers over the limit",
+                PEER,
+                |h| {
+                    let mut headers = signed(h, "dregs", "{}");
+                    headers.push(header("x-padding", &"a".repeat(MAX_HEADER_BYTES)));
+                    post("/hooks/dregs", &headers, "{}")
+                },
+                431,
+                "headers_too_large",
+            ),
+            (
+                "declared length over max_body",
+                PEER,
+                |_| {
+                    post(
+                        "/hooks/dregs",
+                        &[header("content-length", "10000000000")],
+                        "{}",
+                    )
+                },
+                413,
+                "body_too_large",
+            ),
+            (
+                "body over max_body",
+                PEER,
+                |h| signed_post(h, "dregs", &"x".repeat(1025)),
+                413,
+                "body_too_large",
+            ),
+            (
+                "signature missing",
+                PEER,
+                |_| post("/hooks/dregs", &[], "{}"),
+                401,
+                "missing_signature",
+            ),
+            (
+                "signature wrong",
+                PEER,
+                |_| {
+                    let forged = format!("sha256={}", "0".repeat(64));
+                    post(
+                        "/hooks/dregs",
+                        &[header("x-dregs-signature", &forged)],
+                        "{}",
+                    )
+                },
+                401,
+                "mismatch",
+            ),
+            (
+                "body changed after signing",
+                PEER,
+                |h| {
+                    post(
+                        "/hooks/dregs",
+                        &signed(h, "dregs", &event("e")),
+                        &event("f"),
+                    )
+                },
+                401,
+                "mismatch",
+            ),
+            (
+                "timestamp outside the window",
+                PEER,
+                |h| {
+                    let stale = SystemTime::now() - Duration::from_secs(600);
+                    post("/hooks/stripe", &signed_at(h, "stripe", "{}", stale), "{}")
+                },
+                401,
+                "outside_window",
+            ),
+            (
+                "signature header malformed",
+                PEER,
+                |_| {
+                    post(
+                        "/hooks/dregs",
+                        &[header("x-dregs-signature", "deadbeef")],
+                        "{}",
+                    )
+                },
+                400,
+                "malformed_signature",
+            ),
+            (
+                "body not JSON",
+                PEER,
+                |h| signed_post(h, "dregs", "not json"),
+                400,
+                "invalid_json",
+            ),
+            (
+                "a key named twice",
+                PEER,
+                |h| signed_post(h, "dregs", r#"{"id":"a","id":"b","type":"t"}"#),
+                400,
+                "duplicate_key",
+            ),
+            (
+                "no event id",
+                PEER,
+                |h| signed_post(h, "dregs", r#"{"type":"t"}"#),
+                400,
+                "missing_field",
+            ),
+            (
+                "id too long for AMQP",
+                PEER,
+                |h| signed_post(h, "dregs", &event(&"x".repeat(256))),
+                400,
+                "invalid_field",
+            ),
+        ];
+        // The one row the rows above cannot show: the same request, from an allowed source, passes.
+        let (h, _handed) = handler(Answer::Take);
+        assert_eq!(
+            h.handle(signed_post(&h, "fenced", &e()), PEER)
+                .await
+                .status(),
+            200
+        );
+
+        for (name, peer, build, status, code) in cases {
+            let (handler, mut handed) = handler(Answer::Take);
+            let response = handler.handle(build(&handler), *peer).await;
+            if *status == 405 {
+                assert_eq!(response.headers()[header::ALLOW], "POST", "{name}");
+            }
+            let (got, body) = answer(response).await;
+            assert_eq!(
+                (got, body["code"].as_str()),
+                (*status, Some(*code)),
+                "{name}: {body}"
+            );
+            assert!(body["error"].is_string(), "{name}: {body}");
+            assert!(handed.try_recv().is_err(), "{name}: handed off");
+            assert!(handler.dedupe().is_empty(), "{name}: remembered");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_accepted_event_is_handed_off_byte_for_byte_and_its_retry_is_a_duplicate() {
+        let (handler, mut handed) = handler(Answer::Take);
+        // Whitespace and key order as the provider sent them, which a re-serialization would lose.
+        let body = "{ \"type\": \"identity.scored\",\n  \"id\": \"evt_1\" }\n";
+        let headers = signed(&handler, "dregs", body);
+        let response = handler
+            .handle(post("/hooks/dregs", &headers, body), PEER)
+            .await;
+        assert_eq!(
+            answer(response).await,
+            (
+                200,
+                serde_json::json!({"status": "accepted", "id": "evt_1"})
+            )
+        );
+        let envelope = handed.try_recv().unwrap();
+        assert_eq!(envelope.body.as_ref(), body.as_bytes());
+        assert_eq!(envelope.provider.as_str(), "dregs");
+        assert_eq!(envelope.event_id.as_str(), "evt_1");
+        assert_eq!(envelope.event_type.as_str(), "identity.scored");
+        assert_eq!(envelope.scheme, "hmac-sha256");
+        assert_eq!(envelope.source_ip, PEER);
+
+        let response = handler
+            .handle(post("/hooks/dregs", &headers, body), PEER)
+            .await;
+        assert_eq!(
+            answer(response).await,
+            (
+                200,
+                serde_json::json!({"status": "duplicate", "id": "evt_1"})
+            )
+        );
+        assert!(handed.try_recv().is_err(), "a duplicate is not handed off");
+    }
+
+    #[tokio::test]
+    async fn a_failed_handoff_is_503_with_retry_after_and_forgotten() {
+        let failures: &[(&str, fn() -> HandoffError)] = &[
+            ("broker unreachable", || PublishError::NotConnected.into()),
+            ("no confirm within handoff_timeout", || {
+                PublishError::ConfirmTimeout.into()
+            }),
+            ("broker nack", || PublishError::Nack.into()),
+            ("spool full", || SpoolError::Full.into()),
+        ];
+        for (name, error) in failures {
+            let (handler, mut handed) = handler(Answer::Refuse(*error));
+            let body = event("evt_503");
+            let headers = signed(&handler, "dregs", &body);
+            let response = handler
+                .handle(post("/hooks/dregs", &headers, &body), PEER)
+                .await;
+            assert_eq!(
+                response.headers()[header::RETRY_AFTER],
+                RETRY_AFTER_SECS.to_string(),
+                "{name}"
+            );
+            let (status, json) = answer(response).await;
+            assert_eq!(
+                (status, json["code"].as_str()),
+                (503, Some("unavailable")),
+                "{name}"
+            );
+            // 5xx bodies carry no internals.
+            assert_eq!(
+                json["error"], "temporarily unable to accept events; retry later",
+                "{name}"
+            );
+            assert!(handed.try_recv().is_ok(), "{name}: the handoff was tried");
+            // Not remembered: the provider's retry is handed off again.
+            assert!(!handler.dedupe().contains("dregs", "evt_503"), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_deliveries_of_one_id_are_handed_off_once() {
+        let (handler, mut handed) = handler(Answer::Take);
+        let handler = Arc::new(handler);
+        let body = event("evt_burst");
+        let headers = signed(&handler, "dregs", &body);
+        let answers = futures_util::future::join_all((0..8).map(|_| {
+            let handler = handler.clone();
+            let request = post("/hooks/dregs", &headers, &body);
+            async move { answer(handler.handle(request, PEER).await).await }
+        }))
+        .await;
+        let accepted = answers
+            .iter()
+            .filter(|(status, json)| *status == 200 && json["status"] == "accepted")
+            .count();
+        let duplicates = answers
+            .iter()
+            .filter(|(status, json)| *status == 200 && json["status"] == "duplicate")
+            .count();
+        assert_eq!((accepted, duplicates), (1, 7), "{answers:?}");
+        assert!(handed.try_recv().is_ok());
+        assert!(handed.try_recv().is_err(), "handed off twice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_is_408_after_body_timeout() {
+        let (handler, mut handed) = handler(Answer::Take);
+        // One chunk, then nothing: a client that went quiet mid-body.
+        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(
+            hyper::body::Frame::data(Bytes::from_static(b"{")),
+        )]);
+        let body = StreamBody::new(futures_util::StreamExt::chain(
+            first,
+            futures_util::stream::pending(),
+        ));
+        let request = Request::post("/hooks/dregs").body(body).unwrap();
+        let started = tokio::time::Instant::now();
+        let response = handler.handle(request, PEER).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        let (status, json) = answer(response).await;
+        assert_eq!((status, json["code"].as_str()), (408, Some("body_timeout")));
+        assert!(handed.try_recv().is_err());
+    }
+}
