@@ -12,10 +12,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
+// tokio's clock, not std's: under `tokio::time::pause()` tests move it, and the ttl with it.
+use tokio::time::Instant;
 
 /// Bytes of memory one remembered id costs, at most: a 16-byte digest in a hash set between
 /// 7/16 and 7/8 full (19 to 39 bytes) plus a 24-byte entry in an arrival queue between half
@@ -78,7 +80,8 @@ impl Dedupe {
         // as its handoff ends), and a bound would bring moka's admission policy, which may
         // refuse to keep an entry, and with it the coalescing of its concurrent requests.
         let in_flight = Cache::builder()
-            // A safety net only.
+            // A safety net only. moka keeps its own clock, which paused tokio time does not
+            // move: this ttl cannot be driven by tests, and nothing here depends on it.
             .time_to_live(ttl.min(Duration::from_secs(3600)))
             .build();
         Self {
@@ -292,7 +295,7 @@ mod tests {
         assert!(dedupe.contains("p", "old-4999"));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn ids_are_forgotten_after_the_ttl() {
         let dedupe = Dedupe::new(100, Duration::from_millis(50));
         let ok = || async { Ok::<(), ()>(()) };
@@ -311,6 +314,77 @@ mod tests {
             Admission::Accepted
         );
         assert_eq!(dedupe.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_id_is_remembered_for_exactly_its_ttl() {
+        let ttl = Duration::from_secs(24 * 3600);
+        let dedupe = Dedupe::new(100, ttl);
+        let ok = || async { Ok::<(), ()>(()) };
+        assert_eq!(dedupe.admit("p", "a", ok()).await, Ok(Admission::Accepted));
+        tokio::time::advance(ttl / 2).await;
+        assert_eq!(dedupe.admit("p", "b", ok()).await, Ok(Admission::Accepted));
+        // A retry just inside the window is still a duplicate.
+        tokio::time::advance(ttl / 2 - Duration::from_millis(1)).await;
+        assert_eq!(dedupe.admit("p", "a", ok()).await, Ok(Admission::Duplicate));
+        // At the ttl it is forgotten; `b`, half a ttl younger, is not.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!dedupe.contains("p", "a"));
+        assert!(dedupe.contains("p", "b"));
+        assert_eq!(dedupe.len(), 1);
+        // Admitted again, it is remembered afresh from now.
+        assert_eq!(dedupe.admit("p", "a", ok()).await, Ok(Admission::Accepted));
+        tokio::time::advance(ttl / 2).await;
+        assert!(!dedupe.contains("p", "b"));
+        assert!(dedupe.contains("p", "a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_during_a_slow_handoff_wait_for_it_and_share_its_outcome() {
+        let dedupe = Dedupe::new(100, Duration::from_secs(60));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let slow = |outcome: Result<(), &'static str>| {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                // A broker that takes 30 s to confirm.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                outcome
+            }
+        };
+        let started = Instant::now();
+        let first = tokio::spawn({
+            let (dedupe, handoff) = (dedupe.clone(), slow(Ok(())));
+            async move { dedupe.admit("p", "evt", handoff).await }
+        });
+        // A provider retry 10 s into the handoff, while it is still running.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let retry = dedupe.admit("p", "evt", slow(Ok(()))).await;
+        assert_eq!(retry, Ok(Admission::Duplicate));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(30),
+            "waited for the first"
+        );
+        assert_eq!(first.await.unwrap(), Ok(Admission::Accepted));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+        // A failing handoff: whoever waited on it shares the failure, and nothing is
+        // remembered, so the next retry runs a handoff of its own.
+        let failing = tokio::spawn({
+            let (dedupe, handoff) = (dedupe.clone(), slow(Err("broker down")));
+            async move { dedupe.admit("p", "evt-2", handoff).await }
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let waited = dedupe.admit("p", "evt-2", slow(Ok(()))).await;
+        assert_eq!(waited.map_err(|e| *e), Err("broker down"));
+        assert_eq!(failing.await.unwrap().map_err(|e| *e), Err("broker down"));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            dedupe.admit("p", "evt-2", slow(Ok(()))).await,
+            Ok(Admission::Accepted)
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
