@@ -14,6 +14,7 @@ use http_body_util::Full;
 use hyper::body::Body;
 // tokio's clock, so that paused-time tests drive the handoff's deadline and latencies.
 use tokio::time::Instant;
+use tracing::{Instrument as _, Span};
 
 use crate::broker::publisher::{PublishError, Publisher};
 use crate::envelope::Envelope;
@@ -24,7 +25,7 @@ use crate::listener::dedupe::{Admission, Dedupe};
 use crate::listener::error::{RequestError, json_response};
 use crate::listener::extract::{extract, parse_body};
 use crate::listener::spool::{Spool, SpoolError};
-use crate::telemetry::ListenerMetrics;
+use crate::telemetry::{self, ListenerMetrics};
 
 /// Takes a verified event somewhere durable; `Ok` only once it is safe there.
 pub trait Handoff: Clone + Send + Sync + 'static {
@@ -149,18 +150,32 @@ impl<H: Handoff> Handler<H> {
         &self.dedupe
     }
 
-    /// Answers one request from `peer`.
+    /// Answers one request from `peer`, inside its own [`telemetry::request_span`].
     pub async fn handle<B>(&self, request: Request<B>, peer: IpAddr) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.answer(request, peer)
+            .instrument(telemetry::request_span())
+            .await
+    }
+
+    async fn answer<B>(&self, request: Request<B>, peer: IpAddr) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let started = Instant::now();
-        let mut label = UNKNOWN;
-        let mut event_id = None;
-        let result = self.process(request, peer, &mut label, &mut event_id).await;
+        let route = self.route(request.uri().path());
+        let label = route.as_ref().map_or(UNKNOWN, |p| p.name.as_str());
+        Span::current().record("provider", label);
+        let result = match route {
+            Ok(provider) => self.process(provider, request, peer).await,
+            Err(err) => Err(err),
+        };
         let (response, outcome) = match result {
-            Ok(admission) => {
+            Ok((admission, id)) => {
                 let status = match admission {
                     Admission::Accepted => "accepted",
                     Admission::Duplicate => {
@@ -168,7 +183,7 @@ impl<H: Handoff> Handler<H> {
                         "duplicate"
                     }
                 };
-                let body = serde_json::json!({ "status": status, "id": event_id.as_deref() });
+                let body = serde_json::json!({ "status": status, "id": id });
                 (json_response(StatusCode::OK, &body), status)
             }
             Err(err) => {
@@ -178,7 +193,6 @@ impl<H: Handoff> Handler<H> {
         };
         self.metrics.request_done(
             label,
-            event_id.as_deref(),
             response.status().as_u16(),
             outcome,
             started.elapsed(),
@@ -186,19 +200,17 @@ impl<H: Handoff> Handler<H> {
         response
     }
 
-    async fn process<'s, B>(
-        &'s self,
+    /// What became of the request's event, and its id.
+    async fn process<B>(
+        &self,
+        provider: &Provider,
         request: Request<B>,
         peer: IpAddr,
-        label: &mut &'s str,
-        event_id: &mut Option<String>,
-    ) -> Result<Admission, RequestError>
+    ) -> Result<(Admission, String), RequestError>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let provider = self.route(request.uri().path())?;
-        *label = &provider.name;
         if request.method() != Method::POST {
             return Err(RequestError::MethodNotAllowed);
         }
@@ -238,7 +250,7 @@ impl<H: Handoff> Handler<H> {
             &json,
             &verified,
         )?;
-        *event_id = Some(id.clone());
+        Span::current().record("event_id", id.as_str());
         let kind = extract(
             &provider.event_type,
             "event type",
@@ -249,14 +261,14 @@ impl<H: Handoff> Handler<H> {
         drop(json);
         let envelope = Envelope::new(
             &provider.name,
-            id,
+            id.clone(),
             kind,
             provider.scheme.name(),
             source,
             received_at,
             body,
         )?;
-        self.admit(envelope).await
+        Ok((self.admit(envelope).await?, id))
     }
 
     fn route(&self, path: &str) -> Result<&Provider, RequestError> {
