@@ -89,6 +89,28 @@ pub fn request_span() -> tracing::Span {
     )
 }
 
+/// An error and its causes as one log value, `: ` between them. A cause whose text already
+/// ends the value is not repeated: many errors (lapin's, our broker's) show their source in
+/// their own message and return it from `source()` as well, others (ours in the listener)
+/// leave it to `source()` alone.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut value = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(err) = cause {
+            let text = err.to_string();
+            if !value.ends_with(&text) {
+                value.push_str(": ");
+                value.push_str(&text);
+            }
+            cause = err.source();
+        }
+        f.write_str(&value)
+    }
+}
+
 /// Field names a [`JsonLine`] writes itself.
 const LINE_KEYS: [&str; 3] = ["timestamp", "level", "target"];
 

@@ -536,7 +536,7 @@ fn build_hmac(
                 {
                     Ok(t) => Some(t),
                     Err(reason) => {
-                        doc.problem(&format!("{key}.signed_payload"), reason);
+                        doc.problem(&format!("{key}.signed_payload"), reason.to_string());
                         None
                     }
                 };
@@ -585,7 +585,7 @@ fn field_ref(
     match FieldRef::parse(value) {
         Ok(f) => Some(f),
         Err(reason) => {
-            doc.problem(key, reason);
+            doc.problem(key, reason.to_string());
             None
         }
     }

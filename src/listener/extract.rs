@@ -28,19 +28,37 @@ impl FieldRef {
     ///
     /// # Errors
     /// Anything else, with a reason that shows both forms.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, FieldRefError> {
         if let Some(name) = text.strip_prefix("header:") {
             return HeaderName::from_bytes(name.trim().as_bytes())
                 .map(Self::Header)
-                .map_err(|_| format!("{name:?} is not a valid HTTP header name"));
+                .map_err(|source| FieldRefError::HeaderName {
+                    name: name.to_owned(),
+                    source,
+                });
         }
         if text.starts_with('/') {
             return Ok(Self::Pointer(text.to_owned()));
         }
-        Err(format!(
-            "{text:?} is neither a JSON pointer (\"/id\") nor a header (\"header:X-Event-Id\")"
-        ))
+        Err(FieldRefError::Neither(text.to_owned()))
     }
+}
+
+/// Why a configured `event_id` or `event_type` names no place to read from.
+#[derive(Debug, thiserror::Error)]
+pub enum FieldRefError {
+    /// `header:` followed by something that cannot be a header name.
+    #[error("{name:?} is not a valid HTTP header name")]
+    HeaderName {
+        /// What followed `header:`.
+        name: String,
+        /// Why `http` refused it.
+        #[source]
+        source: http::header::InvalidHeaderName,
+    },
+    /// Neither `/pointer` nor `header:Name`.
+    #[error("{0:?} is neither a JSON pointer (\"/id\") nor a header (\"header:X-Event-Id\")")]
+    Neither(String),
 }
 
 impl fmt::Display for FieldRef {
@@ -305,6 +323,22 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         let err = parse_body(deep.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("recursion limit"), "{err}");
+    }
+
+    #[test]
+    fn field_refs_that_name_no_place_say_why() {
+        let err = FieldRef::parse("header:Event Id").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"Event Id\" is not a valid HTTP header name"
+        );
+        let source = std::error::Error::source(&err).expect("the header error is kept");
+        assert!(source.is::<http::header::InvalidHeaderName>());
+        let err = FieldRef::parse("id").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"id\" is neither a JSON pointer (\"/id\") nor a header (\"header:X-Event-Id\")"
+        );
     }
 
     #[test]

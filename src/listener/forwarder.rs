@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::publisher::Publisher;
 use crate::listener::spool::Spool;
-use crate::telemetry::ListenerMetrics;
+use crate::telemetry::{ErrorChain, ListenerMetrics};
 
 /// Entries forwarded per round.
 const BATCH: usize = 256;
@@ -46,7 +46,7 @@ pub async fn run(
         let batch = match tokio::task::spawn_blocking(move || s.oldest(BATCH)).await {
             Ok(Ok(batch)) => batch,
             Ok(Err(err)) => {
-                tracing::error!(error = %err, "cannot read the spool");
+                tracing::error!(error = %ErrorChain(&err), "cannot read the spool");
                 tokio::time::sleep(backoff).await;
                 continue;
             }
@@ -72,7 +72,7 @@ pub async fn run(
             match tokio::task::spawn_blocking(move || s.remove(&done)).await {
                 Ok(Ok(())) => metrics.spool_drained(forwarded),
                 Ok(Err(err)) => {
-                    tracing::error!(error = %err, "forwarded events could not be deleted from the spool; they will be sent again")
+                    tracing::error!(error = %ErrorChain(&err), "forwarded events could not be deleted from the spool; they will be sent again")
                 }
                 Err(_) => return,
             }

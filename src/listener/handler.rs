@@ -25,7 +25,7 @@ use crate::listener::dedupe::{Admission, Dedupe};
 use crate::listener::error::{RequestError, json_response};
 use crate::listener::extract::{extract, parse_body};
 use crate::listener::spool::{Spool, SpoolError};
-use crate::telemetry::{self, ListenerMetrics};
+use crate::telemetry::{self, ErrorChain, ListenerMetrics};
 
 /// Takes a verified event somewhere durable; `Ok` only once it is safe there.
 pub trait Handoff: Clone + Send + Sync + 'static {
@@ -303,7 +303,7 @@ impl<H: Handoff> Handler<H> {
                 })
                 .await;
             if let Err(err) = &result {
-                metrics.handoff_failed(&provider, err.reason(), err);
+                metrics.handoff_failed(&provider, err.reason(), &ErrorChain(&**err));
             }
             result
         });
@@ -719,6 +719,26 @@ allow_ips = ["203.0.113.0/24"]
             // Not remembered: the provider's retry is handed off again.
             assert!(!handler.dedupe().contains("dregs", "evt_503"), "{name}");
         }
+    }
+
+    /// The `error` of a `handoff failed` line: each cause once, whether an error shows its
+    /// source in its own message (lapin, the publisher) or leaves it to `source()` (the spool).
+    #[test]
+    fn handoff_failures_log_each_cause_once() {
+        let lapin = lapin::Error::from(std::io::Error::other("connection reset"));
+        let closed = HandoffError::from(PublishError::ChannelClosed(lapin));
+        assert_eq!(
+            ErrorChain(&closed).to_string(),
+            "channel failed: IO error: connection reset"
+        );
+        let stopped = HandoffError::from(SpoolError::from(
+            crate::listener::spool::Unwritable::WriterStopped,
+        ));
+        assert_eq!(stopped.reason(), "spool_unwritable");
+        assert_eq!(
+            ErrorChain(&stopped).to_string(),
+            "the spool cannot be written: the spool writer stopped"
+        );
     }
 
     #[tokio::test]

@@ -83,14 +83,7 @@ pub fn start(
         broker_shutdown.clone(),
     );
     let spool = match &config.spool.path {
-        Some(path) => Some(spool::Spool::open(path, config.spool.max_bytes).map_err(
-            |e| match e {
-                spool::SpoolError::Io(reason) => {
-                    spool::SpoolError::Io(format!("opening spool {}: {reason}", path.display()))
-                }
-                other => other,
-            },
-        )?),
+        Some(path) => Some(spool::Spool::open(path, config.spool.max_bytes)?),
         None => None,
     };
     let forwarding = spool.clone().map(|s| {

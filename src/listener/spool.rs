@@ -3,7 +3,7 @@
 //! answered 200; [`crate::listener::forwarder`] drains it to RabbitMQ in arrival order.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,20 +14,63 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::envelope::Envelope;
 
-/// Why the spool could not take an event.
+/// Why the spool could not take an event. Clone: one failed group write answers every
+/// request in the group.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
     /// `max_bytes` reached.
     #[error("the spool is full")]
     Full,
-    /// The disk or database failed.
-    #[error("the spool cannot be written: {0}")]
-    Io(String),
+    /// The disk or database failed; the source says what and why.
+    #[error("the spool cannot be written")]
+    Io(#[source] Arc<Unwritable>),
+}
+
+/// What failed beneath a [`SpoolError::Io`], one level of its chain per cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Unwritable {
+    /// Opening the spool at start.
+    #[error("opening spool {}", path.display())]
+    Open {
+        /// The configured `spool.path`.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: Box<Unwritable>,
+    },
+    /// Its directory could not be created.
+    #[error("{}", dir.display())]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why not.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite failed. Its message is shown and the error kept, but not as a source:
+    /// rusqlite's own source is SQLite's bare result code, which would say it again.
+    #[error("{0}")]
+    Sqlite(rusqlite::Error),
+    /// The writer task is gone (the runtime is shutting down).
+    #[error("the spool writer stopped")]
+    WriterStopped,
+    /// The writer task panicked.
+    #[error(transparent)]
+    WriterPanicked(tokio::task::JoinError),
+    /// A panic elsewhere while the database was locked.
+    #[error("lock poisoned")]
+    Poisoned,
+}
+
+impl From<Unwritable> for SpoolError {
+    fn from(cause: Unwritable) -> Self {
+        Self::Io(Arc::new(cause))
+    }
 }
 
 impl From<rusqlite::Error> for SpoolError {
     fn from(err: rusqlite::Error) -> Self {
-        Self::Io(err.to_string())
+        Unwritable::Sqlite(err).into()
     }
 }
 
@@ -91,12 +134,28 @@ impl Spool {
     /// Opens (creating) the spool at `path` and starts its writer on the current runtime.
     ///
     /// # Errors
-    /// The file cannot be opened or created.
+    /// The file cannot be opened or created ([`Unwritable::Open`], naming `path`).
     pub fn open(path: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
+        Self::open_at(path, max_bytes).map_err(|cause| {
+            Unwritable::Open {
+                path: path.to_owned(),
+                source: Box::new(cause),
+            }
+            .into()
+        })
+    }
+
+    fn open_at(path: &Path, max_bytes: u64) -> Result<Self, Unwritable> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| SpoolError::Io(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|source| Unwritable::CreateDir {
+                dir: dir.to_owned(),
+                source,
+            })?;
         }
+        Self::open_db(path, max_bytes).map_err(Unwritable::Sqlite)
+    }
+
+    fn open_db(path: &Path, max_bytes: u64) -> Result<Self, rusqlite::Error> {
         let db = Connection::open(path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: every commit is fsync'd before the listener answers 200.
@@ -170,9 +229,8 @@ impl Spool {
             .writer
             .send(Pending { envelope, done })
             .await
-            .map_err(|_| SpoolError::Io("the spool writer stopped".to_owned()))?;
-        rx.await
-            .map_err(|_| SpoolError::Io("the spool writer stopped".to_owned()))?
+            .map_err(|_| Unwritable::WriterStopped)?;
+        rx.await.map_err(|_| Unwritable::WriterStopped)?
     }
 
     /// The oldest `limit` events, in arrival order (blocking: call from `spawn_blocking`).
@@ -180,11 +238,7 @@ impl Spool {
     /// # Errors
     /// The read failed.
     pub fn oldest(&self, limit: usize) -> Result<Vec<Spooled>, SpoolError> {
-        let db = self
-            .inner
-            .db
-            .lock()
-            .map_err(|_| SpoolError::Io("lock poisoned".to_owned()))?;
+        let db = self.inner.db.lock().map_err(|_| Unwritable::Poisoned)?;
         let mut stmt = db.prepare_cached(
             "SELECT seq, provider, event_id, event_type, scheme, source_ip, received_ms, body
              FROM spool ORDER BY seq LIMIT ?1",
@@ -244,11 +298,7 @@ impl Spool {
     /// # Errors
     /// The delete failed; the events stay and are sent again (the worker dedupes).
     pub fn remove(&self, done: &[Spooled]) -> Result<(), SpoolError> {
-        let mut db = self
-            .inner
-            .db
-            .lock()
-            .map_err(|_| SpoolError::Io("lock poisoned".to_owned()))?;
+        let mut db = self.inner.db.lock().map_err(|_| Unwritable::Poisoned)?;
         let tx = db.transaction()?;
         {
             let mut stmt = tx.prepare_cached("DELETE FROM spool WHERE seq = ?1")?;
@@ -297,7 +347,7 @@ async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>) {
         let db_inner = inner.clone();
         let written = tokio::task::spawn_blocking(move || write_group(&db_inner, &envelopes))
             .await
-            .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())));
+            .unwrap_or_else(|e| Err(Unwritable::WriterPanicked(e).into()));
         if written.is_ok() {
             let bytes: u64 = group.iter().map(|p| p.envelope.body.len() as u64).sum();
             inner.depth.fetch_add(group.len() as u64, Ordering::Relaxed);
@@ -311,10 +361,7 @@ async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>) {
 }
 
 fn write_group(inner: &Inner, envelopes: &[Envelope]) -> Result<(), SpoolError> {
-    let mut db = inner
-        .db
-        .lock()
-        .map_err(|_| SpoolError::Io("lock poisoned".to_owned()))?;
+    let mut db = inner.db.lock().map_err(|_| Unwritable::Poisoned)?;
     let tx = db.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
@@ -389,6 +436,59 @@ mod tests {
             "e010"
         );
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// The chain an operator reads (`{:#}` at start-up, [`crate::telemetry::ErrorChain`] in
+    /// logs), one cause per level, each said once.
+    fn chain(err: &SpoolError) -> String {
+        let anyhow = format!("{:#}", anyhow::Error::from(err.clone()));
+        assert_eq!(anyhow, crate::telemetry::ErrorChain(err).to_string());
+        anyhow
+    }
+
+    #[tokio::test]
+    async fn a_spool_that_cannot_open_says_where_and_why_and_keeps_the_cause() {
+        let file = std::env::temp_dir().join(format!("hw-spool-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&file, b"not a directory").unwrap();
+        // Its directory would have to be inside a file.
+        let path = file.join("sub").join("spool.db");
+        let err = Spool::open(&path, 1 << 20).err().unwrap();
+        let io = std::io::Error::from_raw_os_error(20);
+        assert_eq!(
+            chain(&err),
+            format!(
+                "the spool cannot be written: opening spool {}: {}: {io}",
+                path.display(),
+                file.join("sub").display()
+            )
+        );
+        let mut cause: &dyn std::error::Error = &err;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        assert_eq!(
+            cause
+                .downcast_ref::<std::io::Error>()
+                .map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotADirectory)
+        );
+
+        // A directory where the database file should be: SQLite's own message, once.
+        let dir = std::env::temp_dir().join(format!("hw-spool-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir(&dir).unwrap();
+        let err = Spool::open(&dir, 1 << 20).err().unwrap();
+        let text = chain(&err);
+        let prefix = format!(
+            "the spool cannot be written: opening spool {}: ",
+            dir.display()
+        );
+        let sqlite = text.strip_prefix(&prefix).expect(&text);
+        assert!(
+            !sqlite.is_empty() && !sqlite.contains(": Error code"),
+            "{text}"
+        );
+        let _ = std::fs::remove_file(&file);
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{
-    Defaults, FieldDefault, SigningKey, TAG_LEN, Verified, VerifyError, check_window,
+    Defaults, FieldDefault, SignError, SigningKey, TAG_LEN, Verified, VerifyError, check_window,
     decode_base64_tag, decode_hex_tag, encode_base64, expected_tags, header_text, malformed,
     matches_any, parse_unix_seconds, unix_seconds,
 };
@@ -102,7 +102,10 @@ enum Piece {
 
 impl SignedTemplate {
     /// Parse a template such as `v0:{timestamp}:{body}`, enforcing the rules above.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    ///
+    /// # Errors
+    /// The first rule the template breaks.
+    pub fn parse(s: &str) -> Result<Self, TemplateError> {
         let mut pieces = Vec::new();
         let mut literal = String::new();
         let (mut bodies, mut timestamps) = (0, 0);
@@ -111,11 +114,9 @@ impl SignedTemplate {
             let (before, from_brace) = rest.split_at(at);
             literal.push_str(before);
             if from_brace.starts_with('}') {
-                return Err("signed template has a `}` without a matching `{`".to_owned());
+                return Err(TemplateError::StrayClose);
             }
-            let close = from_brace
-                .find('}')
-                .ok_or_else(|| "signed template has an unclosed `{`".to_owned())?;
+            let close = from_brace.find('}').ok_or(TemplateError::Unclosed)?;
             let piece = match &from_brace[1..close] {
                 "body" => {
                     bodies += 1;
@@ -125,12 +126,7 @@ impl SignedTemplate {
                     timestamps += 1;
                     Piece::Timestamp
                 }
-                other => {
-                    return Err(format!(
-                        "signed template has unknown placeholder `{{{other}}}`; \
-                         only {{timestamp}} and {{body}} exist"
-                    ));
-                }
+                other => return Err(TemplateError::UnknownPlaceholder(other.to_owned())),
             };
             if !literal.is_empty() {
                 pieces.push(Piece::Literal(std::mem::take(&mut literal)));
@@ -143,10 +139,10 @@ impl SignedTemplate {
             pieces.push(Piece::Literal(literal));
         }
         if bodies != 1 {
-            return Err("signed template must contain {body} exactly once".to_owned());
+            return Err(TemplateError::BodyCount);
         }
         if timestamps > 1 {
-            return Err("signed template may contain {timestamp} at most once".to_owned());
+            return Err(TemplateError::TimestampCount);
         }
         Ok(SignedTemplate { pieces })
     }
@@ -162,6 +158,28 @@ impl SignedTemplate {
             })
             .collect()
     }
+}
+
+/// Why a `signed_payload` template cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// A `}` before any `{`.
+    #[error("signed template has a `}}` without a matching `{{`")]
+    StrayClose,
+    /// A `{` never closed.
+    #[error("signed template has an unclosed `{{`")]
+    Unclosed,
+    /// A placeholder other than `{timestamp}` and `{body}`; holds its name.
+    #[error(
+        "signed template has unknown placeholder `{{{0}}}`; only {{timestamp}} and {{body}} exist"
+    )]
+    UnknownPlaceholder(String),
+    /// `{body}` missing or repeated.
+    #[error("signed template must contain {{body}} exactly once")]
+    BodyCount,
+    /// `{timestamp}` repeated.
+    #[error("signed template may contain {{timestamp}} at most once")]
+    TimestampCount,
 }
 
 impl HmacScheme {
@@ -247,13 +265,16 @@ impl HmacScheme {
         }
     }
 
-    /// The signature header, plus the timestamp header if configured; fails on an invalid prefix.
+    /// The signature header, plus the timestamp header if configured.
+    ///
+    /// # Errors
+    /// [`SignError::Prefix`]: the configured prefix cannot be part of a header value.
     pub fn sign(
         &self,
         key: &SigningKey,
         body: &[u8],
         now: SystemTime,
-    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, SignError> {
         let seconds = unix_seconds(now);
         let seconds_text = seconds.to_string();
         let tag = match &self.timestamp {
@@ -265,8 +286,7 @@ impl HmacScheme {
             Encoding::Base64 => encode_base64(&tag),
         };
         let value = format!("{}{encoded}", self.prefix.as_deref().unwrap_or(""));
-        let value = HeaderValue::try_from(value)
-            .map_err(|_| "configured signature prefix is not a valid header value".to_owned())?;
+        let value = HeaderValue::try_from(value).map_err(SignError::Prefix)?;
         let mut out = vec![(self.header.clone(), value)];
         if let Some(ts) = &self.timestamp {
             out.push((ts.header.clone(), HeaderValue::from(seconds)));
@@ -619,6 +639,41 @@ mod tests {
         scheme.prefix = Some("bad\nprefix".to_owned());
         let key = SigningKey::new(b"k");
         assert!(scheme.sign(&key, b"", at(NOW)).is_err());
+    }
+
+    #[test]
+    fn refusals_say_why_and_keep_their_cause() {
+        let mut scheme = HmacScheme::github();
+        scheme.prefix = Some("bad\nprefix".to_owned());
+        let err = scheme
+            .sign(&SigningKey::new(b"k"), b"", at(NOW))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configured signature prefix is not a valid header value"
+        );
+        let source = std::error::Error::source(&err).expect("the header error is kept");
+        assert!(source.is::<http::header::InvalidHeaderValue>());
+
+        for (template, reason) in [
+            ("body}", "signed template has a `}` without a matching `{`"),
+            ("{body", "signed template has an unclosed `{`"),
+            (
+                "{id}.{body}",
+                "signed template has unknown placeholder `{id}`; only {timestamp} and {body} exist",
+            ),
+            (
+                "{body}{body}",
+                "signed template must contain {body} exactly once",
+            ),
+            (
+                "{timestamp}{timestamp}{body}",
+                "signed template may contain {timestamp} at most once",
+            ),
+        ] {
+            let err = SignedTemplate::parse(template).unwrap_err();
+            assert_eq!(err.to_string(), reason, "{template:?}");
+        }
     }
 
     #[test]

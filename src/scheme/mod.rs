@@ -80,10 +80,13 @@ impl Scheme {
     /// hmac-sha256/github: the string's bytes. stripe: the whole `whsec_…` string's bytes
     /// (Stripe keys the HMAC with the string itself). standard-webhooks: an optional `whsec_`
     /// prefix stripped, the rest base64-decoded (standard alphabet, padded). An empty secret
-    /// is refused for every scheme. Error text never contains the secret or any part of it.
-    pub fn key_from_secret(&self, secret: &str) -> Result<SigningKey, String> {
+    /// is refused for every scheme.
+    ///
+    /// # Errors
+    /// What is wrong with the secret, never any part of it.
+    pub fn key_from_secret(&self, secret: &str) -> Result<SigningKey, SecretError> {
         if secret.is_empty() {
-            return Err("secret is empty".to_owned());
+            return Err(SecretError::Empty);
         }
         match self {
             Scheme::Hmac(_) | Scheme::Stripe(_) => Ok(SigningKey::new(secret.as_bytes())),
@@ -110,15 +113,16 @@ impl Scheme {
     /// Produce the headers a provider would send. `id` is used where the scheme carries one
     /// (standard-webhooks `webhook-id`), `now` for timestamps.
     ///
-    /// Fails only when a value cannot be an HTTP header value: an `id` with control or
-    /// non-ASCII characters, or a configured prefix with them.
+    /// # Errors
+    /// Only when a value cannot be an HTTP header value: an `id` with control or non-ASCII
+    /// characters, or a configured prefix with them.
     pub fn sign(
         &self,
         key: &SigningKey,
         body: &[u8],
         now: SystemTime,
         id: &str,
-    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, SignError> {
         match self {
             Scheme::Hmac(s) => s.sign(key, body, now),
             Scheme::Stripe(s) => Ok(s.sign(key, body, now)),
@@ -209,6 +213,35 @@ pub enum FieldDefault {
     Header(&'static str),
     /// The id the scheme's own signed headers carry ([`Verified::scheme_id`]).
     SchemeId,
+}
+
+/// Why a configured secret cannot key its scheme. Holds no part of the secret, and no cause
+/// that would (the base64 decoder's error names the offending byte).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// The secret is the empty string.
+    #[error("secret is empty")]
+    Empty,
+    /// A standard-webhooks secret that is not (`whsec_` and) base64.
+    #[error("standard-webhooks secret must be `whsec_` followed by padded standard base64")]
+    NotBase64,
+    /// A standard-webhooks secret that decodes to nothing.
+    #[error("standard-webhooks secret decodes to an empty key")]
+    EmptyKey,
+}
+
+/// Why headers could not be produced for a delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The configured prefix cannot be part of a header value.
+    #[error("configured signature prefix is not a valid header value")]
+    Prefix(#[source] http::header::InvalidHeaderValue),
+    /// The id (standard-webhooks `webhook-id`) cannot be a header value.
+    #[error("webhook id must be visible ASCII to be sent as a header")]
+    Id(#[source] http::header::InvalidHeaderValue),
+    /// The encoded signature cannot be a header value (base64 always can).
+    #[error("signature is not a valid header value")]
+    Signature(#[source] http::header::InvalidHeaderValue),
 }
 
 /// What a successful verification learned from the signed headers.

@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{
-    Defaults, FieldDefault, SigningKey, Verified, VerifyError, check_window, decode_base64_tag,
-    encode_base64, expected_tags, header_text, malformed, matches_any, parse_unix_seconds,
-    unix_seconds,
+    Defaults, FieldDefault, SecretError, SignError, SigningKey, Verified, VerifyError,
+    check_window, decode_base64_tag, encode_base64, expected_tags, header_text, malformed,
+    matches_any, parse_unix_seconds, unix_seconds,
 };
 
 /// The Standard Webhooks scheme, also accepting Svix's `svix-*` header names.
@@ -47,19 +47,16 @@ const SVIX: HeaderSet = HeaderSet {
 };
 
 /// Strips an optional `whsec_` and base64-decodes the rest (standard alphabet, padded).
-pub(super) fn key_from_secret(secret: &str) -> Result<SigningKey, String> {
+pub(super) fn key_from_secret(secret: &str) -> Result<SigningKey, SecretError> {
     use base64::Engine as _;
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
     // The decoder's own error names the offending byte and its offset, which would put a
-    // piece of the secret into logs; say only what was wrong.
+    // piece of the secret into logs: it is not kept, not even as a source.
     let key = base64::engine::general_purpose::STANDARD
         .decode(encoded)
-        .map_err(|_| {
-            "standard-webhooks secret must be `whsec_` followed by padded standard base64"
-                .to_owned()
-        })?;
+        .map_err(|_| SecretError::NotBase64)?;
     if key.is_empty() {
-        return Err("standard-webhooks secret decodes to an empty key".to_owned());
+        return Err(SecretError::EmptyKey);
     }
     Ok(SigningKey::new(&key))
 }
@@ -109,22 +106,23 @@ impl StandardScheme {
         })
     }
 
-    /// The three `webhook-*` headers, signature as `v1,<base64>`. Fails when `id` cannot be
-    /// a header value.
+    /// The three `webhook-*` headers, signature as `v1,<base64>`.
+    ///
+    /// # Errors
+    /// [`SignError::Id`]: `id` cannot be a header value.
     pub fn sign(
         &self,
         key: &SigningKey,
         body: &[u8],
         now: SystemTime,
         id: &str,
-    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-        let id_value = HeaderValue::from_str(id)
-            .map_err(|_| "webhook id must be visible ASCII to be sent as a header".to_owned())?;
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, SignError> {
+        let id_value = HeaderValue::from_str(id).map_err(SignError::Id)?;
         let seconds = unix_seconds(now);
         let seconds_text = seconds.to_string();
         let tag = key.tag(&[id.as_bytes(), b".", seconds_text.as_bytes(), b".", body]);
         let signature = HeaderValue::try_from(format!("v1,{}", encode_base64(&tag)))
-            .map_err(|_| "signature is not a valid header value".to_owned())?;
+            .map_err(SignError::Signature)?;
         Ok(vec![
             (HeaderName::from_static(STANDARD.id), id_value),
             (
@@ -241,7 +239,7 @@ mod tests {
             "whsec_MfKQ-r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             "=",
         ] {
-            let err = scheme.key_from_secret(bad).unwrap_err();
+            let err = scheme.key_from_secret(bad).unwrap_err().to_string();
             // Not even a few characters of the secret may show up.
             let secret_part = bad.trim_start_matches("whsec_");
             for window in secret_part.as_bytes().windows(4) {
