@@ -329,13 +329,16 @@ mod tests {
     use super::*;
     use crate::listener::error::RETRY_AFTER_SECS;
 
+    /// Makes the error a refused handoff answers with (a `HandoffError` is not `Clone`).
+    type Failure = fn() -> HandoffError;
+
     /// How the fake answers a handoff.
     #[derive(Clone, Copy)]
     enum Answer {
         /// Takes the event: a confirmed publish.
         Take,
         /// Refuses it with this error.
-        Refuse(fn() -> HandoffError),
+        Refuse(Failure),
     }
 
     /// A handoff that sends every envelope it is given down a channel, then answers.
@@ -684,7 +687,7 @@ allow_ips = ["203.0.113.0/24"]
 
     #[tokio::test]
     async fn a_failed_handoff_is_503_with_retry_after_and_forgotten() {
-        let failures: &[(&str, fn() -> HandoffError)] = &[
+        let failures: &[(&str, Failure)] = &[
             ("broker unreachable", || PublishError::NotConnected.into()),
             ("no confirm within handoff_timeout", || {
                 PublishError::ConfirmTimeout.into()
