@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use hookwarden::config::{self, ConfigError, worker::WorkerConfig};
+use hookwarden::config::{self, ConfigError};
 use hookwarden::daemon::{self, Loader};
 use hookwarden::signals::{Signal, Signals};
+use hookwarden::worker::config::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
 /// Consumes webhook events, evaluates rules and runs actions.

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             }
             if let Some(rules) = rules {
                 let worker = config::read_file(&rules).and_then(|text| {
-                    hookwarden::config::worker::WorkerConfig::parse(
+                    hookwarden::worker::config::WorkerConfig::parse(
                         &rules.display().to_string(),
                         &text,
                         &env,

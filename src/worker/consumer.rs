@@ -21,13 +21,13 @@ use crate::broker::connection;
 use crate::broker::publisher::publish_confirmed;
 use crate::broker::topology::{self, Topology};
 use crate::config::amqp::redact;
-use crate::config::worker::WorkerConfig;
 use crate::envelope::{
     HEADER_DEAD_ACTION, HEADER_DEAD_ERROR, HEADER_DEAD_ROUTING_KEY, HEADER_DEAD_RULE,
 };
 use crate::telemetry::WorkerMetrics;
-use crate::worker::act::Runner;
+use crate::worker::action::Runner;
 use crate::worker::batch::{self, Fate, Item};
+use crate::worker::config::WorkerConfig;
 use crate::worker::marks::DoneMarks;
 use crate::worker::state::{SqliteStore, Store};
 

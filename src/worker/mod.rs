@@ -6,14 +6,17 @@
 //! actions ([`http`], [`exec`], AMQP, log; [`template`]s rendered) → [`state`] commits →
 //! the consumer acks.
 
-pub mod act;
+pub mod action;
 pub mod batch;
 pub mod condition;
+pub mod config;
 pub mod consumer;
 pub mod decide;
 pub mod exec;
+pub mod facts;
 pub mod http;
 pub mod marks;
+pub mod rules;
 pub mod state;
 pub mod subject;
 pub mod template;

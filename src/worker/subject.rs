@@ -81,7 +81,11 @@ impl SubjectSpec {
     }
 }
 
-fn read_version(value: Option<&Value>) -> Result<i64, &'static str> {
+/// A version as the worker compares it: an integer as is, RFC 3339 as Unix nanoseconds.
+///
+/// # Errors
+/// Why it is not one, as a phrase to follow the value (`is missing`, `is not an integer`).
+pub fn read_version(value: Option<&Value>) -> Result<i64, &'static str> {
     match value {
         None | Some(Value::Null) => Err("is missing"),
         Some(Value::Number(n)) => n.as_i64().ok_or("is not an integer"),

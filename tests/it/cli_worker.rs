@@ -268,7 +268,7 @@ async fn rules_test_shows_what_the_shipped_rules_decide_and_would_send() {
     let out = rules_test(&["--provider", "dregs", EXAMPLE]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let text = stdout(&out);
-    let key = hookwarden::worker::act::idempotency_key(
+    let key = hookwarden::worker::action::idempotency_key(
         "dregs/evt_01JD8Q6W3M4X9T2R7K5N0P1Q8S",
         "quarantine-low-humanity",
         "quarantine",

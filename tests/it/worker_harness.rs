@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hookwarden::broker::publisher::publish_confirmed;
-use hookwarden::config::worker::WorkerConfig;
 use hookwarden::envelope::Envelope;
+use hookwarden::worker::config::WorkerConfig;
 use hookwarden::worker::state::{DecisionRecord, SqliteStore, Store};
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
