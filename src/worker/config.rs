@@ -123,3 +123,149 @@ impl WorkerConfig {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBJECTS: &str = r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.*"]
+subject = "/data/id"
+scores = { humanity = "/data/humanity" }
+"#;
+
+    /// Every problem of `text` (after the subjects above), one per line.
+    fn problems(text: &str, env: &[(&str, &str)]) -> String {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        match WorkerConfig::parse("rules.toml", &format!("{SUBJECTS}{text}"), &env) {
+            Ok(_) => String::new(),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_file_of_defaults_loads() {
+        let config = WorkerConfig::parse("rules.toml", SUBJECTS, &HashMap::new());
+        let config = config.unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(config.server.admin_listen.port(), 9091);
+        assert_eq!(config.state.retention, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(config.rules.subjects.len(), 1);
+        assert!(config.summary().contains("subjects: provider \"dregs\""));
+    }
+
+    #[test]
+    fn daemon_sections_name_key_and_reason() {
+        assert_eq!(
+            problems("[server]\nlisten = \"x\"\n", &[]),
+            "rules.toml:8: server.listen: unknown field `listen`, expected `admin_listen` or \
+             `shutdown_grace`"
+        );
+        let bad = problems("[state]\nretention = \"soon\"\n", &[]);
+        assert!(bad.starts_with("rules.toml:8: state.retention: "), "{bad}");
+        let env = problems("", &[("HOOKWARDEN__STATE__RETENTION", "soon")]);
+        assert!(env.contains("HOOKWARDEN__STATE__RETENTION"), "{env}");
+    }
+
+    #[test]
+    fn rules_name_key_and_reason() {
+        let text = r#"
+[[rules]]
+name = "r"
+events = ["dregs"]
+when = "score.humanty < 30.0"
+actions = ["nowhere"]
+mode = "loud"
+
+[[rules]]
+name = "r"
+events = ["dregs:identity.*"]
+when = "score.humanty < 30.0"
+actions = []
+"#;
+        let all = problems(text, &[]);
+        for expected in [
+            "rules[0].events[0]: \"dregs\" is not provider:type",
+            "rules[1].name: rule \"r\" is defined twice",
+            "rules[1].when: no score \"humanty\" for dregs:identity.*; declared: humanity",
+            "rules[0].actions[0]: no action named \"nowhere\"",
+            "rules[0].mode: unknown mode \"loud\"; expected enforce or shadow",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let syntax = problems(
+            "[[rules]]\nname = \"r\"\nevents = [\"dregs:*\"]\nwhen = \"score.humanity <\"\nactions = []\n",
+            &[],
+        );
+        assert!(
+            syntax.contains("rules[0].when: syntax error at line 1"),
+            "{syntax}"
+        );
+    }
+
+    #[test]
+    fn actions_are_checked_by_their_kind() {
+        let all = problems(
+            r#"
+[actions.a]
+kind = "carrier-pigeon"
+
+[actions.b]
+kind = "log"
+url = "http://x"
+
+[actions.c]
+kind = "http"
+
+[actions.d]
+kind = "exec"
+command = []
+
+[actions.e]
+kind = "log"
+message = "{{ subjekt }}"
+
+[actions.f]
+kind = "http"
+url = "http://x/{{ env.TOKEN }}"
+"#,
+            &[],
+        );
+        for expected in [
+            "actions.a.kind: unknown kind \"carrier-pigeon\"; expected one of http, amqp, exec, log",
+            "actions.b.url: not a key of kind \"log\" (it takes message)",
+            "actions.c.url: required for kind \"http\"",
+            "actions.d.command: required for kind \"exec\"",
+            "actions.e.message: undefined name 'subjekt'; templates see event, provider, type, \
+             subject, score, previous, rule, event_id, env",
+            "actions.f.url: env.TOKEN: environment variable TOKEN is not set",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let long = "q".repeat(256);
+        let amqp = problems(
+            &format!("[actions.a]\nkind = \"amqp\"\nrouting_key = \"{long}\"\n"),
+            &[],
+        );
+        assert!(
+            amqp.contains("actions.a: exchange and routing_key are at most 255 bytes"),
+            "{amqp}"
+        );
+    }
+
+    #[test]
+    fn env_values_reach_templates_and_amqp_defaults_to_the_review_queue() {
+        let text = "[actions.f]\nkind = \"http\"\nurl = \"http://x/{{ env.TOKEN }}\"\n";
+        let env = HashMap::from([("TOKEN".to_owned(), "t0k".to_owned())]);
+        let config = WorkerConfig::parse("rules.toml", &format!("{SUBJECTS}{text}"), &env)
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(
+            config.rules.template_env.get("TOKEN").map(String::as_str),
+            Some("t0k")
+        );
+    }
+}

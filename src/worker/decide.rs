@@ -380,3 +380,381 @@ fn next_state(
 fn is_stale(prior: &SubjectState, subject: &SubjectRead) -> bool {
     matches!((prior.version, subject.version), (Some(seen), Some(v)) if v < seen)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::worker::config::WorkerConfig;
+
+    /// A threshold-crossing rule with a cooldown, a drop rule, a shadow rule, a rule whose
+    /// condition fails on events without `data.tier`, and an action whose URL cannot render
+    /// for subjects named `bad`.
+    const RULES: &str = r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.*"]
+subject = "/data/id"
+version = "/data/v"
+scores = { humanity = "/data/humanity" }
+
+[[rules]]
+name = "quarantine"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 30.0 && (!has(previous.score.humanity) || previous.score.humanity >= 30.0)"
+actions = ["quarantine", "note"]
+cooldown = "1h"
+
+[[rules]]
+name = "drop"
+events = ["dregs:identity.scored"]
+when = "has(previous.score.humanity) && previous.score.humanity - score.humanity >= 25"
+actions = ["note"]
+
+[[rules]]
+name = "watch"
+events = ["dregs:*"]
+when = "score.humanity < 50.0"
+actions = ["quarantine"]
+mode = "shadow"
+
+[[rules]]
+name = "tiered"
+events = ["dregs:identity.tiered"]
+when = "event.data.tier == 'gold'"
+actions = ["note"]
+
+[actions.quarantine]
+kind = "http"
+url = "http://127.0.0.1:1/accounts/{{ subject }}{% if subject == 'bad' %}{{ event.data.nothing.deeper }}{% endif %}"
+body = '{"humanity": {{ score.humanity }}}'
+
+[actions.note]
+kind = "log"
+message = "{{ rule }} on {{ subject }}"
+"#;
+
+    const HOUR_MS: i64 = 3_600_000;
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn rules() -> Rules {
+        match WorkerConfig::parse("rules.toml", RULES, &HashMap::new()) {
+            Ok(config) => config.rules,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    fn event(event_type: &str, data: Value) -> Event {
+        Event {
+            key: "dregs/evt_1".into(),
+            provider: "dregs".into(),
+            id: "evt_1".into(),
+            event_type: event_type.into(),
+            json: json!({ "data": data }),
+        }
+    }
+
+    fn scored(id: &str, humanity: f64) -> Event {
+        event(
+            "identity.scored",
+            json!({"id": id, "v": 10, "humanity": humanity}),
+        )
+    }
+
+    fn seen(humanity: f64, version: i64) -> SubjectState {
+        SubjectState {
+            version: Some(version),
+            scores: BTreeMap::from([("humanity".to_owned(), humanity)]),
+            at_ms: Some(NOW - HOUR_MS),
+            fired_ms: BTreeMap::new(),
+        }
+    }
+
+    /// Each applying rule's name and verdict.
+    fn verdicts(decision: &Decision, rules: &Rules) -> Vec<(String, Verdict)> {
+        match decision {
+            Decision::Evaluated(e) => e
+                .rules
+                .iter()
+                .map(|d| (rules.rules[d.rule].name.clone(), d.verdict.clone()))
+                .collect(),
+            other => panic!("not evaluated: {other:?}"),
+        }
+    }
+
+    fn evaluation(decision: Decision) -> Evaluation {
+        match decision {
+            Decision::Evaluated(e) => e,
+            other => panic!("not evaluated: {other:?}"),
+        }
+    }
+
+    fn named(pairs: &[(&str, Verdict)]) -> Vec<(String, Verdict)> {
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn rules_decide_as_written() {
+        use Verdict::*;
+        let rules = rules();
+        let cooling = {
+            let mut state = seen(40.0, 1);
+            state
+                .fired_ms
+                .insert("quarantine".into(), NOW - HOUR_MS / 2);
+            state
+        };
+        let cooled = {
+            let mut state = seen(40.0, 1);
+            state
+                .fired_ms
+                .insert("quarantine".into(), NOW - 2 * HOUR_MS);
+            state
+        };
+        let table: Vec<(
+            &str,
+            Event,
+            SubjectState,
+            Vec<(String, Verdict)>,
+            EventOutcome,
+        )> = vec![
+            (
+                "first sighting below the threshold",
+                scored("u1", 20.0),
+                SubjectState::default(),
+                named(&[
+                    ("quarantine", Acts),
+                    ("drop", NotMatched),
+                    ("watch", WouldAct),
+                ]),
+                EventOutcome::Acted,
+            ),
+            (
+                "crossing down, and a sharp drop",
+                scored("u1", 20.0),
+                seen(60.0, 1),
+                named(&[("quarantine", Acts), ("drop", Acts), ("watch", WouldAct)]),
+                EventOutcome::Acted,
+            ),
+            (
+                "already below: no crossing",
+                scored("u1", 20.0),
+                seen(25.0, 1),
+                named(&[
+                    ("quarantine", NotMatched),
+                    ("drop", NotMatched),
+                    ("watch", WouldAct),
+                ]),
+                EventOutcome::Matched,
+            ),
+            (
+                "above every threshold",
+                scored("u1", 80.0),
+                seen(85.0, 1),
+                named(&[
+                    ("quarantine", NotMatched),
+                    ("drop", NotMatched),
+                    ("watch", NotMatched),
+                ]),
+                EventOutcome::NoMatch,
+            ),
+            (
+                "within the cooldown",
+                scored("u1", 20.0),
+                cooling,
+                named(&[
+                    (
+                        "quarantine",
+                        CoolingDown {
+                            fired_ms: NOW - HOUR_MS / 2,
+                        },
+                    ),
+                    ("drop", NotMatched),
+                    ("watch", WouldAct),
+                ]),
+                EventOutcome::Matched,
+            ),
+            (
+                "after the cooldown",
+                scored("u1", 20.0),
+                cooled,
+                named(&[
+                    ("quarantine", Acts),
+                    ("drop", NotMatched),
+                    ("watch", WouldAct),
+                ]),
+                EventOutcome::Acted,
+            ),
+            (
+                "a condition that fails to evaluate",
+                event(
+                    "identity.tiered",
+                    json!({"id": "u1", "v": 10, "humanity": 90}),
+                ),
+                SubjectState::default(),
+                named(&[
+                    ("watch", NotMatched),
+                    ("tiered", Error("No such key: tier".into())),
+                ]),
+                EventOutcome::NoMatch,
+            ),
+            (
+                "an action that cannot render",
+                scored("bad", 20.0),
+                SubjectState::default(),
+                named(&[
+                    ("quarantine", Acts),
+                    ("drop", NotMatched),
+                    ("watch", WouldAct),
+                ]),
+                EventOutcome::DeadLettered,
+            ),
+        ];
+        for (case, event, prior, expected, outcome) in table {
+            let decision = decide(&rules, &event, &prior, NOW);
+            let mut got = verdicts(&decision, &rules);
+            // cel's wording of a missing key is its own; that it is an error is ours.
+            for (_, verdict) in &mut got {
+                if let Error(reason) = verdict {
+                    assert!(reason.contains("tier"), "{case}: {reason}");
+                    *reason = "No such key: tier".into();
+                }
+            }
+            assert_eq!(got, expected, "{case}");
+            assert_eq!(evaluation(decision).expected_outcome(), outcome, "{case}");
+        }
+    }
+
+    #[test]
+    fn firing_rules_carry_their_rendered_actions_and_keys() {
+        let rules = rules();
+        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), NOW));
+        let quarantine = &e.rules[0];
+        let names: Vec<(&str, &str)> = quarantine
+            .actions
+            .iter()
+            .map(|a| (a.action.as_str(), a.kind))
+            .collect();
+        assert_eq!(names, [("quarantine", "http"), ("note", "log")]);
+        let http = &quarantine.actions[0];
+        assert_eq!(
+            http.key,
+            action::idempotency_key("dregs/evt_1", "quarantine", "quarantine")
+        );
+        let sent = match &http.request {
+            Ok(request) => request.describe(),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(sent["url"], "http://127.0.0.1:1/accounts/u1");
+        assert_eq!(sent["body"], r#"{"humanity": 20}"#);
+        assert!(
+            sent["headers"]
+                .as_array()
+                .is_some_and(|h| h.contains(&json!(["idempotency-key", http.key])))
+        );
+        // The shadow rule's actions are rendered (a dry run shows them) but do not run.
+        assert_eq!(e.rules[2].actions.len(), 1);
+        let running: Vec<&str> = e.enforced().map(|(_, a)| a.action.as_str()).collect();
+        assert_eq!(running, ["quarantine", "note", "note"]);
+        // A rule that does not fire plans nothing.
+        let calm = evaluation(decide(&rules, &scored("u1", 90.0), &seen(95.0, 1), NOW));
+        assert!(calm.rules.iter().all(|r| r.actions.is_empty()));
+    }
+
+    #[test]
+    fn next_state_remembers_scores_version_time_and_firings() {
+        let rules = rules();
+        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), NOW));
+        assert_eq!(e.next.version, Some(10));
+        assert_eq!(e.next.scores.get("humanity"), Some(&20.0));
+        assert_eq!(e.next.at_ms, Some(NOW));
+        // Shadow firings count for cooldowns too: enforcing later must not fire at once.
+        let fired: Vec<&str> = e.next.fired_ms.keys().map(String::as_str).collect();
+        assert_eq!(fired, ["drop", "quarantine", "watch"]);
+    }
+
+    #[test]
+    fn stale_unknown_and_unreadable_events_are_not_evaluated() {
+        let rules = rules();
+        assert!(matches!(
+            decide(&rules, &scored("u1", 20.0), &seen(60.0, 11), NOW),
+            Decision::Stale(s) if s.version == Some(10)
+        ));
+        // The same version again is not stale: a provider may rescore at one version.
+        assert!(matches!(
+            decide(&rules, &scored("u1", 20.0), &seen(60.0, 10), NOW),
+            Decision::Evaluated(_)
+        ));
+        let mut other = scored("u1", 20.0);
+        other.provider = "elsewhere".into();
+        assert!(matches!(
+            decide(&rules, &other, &SubjectState::default(), NOW),
+            Decision::NoSubject
+        ));
+        let unreadable = event("identity.scored", json!({"v": 1, "humanity": 3}));
+        assert!(matches!(
+            decide(&rules, &unreadable, &SubjectState::default(), NOW),
+            Decision::Unreadable(reason) if reason == "no subject at /data/id"
+        ));
+    }
+
+    #[test]
+    fn outcomes_after_running() {
+        let rules = rules();
+        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), NOW));
+        assert_eq!(e.outcome(true, false), EventOutcome::Acted);
+        assert_eq!(e.outcome(true, true), EventOutcome::DeadLettered);
+        assert_eq!(e.outcome(false, false), EventOutcome::Matched);
+        let labels: Vec<&str> = [
+            EventOutcome::Acted,
+            EventOutcome::Matched,
+            EventOutcome::NoMatch,
+            EventOutcome::Stale,
+            EventOutcome::NoSubject,
+            EventOutcome::Duplicate,
+            EventOutcome::DeadLettered,
+        ]
+        .into_iter()
+        .map(EventOutcome::as_str)
+        .collect();
+        assert_eq!(
+            labels,
+            [
+                "acted",
+                "matched",
+                "no_match",
+                "stale",
+                "no_subject",
+                "duplicate",
+                "dead_lettered"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_record_says_what_each_rule_did() {
+        let rules = rules();
+        let mut state = seen(60.0, 1);
+        state.fired_ms.insert("quarantine".into(), NOW - 1);
+        let e = evaluation(decide(&rules, &scored("u1", 20.0), &state, NOW));
+        let records: Vec<Value> = e
+            .rules
+            .iter()
+            .map(|r| r.record(&rules, Vec::new()))
+            .collect();
+        assert_eq!(
+            records,
+            [
+                json!({"rule": "quarantine", "mode": "enforce", "matched": true, "cooldown": true}),
+                json!({"rule": "drop", "mode": "enforce", "matched": true}),
+                json!({"rule": "watch", "mode": "shadow", "matched": true, "would_act": true}),
+            ]
+        );
+    }
+}
