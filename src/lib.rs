@@ -15,8 +15,13 @@
 //! - [`broker`]: [`broker::topology`] (declared identically by both daemons) and
 //!   [`broker::publisher`] (confirmed publishing, reconnects).
 //! - [`worker`]: [`worker::consumer`] takes batches → [`worker::batch`] groups them by subject →
-//!   [`worker::decide`] evaluates rules → [`worker::act`] runs actions → [`worker::state`] commits.
-//! - [`config`]: files + environment → validated types, every problem named.
+//!   [`worker::decide`] (pure) turns an event, the subject's state and the [`worker::rules`]
+//!   into a typed `Decision` → the batch carries it out: [`worker::action`] runs the planned
+//!   actions (a file per kind) → [`worker::state`] commits. [`worker::config`] is the rules
+//!   file; [`worker::facts`] the one list of names conditions and templates see.
+//! - [`config`]: what every config file shares: TOML + `HOOKWARDEN__` overrides → typed
+//!   sections, every problem named with file, line, key and reason; the `[amqp]` and `[log]`
+//!   sections, secrets, units. Each daemon owns its own sections. Imports no daemon.
 //! - [`admin`]: health, readiness (with the reason when not ready) and metrics, for both daemons.
 //! - [`telemetry`]: logs and Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
 //!   [`systemd`]: readiness, watchdog, socket activation.

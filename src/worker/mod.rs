@@ -1,10 +1,12 @@
 //! `hookwarden-worker`: consumes events, keeps per-subject state, evaluates rules and runs
 //! actions, exactly once in effect and in order per subject.
 //!
-//! Path of a delivery: [`consumer`] takes a batch → [`batch`] reads, dedupes and groups it →
-//! [`subject`] reads who it is about → [`decide`] evaluates [`condition`]s → [`act`] runs
-//! actions ([`http`], [`exec`], AMQP, log; [`template`]s rendered) → [`state`] commits →
-//! the consumer acks.
+//! Path of a delivery: [`consumer`] takes a batch → [`batch`] reads, dedupes and groups it
+//! ([`subject`] reads who each event is about) → [`decide`], pure, evaluates the [`rules`]'
+//! [`condition`]s over the event's [`facts`] and renders the firing rules' actions
+//! ([`template`]s) into a `Decision` → the batch carries it out: [`action`] runs each planned
+//! action (a file per kind: http over [`http`], exec over [`exec`], amqp, log) → [`state`]
+//! commits → the consumer acks. [`config`] is the rules file as the daemon reads it.
 
 pub mod action;
 pub mod batch;
