@@ -82,15 +82,27 @@ impl Item {
     }
 }
 
+/// Why a delivery is not an event; it dead-letters with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    /// No message id, which is the event id.
+    #[error("message has no message_id (event id)")]
+    NoEventId,
+    /// Neither an `x-provider` header nor a routing key naming one.
+    #[error("message has no x-provider header")]
+    NoProvider,
+    /// The body does not parse.
+    #[error("body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+}
+
 /// Reads a delivery as an event.
 ///
 /// # Errors
 /// Why it is unreadable: no message id, no provider, or a body that is not JSON.
-pub fn read_item(item: &Item) -> Result<Event, String> {
-    let id = item
-        .event_id()
-        .ok_or("message has no message_id (event id)")?;
-    let provider = item.provider().ok_or("message has no x-provider header")?;
+pub fn read_item(item: &Item) -> Result<Event, Unreadable> {
+    let id = item.event_id().ok_or(Unreadable::NoEventId)?;
+    let provider = item.provider().ok_or(Unreadable::NoProvider)?;
     let event_type = item
         .properties
         .kind()
@@ -98,8 +110,7 @@ pub fn read_item(item: &Item) -> Result<Event, String> {
         .map(|s| s.to_string())
         .or_else(|| item.routing_key.split_once('.').map(|(_, t)| t.to_owned()))
         .unwrap_or_default();
-    let json: Value =
-        serde_json::from_slice(&item.data).map_err(|e| format!("body is not JSON: {e}"))?;
+    let json: Value = serde_json::from_slice(&item.data).map_err(Unreadable::NotJson)?;
     Ok(Event {
         key: format!("{provider}/{id}"),
         provider,
@@ -144,7 +155,7 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
             Err(reason) => {
                 ctx.metrics.event(EventOutcome::DeadLettered.as_str());
                 outcome.fates[i] = Fate::DeadLetter {
-                    error: reason,
+                    error: reason.to_string(),
                     rule: None,
                     action: None,
                     subject: None,
@@ -198,7 +209,7 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
             Sighting::Unreadable(reason) => {
                 ctx.metrics.event(EventOutcome::DeadLettered.as_str());
                 outcome.fates[i] = Fate::DeadLetter {
-                    error: reason,
+                    error: reason.to_string(),
                     rule: None,
                     action: None,
                     subject: None,

@@ -13,7 +13,7 @@ use crate::worker::condition::PreparedInput;
 use crate::worker::facts::Facts;
 use crate::worker::rules::{Mode, Rules};
 use crate::worker::state::SubjectState;
-use crate::worker::subject::SubjectRead;
+use crate::worker::subject::{SubjectError, SubjectRead};
 
 /// An event as the worker handles it.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ pub enum Sighting {
     /// No entry reads events of its provider and type.
     NoSubject,
     /// The entry cannot read it (no subject, a score that is not a number, …): dead-letter.
-    Unreadable(String),
+    Unreadable(SubjectError),
     /// The subject, version and scores it carries.
     Subject(SubjectRead),
 }
@@ -92,7 +92,7 @@ pub enum Decision {
     /// No `[[subjects]]` entry reads it: recorded, nothing evaluated.
     NoSubject,
     /// Its subject cannot be read: dead-letter with this reason.
-    Unreadable(String),
+    Unreadable(SubjectError),
     /// Older than the version the subject's state has seen: recorded, nothing evaluated.
     Stale(SubjectRead),
     /// Its rules were evaluated.
@@ -700,7 +700,7 @@ message = "{{ rule }} on {{ subject }}"
         let unreadable = event("identity.scored", json!({"v": 1, "humanity": 3}));
         assert!(matches!(
             decide(&rules, &unreadable, &SubjectState::default(), NOW),
-            Decision::Unreadable(reason) if reason == "no subject at /data/id"
+            Decision::Unreadable(SubjectError::Missing(pointer)) if pointer == "/data/id"
         ));
     }
 
