@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::disallowed_methods)]
 
 pub mod admin;
 pub mod broker;

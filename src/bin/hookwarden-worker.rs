@@ -1,5 +1,6 @@
 //! `hookwarden-worker --config RULES.toml [--check]`: validate the rules file before
 //! connecting anything, then consume until SIGTERM/SIGINT; SIGHUP reloads the rules file.
+#![deny(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! `hookwarden`: the operator's command. Parses arguments and dispatches; the work is in
 //! `hookwarden::cli`.
+#![deny(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::process::ExitCode;
 

@@ -492,6 +492,15 @@ message = "{{ rule }} on {{ subject }}"
         }
     }
 
+    /// What it is, the event, the subject's state, each rule's verdict, the outcome.
+    type Case = (
+        &'static str,
+        Event,
+        SubjectState,
+        Vec<(String, Verdict)>,
+        EventOutcome,
+    );
+
     fn named(pairs: &[(&str, Verdict)]) -> Vec<(String, Verdict)> {
         pairs
             .iter()
@@ -517,13 +526,7 @@ message = "{{ rule }} on {{ subject }}"
                 .insert("quarantine".into(), NOW - 2 * HOUR_MS);
             state
         };
-        let table: Vec<(
-            &str,
-            Event,
-            SubjectState,
-            Vec<(String, Verdict)>,
-            EventOutcome,
-        )> = vec![
+        let table: Vec<Case> = vec![
             (
                 "first sighting below the threshold",
                 scored("u1", 20.0),
