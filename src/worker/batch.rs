@@ -48,6 +48,18 @@ pub enum Fate {
     },
 }
 
+impl Fate {
+    /// A delivery that cannot be decided at all: dead-lettered with why.
+    fn unreadable(reason: &dyn std::fmt::Display) -> Self {
+        Self::DeadLetter {
+            error: reason.to_string(),
+            rule: None,
+            action: None,
+            subject: None,
+        }
+    }
+}
+
 /// The result of handling a batch.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -154,12 +166,7 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
             Ok(e) => events.push((i, e)),
             Err(reason) => {
                 ctx.metrics.event(EventOutcome::DeadLettered.as_str());
-                outcome.fates[i] = Fate::DeadLetter {
-                    error: reason.to_string(),
-                    rule: None,
-                    action: None,
-                    subject: None,
-                };
+                outcome.fates[i] = Fate::unreadable(&reason);
             }
         }
     }
@@ -208,12 +215,7 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
             }
             Sighting::Unreadable(reason) => {
                 ctx.metrics.event(EventOutcome::DeadLettered.as_str());
-                outcome.fates[i] = Fate::DeadLetter {
-                    error: reason.to_string(),
-                    rule: None,
-                    action: None,
-                    subject: None,
-                };
+                outcome.fates[i] = Fate::unreadable(&reason);
             }
         }
     }
