@@ -509,7 +509,7 @@ async fn watch(mut w: Watched) -> String {
                     if w.status.blocked() {
                         continue;
                     }
-                    break reason;
+                    break reason.to_string();
                 }
                 read_depth(&w.probe, &w.queue, &w.metrics).await;
             }
