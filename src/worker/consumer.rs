@@ -87,12 +87,15 @@ struct Status {
 }
 
 impl admin::Status for Status {
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<(), admin::NotReady> {
         if self.consuming.load(Ordering::Relaxed) {
             return Ok(());
         }
         let why = self.why_not.lock().map(|w| w.clone()).unwrap_or_default();
-        Err(format!("not consuming: {why}"))
+        Err(admin::NotReady::Failed {
+            what: "not consuming",
+            cause: Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(why)),
+        })
     }
     fn metrics(&self) -> String {
         self.metrics.encode()
