@@ -12,10 +12,13 @@
 //! - [`scheme`]: signature schemes (hmac-sha256, GitHub, Stripe, Standard Webhooks), verify
 //!   and sign, over raw bytes, in constant time.
 //! - [`envelope`]: the message format between listener and worker.
-//! - [`broker`]: [`broker::topology`] (declared identically by both daemons) and
-//!   [`broker::publisher`] (confirmed publishing, reconnects).
-//! - [`worker`]: [`worker::consumer`] takes batches → [`worker::batch`] groups them by subject →
-//!   [`worker::decide`] evaluates rules → [`worker::act`] runs actions → [`worker::state`] commits.
+//! - [`broker`]: [`broker::topology`] (declared identically by both daemons) →
+//!   [`broker::publisher`] (the listener's confirmed publishing) | [`broker::consumer`] (the
+//!   worker's batches, acks and dead-link watchdog). Both open, declare, probe and close
+//!   through [`broker::connection`] and pace reconnects with [`broker::backoff`].
+//! - [`worker`]: [`worker::run`] wires it and takes each batch → [`worker::batch`] groups them
+//!   by subject → [`worker::decide`] evaluates rules → [`worker::act`] runs actions →
+//!   [`worker::state`] commits, done-marks written behind the actions by [`worker::marks`].
 //! - [`config`]: files + environment → validated types, every problem named.
 //! - [`admin`]: health, readiness (with the reason when not ready) and metrics, for both daemons.
 //! - [`telemetry`]: logs and Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
