@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use harness::{Broker, Harness, admin_get, event, eventually, free_addr};
+use harness::{Broker, Harness, event, free_addr, try_admin_get, wait_for};
 use hookwarden::cli::http_client;
 use hookwarden::config::listener::ListenerConfig;
 
@@ -158,13 +158,10 @@ async fn sigterm_under_load_exits_0_with_every_accepted_event_queued() {
         .unwrap();
     let _guard = crate::harness::KillOnDrop(child.id());
     let admin_base = format!("http://{admin}");
-    eventually("listener ready", Duration::from_secs(15), || {
-        let admin_base = admin_base.clone();
-        async move {
-            match tokio::net::TcpStream::connect(admin).await {
-                Ok(_) => admin_get(&admin_base, "/readyz").await.0 == 200,
-                Err(_) => false,
-            }
+    wait_for("the listener ready", Duration::from_secs(15), || async {
+        match try_admin_get(&admin_base, "/readyz").await? {
+            (200, _) => Ok(()),
+            (status, why) => Err(format!("/readyz {status} {why:?}")),
         }
     })
     .await;

@@ -11,7 +11,10 @@ use bytes::Bytes;
 use hookwarden::cli::http_client;
 use hookwarden::config::listener::ListenerConfig;
 
-use crate::harness::{Harness, Names, Proxy, TestListener, eventually, free_addr, tempdir};
+use crate::harness::{
+    Harness, Names, Proxy, TestListener, free_addr, metric, tempdir, try_admin_get, wait_for,
+    wait_for_port,
+};
 use crate::sink::Sink;
 use crate::worker_harness::{TestWorker, WorkerHarness, dregs};
 
@@ -124,20 +127,18 @@ async fn assert_each_acted_once(
         .iter()
         .map(|id| format!("/accounts/{id}/quarantine"))
         .collect();
-    let started = Instant::now();
-    loop {
-        let got: HashSet<String> = sink.received().into_iter().map(|r| r.path).collect();
-        let missing = want.difference(&got).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "{what}: {missing} of {} events answered 200 never acted",
+    sink.wait_until(
+        &format!(
+            "{what}: each of the {} events answered 200 to act",
             want.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ),
+        Duration::from_secs(90),
+        |got| {
+            let got: HashSet<&str> = got.iter().map(|r| r.path.as_str()).collect();
+            want.iter().all(|path| got.contains(path.as_str()))
+        },
+    )
+    .await;
     let mut keys: HashMap<String, HashSet<String>> = HashMap::new();
     let received = sink.received();
     for r in &received {
@@ -283,20 +284,26 @@ async fn busy_clients(n: usize, until: Instant) -> Vec<tokio::task::JoinHandle<u
 
 /// The daemons' own account of the broker while it is away: neither may claim a live link.
 async fn assert_both_see_the_broker_gone(p: &Pipeline) {
-    eventually(
-        "listener and worker both report the broker gone",
+    wait_for(
+        "listener and worker both to report the broker gone",
         Duration::from_secs(30),
-        || {
-            let admin = p.listener.admin.clone();
-            let worker = p.worker.admin.clone();
-            async move {
-                let listener = crate::harness::admin_get(&admin, "/metrics").await.1;
-                let (status, metrics) = crate::harness::admin_get(&worker, "/metrics").await;
-                let worker_ready = crate::harness::admin_get(&worker, "/readyz").await.0;
-                status == 200
-                    && listener.contains("hookwarden_broker_connected 0")
-                    && metrics.contains("hookwarden_worker_consuming 0")
-                    && worker_ready == 503
+        || async {
+            let listener = try_admin_get(&p.listener.admin, "/metrics").await?.1;
+            let (status, metrics) = try_admin_get(&p.worker.admin, "/metrics").await?;
+            let worker_ready = try_admin_get(&p.worker.admin, "/readyz").await?.0;
+            let connected = metric(&listener, "hookwarden_broker_connected");
+            let consuming = metric(&metrics, "hookwarden_worker_consuming");
+            if status == 200
+                && connected == Some(0.0)
+                && consuming == Some(0.0)
+                && worker_ready == 503
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "listener broker_connected {connected:?}; worker /metrics {status}, \
+                     consuming {consuming:?}, /readyz {worker_ready}"
+                ))
             }
         },
     )
@@ -420,10 +427,7 @@ async fn a_listener_killed_with_events_in_its_spool_forwards_them_after_restart(
     proxy.down();
     let mut child = spawn();
     let _guard = crate::harness::KillOnDrop(child.id());
-    eventually("listener up", Duration::from_secs(15), || async move {
-        tokio::net::TcpStream::connect(public).await.is_ok()
-    })
-    .await;
+    wait_for_port(public, Duration::from_secs(15)).await;
     let url = format!("http://{public}/hooks/dregs");
     let (accepted, statuses) = load(
         url.clone(),

@@ -1,13 +1,13 @@
 //! The worker as a process: killed -9 mid-batch and restarted (no completed action lost or
 //! repeated under a new key), SIGHUP with a broken then a good rules file, SIGTERM → exit 0.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hookwarden::worker::state::{SqliteStore, Store};
+use hookwarden::worker::state::Store;
 
-use crate::harness::{eventually, tempdir};
+use crate::harness::{tempdir, wait_for, wait_for_file};
 use crate::sink::Sink;
 use crate::worker_harness::{WorkerHarness, dregs};
 
@@ -70,11 +70,6 @@ async fn harness(
     (w, dir, path)
 }
 
-async fn decided(store: &SqliteStore, provider: &str, ids: &[String]) -> usize {
-    let keys: Vec<String> = ids.iter().map(|i| format!("{provider}/{i}")).collect();
-    store.decided(&keys).map(|s| s.len()).unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same_key() {
     let _serial = crate::SERIAL.lock().await;
@@ -94,9 +89,8 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same
     let log = dir.path.join("worker.log");
     let mut child = spawn(&path, &log);
     let _guard = crate::harness::KillOnDrop(child.id());
-    eventually("some actions done", Duration::from_secs(30), || {
-        let n = sink.received().len();
-        async move { n >= 20 }
+    sink.wait_until("20 actions done", Duration::from_secs(30), |got| {
+        got.len() >= 20
     })
     .await;
     signal(&child, "-KILL");
@@ -105,17 +99,21 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same
     let mut child = spawn(&path, &dir.path.join("worker2.log"));
     let _guard = crate::harness::KillOnDrop(child.id());
     // The rule is a plain threshold, so every one of the 300 events acts once.
-    let started = Instant::now();
-    loop {
-        if decided(&w.store, "dregs", &ids).await == ids.len() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "not all events decided after restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let keys: Vec<String> = ids.iter().map(|i| format!("dregs/{i}")).collect();
+    wait_for(
+        "every event decided after the restart",
+        Duration::from_secs(60),
+        || {
+            let decided = w.store.decided(&keys).map(|s| s.len()).unwrap_or(0);
+            let verdict = if decided == keys.len() {
+                Ok(())
+            } else {
+                Err(format!("{decided} of {} decided", keys.len()))
+            };
+            async move { verdict }
+        },
+    )
+    .await;
     signal(&child, "-TERM");
     let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -161,10 +159,12 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
     let log = dir.path.join("worker.log");
     let mut child = spawn(&path, &log);
     let _guard = crate::harness::KillOnDrop(child.id());
-    eventually("worker consuming", Duration::from_secs(15), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        async move { text.contains("consuming") }
-    })
+    wait_for_file(
+        &log,
+        "the worker consuming",
+        Duration::from_secs(15),
+        |text| text.contains("consuming"),
+    )
     .await;
     // A broken file: refused with its problem logged; the old rules stay.
     std::fs::write(
@@ -173,15 +173,16 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
     )
     .unwrap();
     signal(&child, "-HUP");
-    eventually("reload refused", Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        async move { text.contains("reload refused") && text.contains("undeclared reference 'scor'") }
-    })
+    wait_for_file(
+        &log,
+        "the reload refused",
+        Duration::from_secs(10),
+        |text| text.contains("reload refused") && text.contains("undeclared reference 'scor'"),
+    )
     .await;
     w.publish_dregs("h1", "a", "2026-11-21T10:00:00Z", 20).await;
-    eventually("old rule acts", Duration::from_secs(10), || {
-        let n = sink.received().len();
-        async move { n == 1 }
+    sink.wait_until("the old rule to act", Duration::from_secs(10), |got| {
+        got.len() == 1
     })
     .await;
     // A good file with a lower threshold: applied from the next batch on.
@@ -191,16 +192,17 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
     )
     .unwrap();
     signal(&child, "-HUP");
-    eventually("rules reloaded", Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        async move { text.contains("rules reloaded") }
-    })
+    wait_for_file(
+        &log,
+        "the rules reloaded",
+        Duration::from_secs(10),
+        |text| text.contains("rules reloaded"),
+    )
     .await;
     w.publish_dregs("h2", "b", "2026-11-21T10:00:00Z", 20).await;
     w.publish_dregs("h3", "c", "2026-11-21T10:00:00Z", 5).await;
-    eventually("new rule acts", Duration::from_secs(10), || {
-        let paths: HashSet<String> = sink.received().into_iter().map(|r| r.path).collect();
-        async move { paths.contains("/accounts/c/quarantine") }
+    sink.wait_until("the new rule to act", Duration::from_secs(10), |got| {
+        got.iter().any(|r| r.path == "/accounts/c/quarantine")
     })
     .await;
     assert!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hookwarden::worker::state::{DecisionRecord, Store};
 
-use crate::harness::{BROKER_TIMEOUT, eventually, tempdir};
+use crate::harness::{BROKER_TIMEOUT, tempdir, wait_for};
 use crate::sink::Sink;
 use crate::worker_harness::{TestWorker, WorkerHarness};
 
@@ -224,20 +224,25 @@ async fn dead_letters_are_listed_without_loss_and_replayed_into_the_worker() {
     assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
 }
 
+/// Waits until the worker's record of `dregs/{id}` says it acted (a replay replaces the
+/// dead-lettered record).
 async fn eventually_acted(w: &TestWorker, id: &str) -> DecisionRecord {
     let key = format!("dregs/{id}");
-    eventually(&format!("{key} acted"), BROKER_TIMEOUT, || {
-        let outcome = w
+    wait_for(&format!("{key} acted"), BROKER_TIMEOUT, || {
+        let record = w
             .store
             .decisions(Some(&key), None, 1)
             .unwrap()
             .into_iter()
-            .next()
-            .map(|d| d.outcome);
-        async move { outcome.as_deref() == Some("acted") }
+            .next();
+        let verdict = match record {
+            Some(d) if d.outcome == "acted" => Ok(d),
+            Some(d) => Err(format!("outcome {}", d.outcome)),
+            None => Err("no record".to_owned()),
+        };
+        async move { verdict }
     })
-    .await;
-    w.decision("dregs", id).await
+    .await
 }
 
 #[tokio::test]

@@ -116,6 +116,27 @@ impl Sink {
         self.state.received.lock().unwrap().clone()
     }
 
+    /// Waits until what the sink has received (answered 200) passes `check`; returns it.
+    /// On timeout, says how many requests came and the paths of the last few.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        crate::harness::wait_for(what, within, || {
+            let got = self.received();
+            let verdict = if check(&got) {
+                Ok(got)
+            } else {
+                let last: Vec<&str> = got.iter().rev().take(10).map(|r| r.path.as_str()).collect();
+                Err(format!("{} received, the last: {last:?}", got.len()))
+            };
+            async move { verdict }
+        })
+        .await
+    }
+
     pub fn fail_first(&self, n: u32) {
         self.state.fail_first.store(n, Ordering::SeqCst);
     }

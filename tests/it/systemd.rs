@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Broker, Harness, event, free_addr, tempdir};
+use crate::harness::{Broker, Harness, event, free_addr, tempdir, wait_for_port};
 
 fn units_with_real_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -81,10 +81,7 @@ async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
     let _guard = crate::harness::KillOnDrop(child.id());
 
     // systemd-socket-activate binds, then spawns the listener on the first connection.
-    crate::harness::eventually("socket bound", Duration::from_secs(10), || async move {
-        tokio::net::TcpStream::connect(public).await.is_ok()
-    })
-    .await;
+    wait_for_port(public, Duration::from_secs(10)).await;
     // READY=1 comes once it serves and the broker is connected; then a 200 is due.
     let mut seen = String::new();
     let wait_for = |what: &str, seen: &mut String| {
