@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use harness::{Broker, Harness, event, free_addr, try_admin_get, wait_for};
+use harness::{
+    Broker, Harness, event, free_addr, sign_with, spawn_logged, terminate, try_admin_get, wait_for,
+};
 use hookwarden::cli::http_client;
 use hookwarden::config::listener::ListenerConfig;
 
@@ -39,7 +41,6 @@ async fn load(
         let (url, signer) = (url.clone(), signer.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
-            let p = signer.provider("dregs").unwrap();
             let mut refused = 0;
             for i in 0.. {
                 if Instant::now() >= until || refused > 20 {
@@ -47,15 +48,13 @@ async fn load(
                 }
                 let id = format!("evt_{w}_{i}");
                 let body = event(&id);
-                let headers = p
-                    .scheme
-                    .sign(
-                        &p.keys[0],
-                        body.as_bytes(),
-                        std::time::SystemTime::now(),
-                        &id,
-                    )
-                    .unwrap();
+                let headers = sign_with(
+                    &signer,
+                    "dregs",
+                    body.as_bytes(),
+                    std::time::SystemTime::now(),
+                    &id,
+                );
                 match http_client::post(&url, &headers, Bytes::from(body)).await {
                     Ok(a) => out.push((id, a.status.as_u16(), Instant::now())),
                     Err(_) => {
@@ -149,13 +148,11 @@ async fn sigterm_under_load_exits_0_with_every_accepted_event_queued() {
     let (dir, path, names) = harness.write_config(public, admin);
     let text = std::fs::read_to_string(&path).unwrap();
     let signer = Arc::new(ListenerConfig::parse("t.toml", &text, &Default::default()).unwrap());
-    let log = std::fs::File::create(dir.path.join("listener.log")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden-listener"))
-        .args(["--config", path.to_str().unwrap()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let child = spawn_logged(
+        env!("CARGO_BIN_EXE_hookwarden-listener"),
+        &path,
+        &dir.path.join("listener.log"),
+    );
     let _guard = crate::harness::KillOnDrop(child.id());
     let admin_base = format!("http://{admin}");
     wait_for("the listener ready", Duration::from_secs(15), || async {
@@ -174,16 +171,7 @@ async fn sigterm_under_load_exits_0_with_every_accepted_event_queued() {
         Instant::now() + Duration::from_secs(10),
     ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let pid = child.id().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = terminate(child).await;
     let sent = traffic.await.unwrap();
     let logged = std::fs::read_to_string(dir.path.join("listener.log")).unwrap_or_default();
     assert_eq!(exit.code(), Some(0), "listener log:\n{logged}");

@@ -12,8 +12,8 @@ use hookwarden::cli::http_client;
 use hookwarden::config::listener::ListenerConfig;
 
 use crate::harness::{
-    Harness, Names, Proxy, TestListener, free_addr, metric, tempdir, try_admin_get, wait_for,
-    wait_for_port,
+    Harness, Names, Proxy, TestListener, free_addr, metric, sign_with, signal, tempdir, terminate,
+    try_admin_get, wait_for, wait_for_port,
 };
 use crate::sink::Sink;
 use crate::worker_harness::{TestWorker, WorkerHarness, dregs};
@@ -76,22 +76,19 @@ async fn load(
     for w in 0..workers {
         let (url, signer) = (url.clone(), signer.clone());
         tasks.push(tokio::spawn(async move {
-            let p = signer.provider("dregs").unwrap();
             let mut out = Vec::new();
             let mut i = 0;
             while Instant::now() < until {
                 i += 1;
                 let id = format!("w{w}n{i}");
                 let body = dregs(&id, &id, "2026-11-21T10:00:00Z", 10);
-                let headers = p
-                    .scheme
-                    .sign(
-                        &p.keys[0],
-                        body.as_bytes(),
-                        std::time::SystemTime::now(),
-                        &id,
-                    )
-                    .unwrap();
+                let headers = sign_with(
+                    &signer,
+                    "dregs",
+                    body.as_bytes(),
+                    std::time::SystemTime::now(),
+                    &id,
+                );
                 let status = match http_client::post(&url, &headers, Bytes::from(body)).await {
                     Ok(a) => a.status.as_u16(),
                     Err(_) => 0,
@@ -437,12 +434,10 @@ async fn a_listener_killed_with_events_in_its_spool_forwards_them_after_restart(
     )
     .await;
     assert!(!accepted.is_empty());
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status();
+    signal(&child, "-KILL");
     let _ = child.wait();
     proxy.up();
-    let mut child = spawn();
+    let child = spawn();
     let _guard = crate::harness::KillOnDrop(child.id());
     assert_each_acted_once(
         &sink,
@@ -451,10 +446,7 @@ async fn a_listener_killed_with_events_in_its_spool_forwards_them_after_restart(
         &statuses,
     )
     .await;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(terminate(child).await.code(), Some(0));
     drop(worker);
     drop(names);
 }
@@ -514,7 +506,7 @@ async fn sigterm_of_the_worker_under_load_loses_and_repeats_nothing() {
             .spawn()
             .unwrap()
     };
-    let mut child = spawn();
+    let child = spawn();
     let _guard = crate::harness::KillOnDrop(child.id());
     let url = format!("{}/hooks/dregs", listener.base);
     let traffic = tokio::spawn(load(
@@ -524,24 +516,15 @@ async fn sigterm_of_the_worker_under_load_loses_and_repeats_nothing() {
         Instant::now() + Duration::from_secs(6),
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = terminate(child).await;
     assert_eq!(exit.code(), Some(0), "the worker exits 0 on SIGTERM");
-    let mut child = spawn();
+    let child = spawn();
     let _guard = crate::harness::KillOnDrop(child.id());
     let (accepted, statuses) = traffic.await.unwrap();
     assert_each_acted_once(&sink, &accepted, "worker SIGTERM under load", &statuses).await;
     let received = sink.received().len();
     assert_eq!(received, accepted.len(), "a graceful stop repeats nothing");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    terminate(child).await;
     drop(names);
 }
 

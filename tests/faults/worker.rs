@@ -2,12 +2,11 @@
 //! repeated under a new key), SIGHUP with a broken then a good rules file, SIGTERM → exit 0.
 
 use std::collections::HashMap;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use hookwarden::worker::state::Store;
 
-use crate::harness::{tempdir, wait_for, wait_for_file};
+use crate::harness::{signal, spawn_logged, tempdir, terminate, wait_for, wait_for_file};
 use crate::sink::Sink;
 use crate::worker_harness::{WorkerHarness, dregs};
 
@@ -32,22 +31,8 @@ retries = 5
 timeout = "5s"
 "#;
 
-fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+fn spawn(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    spawn_logged(env!("CARGO_BIN_EXE_hookwarden-worker"), config, log)
 }
 
 /// A publisher for a worker running as a process: the harness's worker, stopped, lends
@@ -96,7 +81,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same
     signal(&child, "-KILL");
     let _ = child.wait();
     let before = sink.received().len();
-    let mut child = spawn(&path, &dir.path.join("worker2.log"));
+    let child = spawn(&path, &dir.path.join("worker2.log"));
     let _guard = crate::harness::KillOnDrop(child.id());
     // The rule is a plain threshold, so every one of the 300 events acts once.
     let keys: Vec<String> = ids.iter().map(|i| format!("dregs/{i}")).collect();
@@ -114,11 +99,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same
         },
     )
     .await;
-    signal(&child, "-TERM");
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = terminate(child).await;
     assert_eq!(
         exit.code(),
         Some(0),
@@ -157,7 +138,7 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
     let (w, dir, path) = harness("30.0", &sink).await;
     let good = std::fs::read_to_string(&path).unwrap();
     let log = dir.path.join("worker.log");
-    let mut child = spawn(&path, &log);
+    let child = spawn(&path, &log);
     let _guard = crate::harness::KillOnDrop(child.id());
     wait_for_file(
         &log,
@@ -211,10 +192,6 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
             .iter()
             .any(|r| r.path == "/accounts/b/quarantine")
     );
-    signal(&child, "-TERM");
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = terminate(child).await;
     assert_eq!(exit.code(), Some(0));
 }

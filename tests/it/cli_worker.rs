@@ -5,11 +5,10 @@
 //! on the replayed event, the dead letter goes).
 
 use std::process::Output;
-use std::time::Duration;
 
 use hookwarden::worker::state::{DecisionRecord, Store};
 
-use crate::harness::{BROKER_TIMEOUT, tempdir, wait_for};
+use crate::harness::{BROKER_TIMEOUT, explain, run_cli as run, tempdir, wait_for};
 use crate::sink::Sink;
 use crate::worker_harness::{TestWorker, WorkerHarness};
 
@@ -28,29 +27,8 @@ retries = 0
 timeout = "2s"
 "#;
 
-fn cli() -> tokio::process::Command {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
-}
-
-/// Runs `hookwarden ARGS`; a test process waiting on a child must not block the worker.
-async fn run(args: &[&str]) -> Output {
-    tokio::time::timeout(Duration::from_secs(60), cli().args(args).output())
-        .await
-        .expect("hookwarden finished in time")
-        .expect("hookwarden ran")
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn explain(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Message ids of the dead letters, as `list --json` gives them, in queue order.

@@ -284,6 +284,21 @@ pub mod tempdir {
     }
 }
 
+/// Headers `provider` as configured in `config` would send for `body` at `at`; `id` is the
+/// event id, for the schemes that sign one.
+pub fn sign_with(
+    config: &ListenerConfig,
+    provider: &str,
+    body: &[u8],
+    at: SystemTime,
+    id: &str,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let p = config
+        .provider(provider)
+        .unwrap_or_else(|| panic!("provider {provider} configured"));
+    p.scheme.sign(&p.keys[0], body, at, id).unwrap()
+}
+
 /// A listener running in this test process.
 pub struct TestListener {
     pub base: String,
@@ -309,12 +324,8 @@ impl TestListener {
         body: &[u8],
         at: SystemTime,
     ) -> Vec<(HeaderName, HeaderValue)> {
-        let p = self
-            .signers
-            .provider(provider)
-            .expect("provider configured");
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        p.scheme.sign(&p.keys[0], body, at, &id).unwrap()
+        sign_with(&self.signers, provider, body, at, &id)
     }
 
     /// POSTs `body` signed by `provider` to its route.
@@ -768,4 +779,60 @@ impl Drop for KillOnDrop {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// Starts a daemon binary on `config` with its stdout and stderr written to `log`.
+pub fn spawn_logged(
+    bin: &str,
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Sends `child` a signal (`-TERM`, `-HUP`, `-KILL`).
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {}", child.id());
+}
+
+/// SIGTERM, then its exit status, waited for off the runtime's threads.
+pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    signal(&child, "-TERM");
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Runs `hookwarden ARGS` to its end (at most 60 s) without blocking the runtime: a worker
+/// in this process must go on meanwhile.
+pub async fn run_cli(args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+        .args(args)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("hookwarden {args:?} still running after 60 s"))
+        .expect("hookwarden ran")
+}
+
+/// A command's exit status and output, for a failure message.
+pub fn explain(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

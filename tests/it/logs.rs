@@ -14,7 +14,7 @@ use hookwarden::cli::http_client;
 use hookwarden::config::listener::ListenerConfig;
 use hookwarden::listener::extract::parse_body;
 
-use crate::harness::{Broker, Harness, KillOnDrop, eventually_get, free_addr, wait_for};
+use crate::harness::{Broker, Harness, KillOnDrop, eventually_get, free_addr, sign_with, wait_for};
 use crate::sink::Sink;
 use crate::worker_harness::{WorkerHarness, dregs};
 
@@ -157,7 +157,6 @@ async fn every_json_log_line_of_both_daemons_has_unique_keys() {
     .unwrap();
     let text = std::fs::read_to_string(&listener_toml).unwrap();
     let signers = ListenerConfig::parse("listener.toml", &text, &HashMap::new()).unwrap();
-    let dregs_provider = signers.provider("dregs").unwrap();
 
     let listener = Daemon::spawn(
         "listener",
@@ -175,15 +174,7 @@ async fn every_json_log_line_of_both_daemons_has_unique_keys() {
     let url = format!("http://{public}/hooks/dregs");
     // Signs `signed` and sends `body`: the same text, or another one to be refused.
     let post = |signed: &str, body: String| {
-        let headers = dregs_provider
-            .scheme
-            .sign(
-                &dregs_provider.keys[0],
-                signed.as_bytes(),
-                SystemTime::now(),
-                "",
-            )
-            .unwrap();
+        let headers = sign_with(&signers, "dregs", signed.as_bytes(), SystemTime::now(), "");
         let url = url.clone();
         async move {
             http_client::post(&url, &headers, Bytes::from(body))

@@ -37,9 +37,8 @@ async fn spool_drained(l: &TestListener, within: Duration) {
     wait_for_metric(&l.admin, "hookwarden_spool_depth", Want::Equal(0.0), within).await;
 }
 
-/// A listener with a spool in `dir`, connected through a proxy that is then cut.
-async fn spooling_listener_cut_off(dir: &tempdir::Dir) -> (Proxy, TestListener) {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+/// A listener with a spool in `dir`, connected to the broker through `proxy`.
+async fn spooling_listener(proxy: &Proxy, dir: &tempdir::Dir) -> TestListener {
     let l = Harness::new()
         .amqp("url", &format!("\"{}\"", proxy.url()))
         .spool(&dir.path.join("spool.db"), "")
@@ -47,7 +46,15 @@ async fn spooling_listener_cut_off(dir: &tempdir::Dir) -> (Proxy, TestListener) 
         .await;
     let publisher = l.running.as_ref().unwrap().publisher.clone();
     assert!(publisher.wait_connected(Duration::from_secs(10)).await);
+    l
+}
+
+/// A listener with a spool in `dir`, connected through a proxy that is then cut.
+async fn spooling_listener_cut_off(dir: &tempdir::Dir) -> (Proxy, TestListener) {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let l = spooling_listener(&proxy, dir).await;
     proxy.down();
+    let publisher = l.running.as_ref().unwrap().publisher.clone();
     wait_for("the broker seen as down", Duration::from_secs(10), || {
         let connected = publisher.is_connected();
         async move {
@@ -218,13 +225,7 @@ async fn under_steady_load_after_an_outage_the_listener_returns_to_publishing_di
 async fn a_broker_link_gone_silent_is_noticed_and_what_was_taken_arrives() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let dir = tempdir::Dir::new();
-    let mut l = Harness::new()
-        .amqp("url", &format!("\"{}\"", proxy.url()))
-        .spool(&dir.path.join("spool.db"), "")
-        .start()
-        .await;
-    let publisher = l.running.as_ref().unwrap().publisher.clone();
-    assert!(publisher.wait_connected(Duration::from_secs(10)).await);
+    let mut l = spooling_listener(&proxy, &dir).await;
     proxy.freeze();
     // Held off until the daemon has said so: a quick reconnect would make that a blink.
     proxy.refuse_new();

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{Proxy, admin_get, header, metric, try_admin_get, wait_for, wait_for_file};
+use crate::harness::{
+    Proxy, admin_get, header, metric, spawn_logged, try_admin_get, wait_for, wait_for_file,
+};
 use crate::sink::Sink;
 use crate::worker_harness::{WorkerHarness, dregs};
 
@@ -364,13 +366,7 @@ async fn per_event_warnings_in_the_log_name_the_event_its_provider_and_subject()
     let config = dir.path.join("rules.toml");
     std::fs::write(&config, &w.text).unwrap();
     let log_path = dir.path.join("worker.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_logged(env!("CARGO_BIN_EXE_hookwarden-worker"), &config, &log_path);
     let _kill = crate::harness::KillOnDrop(child.id());
 
     // Its action fails (the target answers 500): dead-lettered by the rule's action. Its
