@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use harness::{
-    Broker, Harness, event, free_addr, sign_with, spawn_logged, terminate, try_admin_get, wait_for,
+    Broker, Harness, Want, event, free_addr, sign_with, spawn_logged, terminate, try_admin_get,
+    wait_for, wait_for_metric,
 };
 use hookwarden::cli::http_client;
 use hookwarden::config::listener::ListenerConfig;
@@ -60,6 +61,7 @@ async fn load(
                     Err(_) => {
                         refused += 1;
                         out.push((id, 0, Instant::now()));
+                        // The pace of retries against a refusing port, not a wait for a state.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
@@ -86,6 +88,18 @@ fn rabbitmqctl(args: &[&str]) {
     );
 }
 
+/// Waits until the listener whose admin server is at `admin` has answered 50 events 200,
+/// which must happen well before the load ends at `until`.
+async fn accepting_load(admin: &str, until: Instant) {
+    wait_for_metric(
+        admin,
+        r#"hookwarden_requests_total{provider="dregs",status="200"}"#,
+        Want::AtLeast(50.0),
+        until.saturating_duration_since(Instant::now()) / 2,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_by_the_broker_never_yield_a_200_without_a_message() {
     let _serial = SERIAL.lock().await;
@@ -96,7 +110,8 @@ async fn connections_cut_by_the_broker_never_yield_a_200_without_a_message() {
     let started = Instant::now();
     let until = started + Duration::from_secs(6);
     let traffic = tokio::spawn(load(url, signer, 8, until));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The cut comes once events are flowing, with most of the load still ahead.
+    accepting_load(&l.admin, until).await;
     tokio::task::spawn_blocking(|| {
         rabbitmqctl(&["close_all_connections", "hookwarden fault test"])
     })
@@ -164,13 +179,10 @@ async fn sigterm_under_load_exits_0_with_every_accepted_event_queued() {
     .await;
 
     let url = format!("http://{public}/hooks/dregs");
-    let traffic = tokio::spawn(load(
-        url,
-        signer,
-        8,
-        Instant::now() + Duration::from_secs(10),
-    ));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    let traffic = tokio::spawn(load(url, signer, 8, until));
+    // SIGTERM once events are flowing, with most of the load still ahead.
+    accepting_load(&admin_base, until).await;
     let exit = terminate(child).await;
     let sent = traffic.await.unwrap();
     let logged = std::fs::read_to_string(dir.path.join("listener.log")).unwrap_or_default();

@@ -94,7 +94,7 @@ async fn load(
                     Err(_) => 0,
                 };
                 out.push((id, status));
-                // Steady, not flooding: about 100 events/s per loop at most.
+                // Steady, not flooding: about 100 events/s per loop at most (a pace, not a wait).
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             out
@@ -203,6 +203,7 @@ fn explain_if_slow(p: &Pipeline) {
         return;
     };
     tokio::spawn(async move {
+        // A report due at a time, not a wait for a state.
         tokio::time::sleep(Duration::from_secs(30)).await;
         let (_, listener) = crate::harness::admin_get(&admin, "/metrics").await;
         let keep = |l: &&str| !l.starts_with('#');
@@ -264,6 +265,7 @@ async fn busy_clients(n: usize, until: Instant) -> Vec<tokio::task::JoinHandle<u
                                 .await?;
                                 sent += 1;
                             }
+                            // Their publishing pace, not a wait for a state.
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                         let _ = conn.close(200, "done".into()).await;
@@ -271,12 +273,24 @@ async fn busy_clients(n: usize, until: Instant) -> Vec<tokio::task::JoinHandle<u
                     };
                     // Any failure (the broker away, a connection cut): wait a little, retry.
                     let _ = tokio::time::timeout(until - Instant::now(), session).await;
+                    // Their retry pace, as another application's, not a wait for a state.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 sent
             })
         })
         .collect()
+}
+
+/// Waits until events flow end to end (10 acted on), before a fault is injected.
+async fn flowing(p: &Pipeline) {
+    p.sink
+        .wait_until(
+            "10 events acted on before the fault",
+            Duration::from_secs(10),
+            |got| got.len() >= 10,
+        )
+        .await;
 }
 
 /// The daemons' own account of the broker while it is away: neither may claim a live link.
@@ -320,13 +334,14 @@ async fn broker_stopped_for(seconds: u64, others_busy: bool) {
     } else {
         Vec::new()
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    flowing(&p).await;
     tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
         .await
         .unwrap();
     if seconds >= 30 {
         assert_both_see_the_broker_gone(&p).await;
     }
+    // The outage's length is what the test is about.
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
         .await
@@ -382,10 +397,11 @@ async fn publishers_blocked_by_a_memory_alarm_under_load() {
     let url = format!("{}/hooks/dregs", p.listener.base);
     let until = Instant::now() + Duration::from_secs(8);
     let traffic = tokio::spawn(load(url, p.signer.clone(), 4, until));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    flowing(&p).await;
     tokio::task::spawn_blocking(|| rabbitmqctl(&["set_vm_memory_high_watermark", "0"]))
         .await
         .unwrap();
+    // How long the alarm holds is what the test is about.
     tokio::time::sleep(Duration::from_secs(4)).await;
     tokio::task::spawn_blocking(|| rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]))
         .await
@@ -476,6 +492,7 @@ async fn an_action_target_down_for_30s_then_back() {
         2,
         Instant::now() + Duration::from_secs(35),
     ));
+    // The target's 30 s outage is what the test is about.
     tokio::time::sleep(Duration::from_secs(30)).await;
     sink.fail_always(false);
     let (accepted, statuses) = traffic.await.unwrap();
@@ -509,13 +526,15 @@ async fn sigterm_of_the_worker_under_load_loses_and_repeats_nothing() {
     let child = spawn();
     let _guard = crate::harness::KillOnDrop(child.id());
     let url = format!("{}/hooks/dregs", listener.base);
-    let traffic = tokio::spawn(load(
-        url,
-        signer,
-        4,
-        Instant::now() + Duration::from_secs(6),
-    ));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let until = Instant::now() + Duration::from_secs(6);
+    let traffic = tokio::spawn(load(url, signer, 4, until));
+    // SIGTERM with the worker busy acting and load still coming.
+    sink.wait_until(
+        "the worker process acting on 50 events before the load ends",
+        until.saturating_duration_since(Instant::now()),
+        |got| got.len() >= 50,
+    )
+    .await;
     let exit = terminate(child).await;
     assert_eq!(exit.code(), Some(0), "the worker exits 0 on SIGTERM");
     let child = spawn();
@@ -539,7 +558,7 @@ async fn broker_connections_cut_under_load() {
         4,
         Instant::now() + Duration::from_secs(6),
     ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    flowing(&p).await;
     // Cuts the listener's and the worker's connections alike.
     tokio::task::spawn_blocking(|| {
         rabbitmqctl(&["close_all_connections", "hookwarden fault test"])

@@ -72,6 +72,7 @@ impl Sink {
                                 .unwrap_or_default();
                             let delay = s.delay_ms.load(Ordering::SeqCst);
                             if delay > 0 {
+                                // A slow target is the behaviour asked for, not a wait.
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
                             }
                             let status = if s.fail_always.load(Ordering::SeqCst) > 0 {

@@ -194,6 +194,7 @@ async fn under_steady_load_after_an_outage_the_listener_returns_to_publishing_di
     // While the load goes on, the spool empties and stays empty: later events go direct.
     spool_drained(&l, Duration::from_secs(20)).await;
     let first = spooled(&admin_get(&l.admin, "/metrics").await.1);
+    // "Nothing spooled for a while" has no event to wait for: half a second of the load.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let later = spooled(&admin_get(&l.admin, "/metrics").await.1);
     let mut ok = 0;
