@@ -12,7 +12,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hookwarden::listener::config::ListenerConfig;
 use hookwarden::listener::dedupe::Dedupe;
 use hookwarden::listener::extract::{extract, parse_body};
-use hookwarden::worker::condition::{Condition, Input, PreparedInput};
+use hookwarden::worker::condition::{Condition, PreparedInput};
+use hookwarden::worker::facts::Facts;
 use hookwarden::worker::template::{self, Templates};
 use http::HeaderMap;
 
@@ -125,14 +126,17 @@ fn cel(c: &mut Criterion) {
     let event: serde_json::Value = serde_json::from_str(BODY).unwrap_or_default();
     let score = BTreeMap::from([("humanity".to_owned(), 22.0)]);
     let previous = BTreeMap::from([("humanity".to_owned(), 74.0)]);
-    let input = Input {
+    let env = BTreeMap::new();
+    let input = Facts {
         event: &event,
         provider: "dregs",
         event_type: "identity.scored",
+        event_id: "evt_1",
         subject: "usr_48213",
         score: &score,
         previous_score: &previous,
         previous_at: Some("2026-11-21T14:00:00Z"),
+        env: &env,
     };
     // The crossing rule of deploy/rules.toml: below 30 now, at or above it before.
     let rule =

@@ -3,6 +3,7 @@
 //! public port.
 
 use std::convert::Infallible;
+use std::error::Error;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,11 +15,32 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Why a daemon is not ready: what it cannot do, in words an operator can act on, and the
+/// failure behind it when there is one. `/readyz` answers `not ready: ` and this.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotReady {
+    /// A condition that needs no cause to explain it.
+    #[error("{0}")]
+    Because(&'static str),
+    /// What the daemon cannot do, because of `cause`.
+    #[error("{what}: {cause}")]
+    Failed {
+        /// What it cannot do, e.g. "not consuming".
+        what: &'static str,
+        /// Why.
+        #[source]
+        cause: Arc<dyn Error + Send + Sync>,
+    },
+}
+
 /// What the admin endpoints report on.
 pub trait Status: Send + Sync + 'static {
     /// `Ok` when the daemon does its job now (the listener takes events durably, the worker
-    /// consumes); otherwise why not, in words an operator can act on.
-    fn readiness(&self) -> Result<(), String>;
+    /// consumes); otherwise why not.
+    ///
+    /// # Errors
+    /// The daemon is not ready.
+    fn readiness(&self) -> Result<(), NotReady>;
     /// Prometheus text exposition.
     fn metrics(&self) -> String;
 }
@@ -88,10 +110,10 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    struct Fixed(Result<(), String>);
+    struct Fixed(Result<(), NotReady>);
 
     impl Status for Fixed {
-        fn readiness(&self) -> Result<(), String> {
+        fn readiness(&self) -> Result<(), NotReady> {
             self.0.clone()
         }
         fn metrics(&self) -> String {
@@ -108,7 +130,10 @@ mod tests {
 
     #[tokio::test]
     async fn readyz_says_why_a_daemon_is_not_ready() {
-        let down = Fixed(Err("not consuming: connection closed".to_owned()));
+        let down = Fixed(Err(NotReady::Failed {
+            what: "not consuming",
+            cause: Arc::new(std::io::Error::other("connection closed")),
+        }));
         assert_eq!(
             get("/readyz", &down).await,
             (

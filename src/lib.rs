@@ -13,13 +13,19 @@
 //! - [`scheme`]: signature schemes (hmac-sha256, GitHub, Stripe, Standard Webhooks), verify
 //!   and sign, over raw bytes, in constant time; each owns its defaults ([`scheme::SchemeKind`]).
 //! - [`envelope`]: the message format between listener and worker.
-//! - [`broker`]: [`broker::topology`] (declared identically by both daemons) and
-//!   [`broker::publisher`] (confirmed publishing, reconnects).
-//! - [`worker`]: [`worker::consumer`] takes batches → [`worker::batch`] groups them by subject →
-//!   [`worker::decide`] evaluates rules → [`worker::act`] runs actions → [`worker::state`] commits.
-//! - [`config`]: the loader every config file goes through (files + environment → validated
-//!   types, every problem named), and what both daemons read alike: [`config::amqp`],
-//!   [`config::log`], secrets, sizes.
+//! - [`broker`]: [`broker::topology`] (declared identically by both daemons) →
+//!   [`broker::publisher`] (the listener's confirmed publishing) | [`broker::consumer`] (the
+//!   worker's batches, acks and dead-link watchdog). Both open, declare, probe and close
+//!   through [`broker::connection`] and pace reconnects with [`broker::backoff`].
+//! - [`worker`]: [`worker::run`] wires it and takes each batch → [`worker::batch`] groups them
+//!   by subject → [`worker::decide`] (pure) turns an event, the subject's state and the
+//!   [`worker::rules`] into a typed `Decision` → the batch carries it out: [`worker::action`]
+//!   runs the planned actions (a file per kind) → [`worker::state`] commits, done-marks
+//!   written behind the actions by [`worker::marks`]. [`worker::config`] is the rules file;
+//!   [`worker::facts`] the one list of names conditions and templates see.
+//! - [`config`]: what every config file shares: TOML + `HOOKWARDEN__` overrides → typed
+//!   sections, every problem named with file, line, key and reason; the `[amqp]` and `[log]`
+//!   sections, secrets, units. Each daemon owns its own sections. Imports no daemon.
 //! - [`admin`]: health, readiness (with the reason when not ready) and metrics, for both daemons.
 //! - [`telemetry`]: logs and Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
 //!   [`systemd`]: readiness, watchdog, socket activation.
@@ -27,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::disallowed_methods)]
 
 pub mod admin;
 pub mod broker;

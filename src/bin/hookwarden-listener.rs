@@ -1,5 +1,6 @@
 //! `hookwarden-listener --config FILE [--check]`: validate the config before binding
 //! anything, then serve until SIGTERM/SIGINT.
+#![deny(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,14 +1,16 @@
 //! `hookwarden-worker --config RULES.toml [--check]`: validate the rules file before
 //! connecting anything, then consume until SIGTERM/SIGINT; SIGHUP reloads the rules file.
+#![deny(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use hookwarden::config::{self, ConfigError, worker::WorkerConfig};
+use hookwarden::config::{self, ConfigError};
 use hookwarden::daemon::{self, Loader};
 use hookwarden::signals::{Signal, Signals};
+use hookwarden::worker::config::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
 /// Consumes webhook events, evaluates rules and runs actions.

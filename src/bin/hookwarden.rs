@@ -1,5 +1,6 @@
 //! `hookwarden`: the operator's command. Parses arguments and dispatches; the work is in
 //! `hookwarden::cli`.
+#![deny(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::process::ExitCode;
 
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
             }
             if let Some(rules) = rules {
                 let worker = config::read_file(&rules).and_then(|text| {
-                    hookwarden::config::worker::WorkerConfig::parse(
+                    hookwarden::worker::config::WorkerConfig::parse(
                         &rules.display().to_string(),
                         &text,
                         &env,

@@ -1,6 +1,6 @@
 //! The listener's confirmed publisher: one connection, several confirm-mode channels, many
-//! publishes in flight at once, and a supervisor that reconnects with backoff. A publish is
-//! good only on a broker ack that was not a return.
+//! publishes in flight at once, and a supervisor that reconnects with the shared
+//! [`Backoff`]. A publish is good only on a broker ack that was not a return.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -13,8 +13,9 @@ use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::connection::{self, SETUP_TIMEOUT};
-use crate::broker::topology::{self, Topology};
+use crate::broker::backoff::{self, Backoff};
+use crate::broker::connection::{self, LinkDown, SETUP_TIMEOUT, SetupError};
+use crate::broker::topology::Topology;
 use crate::config::amqp::{AmqpConfig, redact};
 use crate::envelope::Envelope;
 use crate::telemetry::BrokerMetrics;
@@ -84,8 +85,14 @@ pub struct Publisher {
     inner: Arc<Inner>,
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Reconnect pacing: the listener retries quickly (the spool or 503s cover the gap), and
+/// starts over after any session, however short.
+const BACKOFF: backoff::Policy = backoff::Policy {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(10),
+    jitter: Duration::from_millis(100),
+    stable_after: Duration::ZERO,
+};
 
 impl Publisher {
     /// Starts the supervisor, which connects, declares `topology`, opens
@@ -169,17 +176,29 @@ impl Publisher {
 /// Why a connection attempt failed; a refused topology needs an operator, not a retry.
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
+    /// No connection, or the topology not declared.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// A publishing channel could not be opened or put in confirm mode.
     #[error("{0}")]
-    Broker(#[from] lapin::Error),
-    #[error(
-        "the broker refused the topology (a queue or exchange exists with other arguments? \
-         compare [amqp] with the broker's definitions): {0}"
-    )]
-    Topology(lapin::Error),
+    Channel(#[source] lapin::Error),
+    /// The whole set-up took longer than [`SETUP_TIMEOUT`].
     #[error("the broker did not complete the connection set-up in time")]
     Timeout,
-    #[error("{0}")]
-    Open(#[from] connection::OpenError),
+}
+
+/// Why the supervisor gave up on a link.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    /// Seen by the liveness round or reported by lapin.
+    #[error(transparent)]
+    Down(#[from] LinkDown),
+    /// lapin's event stream ended.
+    #[error("connection error")]
+    EventsEnded,
+    /// A publish found its channel dead.
+    #[error("a channel closed")]
+    ChannelBroken,
 }
 
 /// Publishes `body` persistent-or-not as `properties` say, `mandatory`, on a confirm-mode
@@ -310,11 +329,10 @@ struct Supervisor {
 
 impl Supervisor {
     async fn run(self) {
-        let mut backoff = BACKOFF_MIN;
-        let mut attempt = 0usize;
+        let mut backoff = Backoff::new(BACKOFF);
+        let mut brokers = self.urls.iter().cycle();
         while !self.shutdown.is_cancelled() {
-            let url = &self.urls[attempt % self.urls.len()];
-            attempt += 1;
+            let Some(url) = brokers.next() else { break };
             // Bounded: a broker still booting can accept the socket and never finish the
             // handshake; waiting on it would keep the listener away from the broker for good.
             let connected = tokio::time::timeout(SETUP_TIMEOUT, self.connect(url))
@@ -322,48 +340,46 @@ impl Supervisor {
                 .unwrap_or(Err(ConnectError::Timeout));
             match connected {
                 Ok(link) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.session_began();
                     tracing::info!(broker = %redact(url), channels = self.channels, "broker connected");
                     let link = Arc::new(link);
                     self.set_link(Some(link.clone()));
-                    let reason = self.watch(&link).await;
+                    let lost = self.watch(&link).await;
                     self.set_link(None);
-                    if self.shutdown.is_cancelled() {
+                    let Some(reason) = lost.filter(|_| !self.shutdown.is_cancelled()) else {
                         close(&link).await;
                         break;
-                    }
+                    };
+                    backoff.session_ended();
                     tracing::warn!(broker = %redact(url), reason = %reason, "broker connection lost; reconnecting");
                     self.inner.metrics.reconnects.inc();
                     // Closing makes lapin fail every confirm still pending on this link.
                     close(&link).await;
                 }
                 Err(err) => {
-                    tracing::warn!(broker = %redact(url), error = %err, retry_in = ?backoff, "cannot connect to the broker");
+                    tracing::warn!(broker = %redact(url), error = %err, retry_in = ?backoff.delay(), "cannot connect to the broker");
                 }
             }
-            let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 100);
-            tokio::select! {
-                () = tokio::time::sleep(backoff + jitter) => {}
-                () = self.shutdown.cancelled() => break,
+            if !backoff.wait(&self.shutdown).await {
+                break;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         self.set_link(None);
     }
 
     async fn connect(&self, url: &str) -> Result<Link, ConnectError> {
-        let connection = connection::open(url, "hookwarden-listener").await?;
-        let setup = connection.create_channel().await?;
-        if let Err(err) = topology::declare(&setup, &self.topology).await {
-            connection::close(&connection, &[]).await;
-            return Err(ConnectError::Topology(err));
-        }
+        let (connection, setup) =
+            connection::open_declared(url, "hookwarden-listener", &self.topology).await?;
         let mut channels = Vec::with_capacity(self.channels);
         for _ in 0..self.channels {
-            let channel = connection.create_channel().await?;
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(ConnectError::Channel)?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
-                .await?;
+                .await
+                .map_err(ConnectError::Channel)?;
             channels.push(channel);
         }
         Ok(Link {
@@ -382,45 +398,31 @@ impl Supervisor {
         self.inner.metrics.connected.set(i64::from(up));
     }
 
-    /// Returns when the link fails or shutdown begins, with a reason for the log.
-    async fn watch(&self, link: &Link) -> String {
+    /// Returns why the link failed, or `None` when shutdown begins. A connection the broker
+    /// blocks for a resource alarm is flow control, not a dead link: the spool takes the
+    /// events meanwhile.
+    async fn watch(&self, link: &Link) -> Option<Lost> {
         let mut events = link.connection.events_listener();
         let mut tick = tokio::time::interval(connection::PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = events.next() => match event {
-                    Some(lapin::Event::Error(err)) => return format!("connection error: {err}"),
-                    None => return "connection error".to_owned(),
+                    Some(lapin::Event::Error(err)) => return Some(LinkDown::Error(err).into()),
+                    None => return Some(Lost::EventsEnded),
                     Some(_) => {}
                 },
-                () = self.inner.broken.notified() => return "a channel closed".to_owned(),
+                () = self.inner.broken.notified() => return Some(Lost::ChannelBroken),
                 _ = tick.tick() => {
-                    // Events can be missed if the connection dies during set-up.
-                    if !link.connection.status().connected()
-                        || link.channels.iter().any(|c| !c.status().connected())
-                    {
-                        return "connection or channel not connected".to_owned();
-                    }
-                    // A connection blocked by a resource alarm answers nothing until the alarm
-                    // clears; that is the broker's flow control, not a dead link (the spool
-                    // takes the events meanwhile).
-                    if !link.connection.status().blocked() {
-                        tokio::select! {
-                            probed = connection::probe(&link.probe) => {
-                                // An alarm that began while the probe was on its way is not a
-                                // dead link either.
-                                if let Err(reason) = probed
-                                    && !link.connection.status().blocked()
-                                {
-                                    return reason;
-                                }
-                            }
-                            () = self.shutdown.cancelled() => return "shutdown".to_owned(),
-                        }
+                    let round = connection::check(link.connection.status(), &link.channels, &link.probe);
+                    tokio::select! {
+                        checked = round => if let Err(down) = checked {
+                            return Some(down.into());
+                        },
+                        () = self.shutdown.cancelled() => return None,
                     }
                 }
-                () = self.shutdown.cancelled() => return "shutdown".to_owned(),
+                () = self.shutdown.cancelled() => return None,
             }
         }
     }

@@ -47,8 +47,9 @@ impl Topology {
     }
 }
 
-fn name(s: &str) -> ShortString {
-    // Lengths were checked when the config was loaded.
+/// A queue or exchange name from `[amqp]` as AMQP wants it. Infallible because lengths were
+/// checked when the config was loaded.
+pub(crate) fn name(s: &str) -> ShortString {
     ShortString::try_new(s).unwrap_or_else(|_| ShortString::from(""))
 }
 

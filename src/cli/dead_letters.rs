@@ -39,11 +39,11 @@ use serde::Serialize;
 use crate::broker::publisher::publish_confirmed;
 use crate::cli::out;
 use crate::config::amqp::redact;
-use crate::config::worker::WorkerConfig;
 use crate::envelope::{
     HEADER_DEAD_ACTION, HEADER_DEAD_ERROR, HEADER_DEAD_ROUTING_KEY, HEADER_DEAD_RULE,
     HEADER_PROVIDER, HEADER_RECEIVED_AT,
 };
+use crate::worker::config::WorkerConfig;
 
 /// Bound on connecting and on each broker round trip.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args};
 use serde_json::Value;
 
-use crate::config::worker::WorkerConfig;
+use crate::worker::config::WorkerConfig;
 use crate::worker::decide;
 use crate::worker::state::{DecisionRecord, SqliteStore, Store};
 

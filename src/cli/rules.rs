@@ -1,6 +1,6 @@
 //! `hookwarden rules test`: a dry run of the worker's rules on one event file. The event is
 //! read, decided and its actions rendered by the functions the worker itself uses
-//! ([`crate::worker::decide`], [`crate::worker::act::render`]), so what is printed is what
+//! ([`crate::worker::decide`], which renders the actions too), so what is printed is what
 //! the worker would do; nothing is sent, and no state is read or written: the subject's past
 //! comes from `--previous` instead of the worker's store. The event's id and type are read
 //! where the listener reads them (`--config`), since they key the worker's idempotency keys.
@@ -17,14 +17,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cli::sign;
-use crate::config::{self, worker::Mode, worker::WorkerConfig};
+use crate::config;
 use crate::listener::config::ListenerConfig;
 use crate::listener::extract::{self, ExtractError, FieldRef, parse_body};
 use crate::scheme::Verified;
-use crate::worker::act::{self, Rendered};
-use crate::worker::decide::{self, Event, RuleVerdict};
+use crate::worker::config::WorkerConfig;
+use crate::worker::decide::{self, Decision, Event, EventOutcome};
 use crate::worker::state::{SubjectState, now_ms};
-use crate::worker::subject::SubjectRead;
+use crate::worker::subject::{self, SubjectRead};
 
 /// `hookwarden rules …`.
 #[derive(Subcommand)]
@@ -278,109 +278,109 @@ pub fn test(args: &TestArgs, env: &HashMap<String, String>) -> anyhow::Result<Re
         note: None,
         rules: Vec::new(),
     };
-    let Some(spec) = config.subject_spec(&event.provider, &event.event_type) else {
-        report.outcome = "no_subject";
-        report.note = Some(format!(
-            "no [[subjects]] entry reads {}:{} events: the worker records the event as \
-             no_subject and evaluates no rule",
-            event.provider, event.event_type
-        ));
-        return Ok(report);
-    };
-    let subject = spec.read(&event.json).map_err(|reason| {
-        anyhow!("the worker would dead-letter this event, its subject is unreadable: {reason}")
-    })?;
-    report.subject = Some(subject.id.clone());
-    report.version = subject.version;
-    report.score = subject.scores.clone();
-    let score_names: BTreeSet<&str> = config
+    let rules = &config.rules;
+    let score_names: BTreeSet<&str> = rules
         .subjects
         .iter()
         .flat_map(|s| s.scores.iter().map(|(n, _)| n.as_str()))
         .collect();
-
-    if decide::is_stale(&prior, &subject) {
-        report.outcome = "stale";
-        report.note = Some(format!(
-            "version {} is older than the previous version {}: the worker skips the event \
-             and evaluates no rule",
-            subject.version.unwrap_or_default(),
-            prior.version.unwrap_or_default()
-        ));
-        for rule in config
-            .rules
-            .iter()
-            .filter(|r| r.applies(&event.provider, &event.event_type))
-        {
-            report.rules.push(RuleReport {
-                rule: rule.name.clone(),
-                mode: rule.mode.as_str(),
-                when: rule.when.source().to_owned(),
-                result: Verdict::Stale,
-                error: None,
-                cooldown: None,
-                values: values(rule.when.source(), &score_names, &subject, &prior),
-                actions: Vec::new(),
-            });
+    let evaluation = match decide::decide(rules, &event, &prior, now_ms()) {
+        Decision::NoSubject => {
+            report.outcome = EventOutcome::NoSubject.as_str();
+            report.note = Some(format!(
+                "no [[subjects]] entry reads {}:{} events: the worker records the event as \
+                 no_subject and evaluates no rule",
+                event.provider, event.event_type
+            ));
+            return Ok(report);
         }
-        return Ok(report);
-    }
-
-    let mut acted = false;
-    let mut fired = false;
-    let mut dead_lettered = false;
-    for verdict in decide::evaluate(&config, &event, &subject, &prior, now_ms()) {
-        let rule = &config.rules[verdict.rule];
-        let mut actions = Vec::new();
-        if verdict.fires() {
-            fired = true;
-            // Shadow rules are rendered too: the point of shadow mode is to see what
-            // enforcing would do before it does it.
-            let context = decide::template_context(&config, &event, &subject, &prior, &rule.name);
-            for &index in &rule.actions {
-                let action = &config.actions[index];
-                let key = act::idempotency_key(&event.key, &rule.name, &action.name);
-                let (rendered, error) =
-                    match act::render(&config, &action.kind, &key, &event, &context) {
-                        Ok(r) => (rendered_json(&r), None),
-                        Err(e) => (Value::Null, Some(e)),
-                    };
-                if rule.mode == Mode::Enforce {
-                    acted |= error.is_none();
-                    dead_lettered |= error.is_some();
-                }
-                actions.push(ActionReport {
-                    action: action.name.clone(),
-                    kind: action.kind.as_str(),
-                    rendered,
-                    error,
+        Decision::Unreadable(reason) => {
+            bail!("the worker would dead-letter this event, its subject is unreadable: {reason}")
+        }
+        Decision::Stale(subject) => {
+            report.show_subject(&subject);
+            report.outcome = EventOutcome::Stale.as_str();
+            report.note = Some(format!(
+                "version {} is older than the previous version {}: the worker skips the event \
+                 and evaluates no rule",
+                subject.version.unwrap_or_default(),
+                prior.version.unwrap_or_default()
+            ));
+            for rule in rules
+                .rules
+                .iter()
+                .filter(|r| r.applies(&event.provider, &event.event_type))
+            {
+                report.rules.push(RuleReport {
+                    rule: rule.name.clone(),
+                    mode: rule.mode.as_str(),
+                    when: rule.when.source().to_owned(),
+                    result: Verdict::Stale,
+                    error: None,
+                    cooldown: None,
+                    values: values(rule.when.source(), &score_names, &subject, &prior),
+                    actions: Vec::new(),
                 });
             }
+            return Ok(report);
         }
+        Decision::Evaluated(evaluation) => evaluation,
+    };
+    report.show_subject(&evaluation.subject);
+    for decided in &evaluation.rules {
+        let rule = &rules.rules[decided.rule];
+        let (result, error, cooldown_report) = match &decided.verdict {
+            decide::Verdict::NotMatched => (Verdict::NotMatched, None, None),
+            decide::Verdict::Acts | decide::Verdict::WouldAct => (Verdict::Matched, None, None),
+            decide::Verdict::CoolingDown { fired_ms } => (
+                Verdict::Cooldown,
+                None,
+                Some(cooldown(rule.cooldown, *fired_ms)),
+            ),
+            decide::Verdict::Error(reason) => (Verdict::Error, Some(reason.clone()), None),
+        };
+        let actions = decided
+            .actions
+            .iter()
+            .map(|planned| {
+                let (rendered, error) = match &planned.request {
+                    Ok(request) => (request.describe(), None),
+                    Err(e) => (Value::Null, Some(e.clone())),
+                };
+                ActionReport {
+                    action: planned.action.clone(),
+                    kind: planned.kind,
+                    rendered,
+                    error,
+                }
+            })
+            .collect();
         report.rules.push(RuleReport {
             rule: rule.name.clone(),
             mode: rule.mode.as_str(),
             when: rule.when.source().to_owned(),
-            result: verdict_of(&verdict),
-            error: verdict.error.clone(),
-            cooldown: verdict
-                .cooling
-                .then(|| cooldown(rule.cooldown, prior.fired_ms.get(&rule.name))),
-            values: values(rule.when.source(), &score_names, &subject, &prior),
+            result,
+            error,
+            cooldown: cooldown_report,
+            values: values(
+                rule.when.source(),
+                &score_names,
+                &evaluation.subject,
+                &prior,
+            ),
             actions,
         });
     }
-    // The labels of the worker's decision record (see worker::batch).
-    report.outcome = if dead_lettered {
-        "dead_lettered"
-    } else if acted {
-        "acted"
-    } else if fired {
-        "matched"
-    } else {
-        "no_match"
-    };
+    report.outcome = evaluation.expected_outcome().as_str();
     Ok(report)
+}
+
+impl Report {
+    fn show_subject(&mut self, subject: &SubjectRead) {
+        self.subject = Some(subject.id.clone());
+        self.version = subject.version;
+        self.score = subject.scores.clone();
+    }
 }
 
 /// Where the listener reads a provider's event id and type, and from which config.
@@ -467,6 +467,7 @@ fn event_type(
         });
     }
     let types: Vec<String> = config
+        .rules
         .subjects
         .iter()
         .filter(|s| s.provider == provider)
@@ -544,25 +545,13 @@ fn outside_the_body(field: &FieldRef) -> String {
     }
 }
 
-fn verdict_of(v: &RuleVerdict) -> Verdict {
-    if v.error.is_some() {
-        Verdict::Error
-    } else if v.cooling {
-        Verdict::Cooldown
-    } else if v.matched {
-        Verdict::Matched
-    } else {
-        Verdict::NotMatched
-    }
-}
-
-fn cooldown(cooldown: Option<Duration>, fired_ms: Option<&i64>) -> Cooldown {
+fn cooldown(cooldown: Option<Duration>, fired_ms: i64) -> Cooldown {
     let span = cooldown.unwrap_or_default();
     let span_ms = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
     Cooldown {
-        fired_at: fired_ms.and_then(|&ms| decide::rfc3339_ms(ms)),
+        fired_at: decide::rfc3339_ms(fired_ms),
         cooldown: humantime::format_duration(span).to_string(),
-        until: fired_ms.and_then(|&ms| decide::rfc3339_ms(ms.saturating_add(span_ms))),
+        until: decide::rfc3339_ms(fired_ms.saturating_add(span_ms)),
     }
 }
 
@@ -622,47 +611,6 @@ fn mentions(source: &str, path: &str, top: bool) -> bool {
     })
 }
 
-/// A rendered action as JSON: what `--json` prints and the text report reads.
-fn rendered_json(rendered: &Rendered) -> Value {
-    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    match rendered {
-        Rendered::Http {
-            request,
-            timeout,
-            retries,
-        } => serde_json::json!({
-            "method": request.method.as_str(),
-            "url": request.url,
-            "headers": request
-                .headers
-                .iter()
-                .map(|(n, v)| vec![n.as_str().to_owned(), lossy(v.as_bytes())])
-                .collect::<Vec<_>>(),
-            "body": request.body.as_deref().map(lossy),
-            "timeout": humantime::format_duration(*timeout).to_string(),
-            "retries": retries,
-        }),
-        Rendered::Amqp {
-            exchange,
-            routing_key,
-            body,
-            properties,
-        } => serde_json::json!({
-            "exchange": exchange.as_str(),
-            "routing_key": routing_key.as_str(),
-            "message_id": properties.message_id().as_ref().map(|m| m.as_str()),
-            "content_type": properties.content_type().as_ref().map(|m| m.as_str()),
-            "persistent": *properties.delivery_mode() == Some(2),
-            "body": lossy(body),
-        }),
-        Rendered::Exec { argv, timeout } => serde_json::json!({
-            "argv": argv,
-            "timeout": humantime::format_duration(*timeout).to_string(),
-        }),
-        Rendered::Log { message } => serde_json::json!({ "message": message }),
-    }
-}
-
 fn read_previous(path: &Path) -> anyhow::Result<(SubjectState, Previous)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -681,7 +629,10 @@ fn read_previous(path: &Path) -> anyhow::Result<(SubjectState, Previous)> {
     let version = file
         .version
         .as_ref()
-        .map(|v| version(v).with_context(|| format!("{}: version", path.display())))
+        .map(|v| {
+            subject::read_version(Some(v))
+                .map_err(|reason| anyhow!("{}: version: {v} {reason}", path.display()))
+        })
         .transpose()?;
     let mut fired_ms = BTreeMap::new();
     for (rule, at) in &file.fired {
@@ -711,26 +662,6 @@ fn rfc3339_ms(text: &str) -> anyhow::Result<i64> {
         .map_err(|_| anyhow!("{text:?} is before 1970"))?
         .as_millis();
     i64::try_from(ms).map_err(|_| anyhow!("{text:?} is too far in the future"))
-}
-
-/// A version as the worker stores it: an integer as is, RFC 3339 as Unix nanoseconds.
-fn version(value: &Value) -> anyhow::Result<i64> {
-    match value {
-        Value::Number(n) => n.as_i64().ok_or_else(|| anyhow!("{n} is not an integer")),
-        Value::String(s) => {
-            if let Ok(i) = s.parse::<i64>() {
-                return Ok(i);
-            }
-            let at = humantime::parse_rfc3339_weak(s)
-                .map_err(|_| anyhow!("{s:?} is neither an integer nor RFC 3339"))?;
-            let nanos = at
-                .duration_since(UNIX_EPOCH)
-                .map_err(|_| anyhow!("{s:?} is before 1970"))?
-                .as_nanos();
-            i64::try_from(nanos).map_err(|_| anyhow!("{s:?} is too far in the future"))
-        }
-        other => bail!("{other} is neither an integer nor RFC 3339"),
-    }
 }
 
 fn scores_text(scores: &BTreeMap<String, f64>) -> String {

@@ -7,7 +7,6 @@ pub(crate) mod glob;
 pub mod log;
 pub mod secret;
 pub mod units;
-pub mod worker;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -370,7 +369,7 @@ impl<'a> Document<'a> {
     /// Deserializes the table `key` (absent: an empty table, so defaults apply).
     pub(crate) fn section<T: DeserializeOwned>(&mut self, key: &str) -> Option<T> {
         let value = self.root.get(key).cloned().unwrap_or_else(empty_table);
-        self.deserialize(key, value)
+        self.deserialize_at(key, value)
     }
 
     /// Deserializes each entry of the array `key`; `None` for an entry that failed.
@@ -382,7 +381,7 @@ impl<'a> Document<'a> {
             Ok(entries) => entries
                 .into_iter()
                 .enumerate()
-                .map(|(i, entry)| self.deserialize(&format!("{key}[{i}]"), entry))
+                .map(|(i, entry)| self.deserialize_at(&format!("{key}[{i}]"), entry))
                 .collect(),
             Err(_) => {
                 self.problem(key, format!("must be an array of tables ([[{key}]])"));
@@ -391,7 +390,8 @@ impl<'a> Document<'a> {
         }
     }
 
-    fn deserialize<T: DeserializeOwned>(
+    /// Deserializes `value`, the table at `prefix`; `None` after reporting why not.
+    pub(crate) fn deserialize_at<T: DeserializeOwned>(
         &mut self,
         prefix: &str,
         value: ::config::Value,

@@ -13,7 +13,7 @@ pub mod handler;
 pub mod server;
 pub mod spool;
 
-use crate::admin;
+use crate::admin::{self, NotReady};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,13 +43,15 @@ struct AdminStatus {
 }
 
 impl admin::Status for AdminStatus {
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<(), NotReady> {
         // Events are accepted durably while either the broker or the spool takes them.
         match &self.spool {
             _ if self.publisher.is_connected() => Ok(()),
             Some(spool) if spool.accepting() => Ok(()),
-            Some(_) => Err("broker unreachable, and the spool is full or unwritable".to_owned()),
-            None => Err("broker unreachable".to_owned()),
+            Some(_) => Err(NotReady::Because(
+                "broker unreachable, and the spool is full or unwritable",
+            )),
+            None => Err(NotReady::Because("broker unreachable")),
         }
     }
     fn metrics(&self) -> String {

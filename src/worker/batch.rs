@@ -10,11 +10,12 @@ use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 use serde_json::Value;
 
-use crate::config::worker::{Mode, WorkerConfig};
 use crate::envelope::HEADER_PROVIDER;
 use crate::telemetry::WorkerMetrics;
-use crate::worker::act::{ActionOutcome, Runner, idempotency_key};
-use crate::worker::decide::{self, Event};
+use crate::worker::action::{ActionOutcome, Runner, idempotency_key};
+use crate::worker::config::WorkerConfig;
+use crate::worker::decide::{self, Decision, Event, EventOutcome, Sighting, Verdict};
+use crate::worker::rules::{Mode, Rules};
 use crate::worker::state::{Batch, DecisionRecord, Store, StoreError, SubjectState, now_ms};
 use crate::worker::subject::SubjectRead;
 
@@ -45,6 +46,18 @@ pub enum Fate {
         /// The subject, when the event was read that far (for the log line).
         subject: Option<String>,
     },
+}
+
+impl Fate {
+    /// A delivery that cannot be decided at all: dead-lettered with why.
+    fn unreadable(reason: &dyn std::fmt::Display) -> Self {
+        Self::DeadLetter {
+            error: reason.to_string(),
+            rule: None,
+            action: None,
+            subject: None,
+        }
+    }
 }
 
 /// The result of handling a batch.
@@ -81,15 +94,27 @@ impl Item {
     }
 }
 
+/// Why a delivery is not an event; it dead-letters with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    /// No message id, which is the event id.
+    #[error("message has no message_id (event id)")]
+    NoEventId,
+    /// Neither an `x-provider` header nor a routing key naming one.
+    #[error("message has no x-provider header")]
+    NoProvider,
+    /// The body does not parse.
+    #[error("body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+}
+
 /// Reads a delivery as an event.
 ///
 /// # Errors
 /// Why it is unreadable: no message id, no provider, or a body that is not JSON.
-pub fn read_item(item: &Item) -> Result<Event, String> {
-    let id = item
-        .event_id()
-        .ok_or("message has no message_id (event id)")?;
-    let provider = item.provider().ok_or("message has no x-provider header")?;
+pub fn read_item(item: &Item) -> Result<Event, Unreadable> {
+    let id = item.event_id().ok_or(Unreadable::NoEventId)?;
+    let provider = item.provider().ok_or(Unreadable::NoProvider)?;
     let event_type = item
         .properties
         .kind()
@@ -97,8 +122,7 @@ pub fn read_item(item: &Item) -> Result<Event, String> {
         .map(|s| s.to_string())
         .or_else(|| item.routing_key.split_once('.').map(|(_, t)| t.to_owned()))
         .unwrap_or_default();
-    let json: Value =
-        serde_json::from_slice(&item.data).map_err(|e| format!("body is not JSON: {e}"))?;
+    let json: Value = serde_json::from_slice(&item.data).map_err(Unreadable::NotJson)?;
     Ok(Event {
         key: format!("{provider}/{id}"),
         provider,
@@ -141,18 +165,14 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
         match read_item(item) {
             Ok(e) => events.push((i, e)),
             Err(reason) => {
-                ctx.metrics.event("dead_lettered");
-                outcome.fates[i] = Fate::DeadLetter {
-                    error: reason,
-                    rule: None,
-                    action: None,
-                    subject: None,
-                };
+                ctx.metrics.event(EventOutcome::DeadLettered.as_str());
+                outcome.fates[i] = Fate::unreadable(&reason);
             }
         }
     }
+    let rules = &ctx.config.rules;
     let keys: Vec<String> = events.iter().map(|(_, e)| e.key.clone()).collect();
-    let candidates = action_keys(&ctx.config, events.iter().map(|(_, e)| e));
+    let candidates = action_keys(rules, events.iter().map(|(_, e)| e));
     // One trip to the store for the whole batch: which events were decided before, and which
     // of the actions the rules could run have completed before (a replay or redelivery).
     let store = ctx.store.clone();
@@ -167,22 +187,21 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
     let mut group_of: HashMap<String, usize> = HashMap::new();
     for (i, event) in events {
         if decided.contains(&event.key) {
-            ctx.metrics.event("duplicate");
+            ctx.metrics.event(EventOutcome::Duplicate.as_str());
             continue;
         }
-        let Some(spec) = ctx.config.subject_spec(&event.provider, &event.event_type) else {
-            ctx.metrics.event("no_subject");
-            outcome.commit.decisions.push(DecisionRecord {
-                event_key: event.key.clone(),
-                subject_key: None,
-                outcome: "no_subject".to_owned(),
-                record: serde_json::json!({"provider": event.provider, "type": event.event_type, "event_id": event.id}),
-                at_ms: now,
-            });
-            continue;
-        };
-        match spec.read(&event.json) {
-            Ok(subject) => {
+        match decide::sight(rules, &event) {
+            Sighting::NoSubject => {
+                ctx.metrics.event(EventOutcome::NoSubject.as_str());
+                outcome.commit.decisions.push(DecisionRecord {
+                    event_key: event.key.clone(),
+                    subject_key: None,
+                    outcome: EventOutcome::NoSubject.as_str().to_owned(),
+                    record: serde_json::json!({"provider": event.provider, "type": event.event_type, "event_id": event.id}),
+                    at_ms: now,
+                });
+            }
+            Sighting::Subject(subject) => {
                 let key = format!("{}/{}", event.provider, subject.id);
                 let g = *group_of.entry(key.clone()).or_insert_with(|| {
                     groups.push((key, Vec::new()));
@@ -194,14 +213,9 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
                     subject,
                 });
             }
-            Err(reason) => {
-                ctx.metrics.event("dead_lettered");
-                outcome.fates[i] = Fate::DeadLetter {
-                    error: reason,
-                    rule: None,
-                    action: None,
-                    subject: None,
-                };
+            Sighting::Unreadable(reason) => {
+                ctx.metrics.event(EventOutcome::DeadLettered.as_str());
+                outcome.fates[i] = Fate::unreadable(&reason);
             }
         }
     }
@@ -243,7 +257,7 @@ async fn handle_subject(
     now: i64,
     done: &HashSet<String>,
 ) -> Handled {
-    let config = &ctx.config;
+    let rules = &ctx.config.rules;
     let mut changed = false;
     let mut seen = HashSet::new();
     let mut results = Vec::new();
@@ -253,106 +267,46 @@ async fn handle_subject(
         subject,
     } in pending
     {
+        if !seen.insert(event.key.clone()) {
+            // The same event twice in one batch: the second is a duplicate.
+            ctx.metrics.event(EventOutcome::Duplicate.as_str());
+            continue;
+        }
         let mut record = serde_json::json!({
             "provider": event.provider, "type": event.event_type, "event_id": event.id,
             "subject": subject.id, "score": subject.scores,
         });
-        if !seen.insert(event.key.clone()) {
-            // The same event twice in one batch: the second is a duplicate.
-            ctx.metrics.event("duplicate");
-            continue;
-        }
-        if decide::is_stale(&state, &subject) {
-            ctx.metrics.event("stale");
-            record["stale"] = Value::from(true);
-            results.push((
-                index,
-                Fate::Handled,
-                decision(&event, &key, "stale", record, now),
-            ));
-            continue;
-        }
-        let verdicts = decide::evaluate(config, &event, &subject, &state, now);
-        let mut rules_json = Vec::new();
-        let mut fired = Vec::new();
-        let mut acted = false;
-        let mut failure = None;
-        for v in &verdicts {
-            let rule = &config.rules[v.rule];
-            if v.matched {
-                ctx.metrics.rule_matched(&rule.name, rule.mode.as_str());
+        let evaluation = match decide::decide_for(rules, &event, subject, &state, now) {
+            Decision::Evaluated(evaluation) => evaluation,
+            Decision::Stale(_) => {
+                ctx.metrics.event(EventOutcome::Stale.as_str());
+                record["stale"] = Value::from(true);
+                results.push((
+                    index,
+                    Fate::Handled,
+                    decision(&event, &key, EventOutcome::Stale, record, now),
+                ));
+                continue;
             }
-            if let Some(err) = &v.error {
-                tracing::warn!(
-                    provider = %event.provider,
-                    event_id = %event.id,
-                    subject = %subject.id,
-                    rule = %rule.name,
-                    error = %err,
-                    "condition failed to evaluate"
-                );
-            }
-            let mut actions_json = Vec::new();
-            if v.fires() && failure.is_none() {
-                fired.push(rule.name.as_str());
-                if rule.mode == Mode::Enforce {
-                    let context =
-                        decide::template_context(config, &event, &subject, &state, &rule.name);
-                    for &a in &rule.actions {
-                        let result = ctx
-                            .runner
-                            .run(config, a, &rule.name, &event, &context, done)
-                            .await;
-                        ctx.metrics.action(
-                            &result.action,
-                            result.outcome.as_str(),
-                            result.latency_ms,
-                        );
-                        actions_json.push(result.to_json());
-                        if result.outcome == ActionOutcome::Failed {
-                            failure = Some(Fate::DeadLetter {
-                                error: result
-                                    .error
-                                    .clone()
-                                    .unwrap_or_else(|| "action failed".to_owned()),
-                                rule: Some(rule.name.clone()),
-                                action: Some(result.action.clone()),
-                                subject: Some(subject.id.clone()),
-                            });
-                            break;
-                        }
-                        acted |= result.outcome != ActionOutcome::Failed;
-                    }
-                }
-            }
-            rules_json.push(decide::verdict_json(config, v, actions_json));
-        }
+            // Read before grouping: never decided again here.
+            Decision::NoSubject | Decision::Unreadable(_) => continue,
+        };
+        let (rules_json, failure, acted) = carry_out(ctx, &event, &evaluation, done).await;
         record["rules"] = Value::from(rules_json);
+        let outcome = evaluation.outcome(acted, failure.is_some());
+        ctx.metrics.event(outcome.as_str());
         match failure {
             Some(fate) => {
                 // State stays as it was: replaying the dead letter must see the same past.
-                ctx.metrics.event("dead_lettered");
-                results.push((
-                    index,
-                    fate,
-                    decision(&event, &key, "dead_lettered", record, now),
-                ));
+                results.push((index, fate, decision(&event, &key, outcome, record, now)));
             }
             None => {
-                let label = if acted {
-                    "acted"
-                } else if verdicts.iter().any(|v| v.fires()) {
-                    "matched"
-                } else {
-                    "no_match"
-                };
-                ctx.metrics.event(label);
-                state = decide::next_state(&state, &subject, &fired, now);
+                state = evaluation.next;
                 changed = true;
                 results.push((
                     index,
                     Fate::Handled,
-                    decision(&event, &key, label, record, now),
+                    decision(&event, &key, outcome, record, now),
                 ));
             }
         }
@@ -360,11 +314,66 @@ async fn handle_subject(
     (key, changed.then_some(state), results)
 }
 
+/// Runs the actions of `evaluation`'s enforcing rules in order, stopping at the first that
+/// fails: the rules' record entries, the dead-letter fate of a failure, and whether an
+/// action ran (or had run before).
+async fn carry_out(
+    ctx: &Context,
+    event: &Event,
+    evaluation: &decide::Evaluation,
+    done: &HashSet<String>,
+) -> (Vec<Value>, Option<Fate>, bool) {
+    let rules = &ctx.config.rules;
+    let mut rules_json = Vec::new();
+    let mut failure = None;
+    let mut acted = false;
+    for decided in &evaluation.rules {
+        let rule = &rules.rules[decided.rule];
+        if decided.verdict.matched() {
+            ctx.metrics.rule_matched(&rule.name, rule.mode.as_str());
+        }
+        if let Verdict::Error(error) = &decided.verdict {
+            tracing::warn!(
+                provider = %event.provider,
+                event_id = %event.id,
+                subject = %evaluation.subject.id,
+                rule = %rule.name,
+                %error,
+                "condition failed to evaluate"
+            );
+        }
+        let mut actions_json = Vec::new();
+        if decided.verdict == Verdict::Acts && failure.is_none() {
+            for planned in &decided.actions {
+                let result = ctx.runner.run(planned, done).await;
+                ctx.metrics
+                    .action(&result.action, result.outcome.as_str(), result.latency_ms);
+                actions_json.push(result.to_json());
+                if result.outcome == ActionOutcome::Failed {
+                    failure = Some(Fate::DeadLetter {
+                        error: result
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| "action failed".to_owned()),
+                        rule: Some(rule.name.clone()),
+                        action: Some(result.action.clone()),
+                        subject: Some(evaluation.subject.id.clone()),
+                    });
+                    break;
+                }
+                acted = true;
+            }
+        }
+        rules_json.push(decided.record(rules, actions_json));
+    }
+    (rules_json, failure, acted)
+}
+
 /// The idempotency keys of every action an enforcing rule could run for these events.
-fn action_keys<'a>(config: &WorkerConfig, events: impl Iterator<Item = &'a Event>) -> Vec<String> {
+fn action_keys<'a>(rules: &Rules, events: impl Iterator<Item = &'a Event>) -> Vec<String> {
     let mut keys = Vec::new();
     for event in events {
-        for rule in &config.rules {
+        for rule in &rules.rules {
             if rule.mode != Mode::Enforce || !rule.applies(&event.provider, &event.event_type) {
                 continue;
             }
@@ -372,7 +381,7 @@ fn action_keys<'a>(config: &WorkerConfig, events: impl Iterator<Item = &'a Event
                 keys.push(idempotency_key(
                     &event.key,
                     &rule.name,
-                    &config.actions[a].name,
+                    &rules.actions[a].name,
                 ));
             }
         }
@@ -383,14 +392,14 @@ fn action_keys<'a>(config: &WorkerConfig, events: impl Iterator<Item = &'a Event
 fn decision(
     event: &Event,
     subject_key: &str,
-    outcome: &str,
+    outcome: EventOutcome,
     record: Value,
     at_ms: i64,
 ) -> DecisionRecord {
     DecisionRecord {
         event_key: event.key.clone(),
         subject_key: Some(subject_key.to_owned()),
-        outcome: outcome.to_owned(),
+        outcome: outcome.as_str().to_owned(),
         record,
         at_ms,
     }

@@ -12,8 +12,7 @@ use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, ExecutionError, ParseErrors, Value};
 
-/// Variables a condition may use.
-pub const VARIABLES: &[&str] = &["event", "provider", "type", "subject", "score", "previous"];
+use crate::worker::facts::{Facts, Name};
 
 /// Error messages carry values formatted by the interpreter (a whole event map, say); they
 /// end up in one log line, so they are cut to this many characters.
@@ -30,27 +29,7 @@ const COMPILE_STACK_BYTES: usize = 64 << 20;
 /// rarely pass 12; `&&` and `||` chains are balanced by the parser.
 const MAX_DEPTH: usize = 32;
 
-/// What a condition sees for one event.
-#[derive(Debug, Clone, Copy)]
-pub struct Input<'a> {
-    /// The payload.
-    pub event: &'a serde_json::Value,
-    /// Configured name of the provider the event came from.
-    pub provider: &'a str,
-    /// Exposed to CEL as `type`.
-    pub event_type: &'a str,
-    /// Id of the subject the event is about, as read by its `[[subjects]]` spec.
-    pub subject: &'a str,
-    /// Named scores of this event.
-    pub score: &'a BTreeMap<String, f64>,
-    /// The subject's scores at its last event; empty on first sighting.
-    pub previous_score: &'a BTreeMap<String, f64>,
-    /// RFC 3339 time of the subject's last event, `None` the first time; exposed as
-    /// `previous.at` (`null` when `None`).
-    pub previous_at: Option<&'a str>,
-}
-
-/// An [`Input`] converted to CEL values once, so that several conditions can be evaluated
+/// The [`Facts`] conditions see, converted to CEL values once, so that several conditions can be evaluated
 /// against one event without converting its payload again for each.
 ///
 /// Every JSON number becomes a CEL `double`, whatever its JSON spelling, so that arithmetic
@@ -68,7 +47,7 @@ pub struct PreparedInput<'a> {
 
 impl<'a> PreparedInput<'a> {
     /// Converts `input` to CEL values: numbers become doubles, strings are borrowed.
-    pub fn new(input: &Input<'a>) -> Self {
+    pub fn new(input: &Facts<'a>) -> Self {
         // `previous.score` is always a map, empty on first sighting: `has()` on a missing
         // intermediate key is an error in CEL, so `has(previous.score.x)` needs it present.
         let mut previous: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::with_capacity(2);
@@ -96,14 +75,14 @@ impl VariableResolver for PreparedInput<'_> {
     // Handing out borrows lets every condition read the same converted values: binding
     // them with `Context::add_variable*` would need an owned (deep-copied) value per context.
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        let value: &'b (dyn Val + 'b) = match variable {
-            "event" => self.event.as_ref(),
-            "provider" => &self.provider,
-            "type" => &self.event_type,
-            "subject" => &self.subject,
-            "score" => &self.score,
-            "previous" => &self.previous,
-            _ => return None,
+        let value: &'b (dyn Val + 'b) = match Name::parse(variable)? {
+            Name::Event => self.event.as_ref(),
+            Name::Provider => &self.provider,
+            Name::Type => &self.event_type,
+            Name::Subject => &self.subject,
+            Name::Score => &self.score,
+            Name::Previous => &self.previous,
+            Name::Rule | Name::EventId | Name::Env => return None,
         };
         Some(CowVal::Borrowed(value))
     }
@@ -193,7 +172,7 @@ impl Condition {
     /// Compile, then evaluate once against `sample` and require a bool result when that
     /// evaluation succeeds; an evaluation error on the sample is not a load error (samples
     /// can lack fields).
-    pub fn compile_checked(source: &str, sample: &Input<'_>) -> Result<Self, String> {
+    pub fn compile_checked(source: &str, sample: &Facts<'_>) -> Result<Self, String> {
         let condition = Self::compile(source)?;
         match condition.run(&PreparedInput::new(sample)) {
             Outcome::NotBool(found) => Err(not_bool(&found)),
@@ -220,7 +199,7 @@ impl Condition {
 
     /// Evaluate: `Ok(true/false)`, or `Err(reason)` for evaluation errors and non-bool
     /// results. Never panics.
-    pub fn evaluate(&self, input: &Input<'_>) -> Result<bool, String> {
+    pub fn evaluate(&self, input: &Facts<'_>) -> Result<bool, String> {
         self.evaluate_prepared(&PreparedInput::new(input))
     }
 
@@ -311,22 +290,6 @@ fn not_bool(found: &str) -> String {
     format!("must return a bool, returned {found}")
 }
 
-/// A plausible sample input for load-time checks: an event object, and one score per
-/// configured name. Use the map for both `score` and `previous_score` of the sample
-/// [`Input`], so that both `score.x` and `previous.score.x` resolve.
-pub fn sample_input_parts(score_names: &[&str]) -> (serde_json::Value, BTreeMap<String, f64>) {
-    let event = serde_json::json!({
-        "id": "evt_sample",
-        "type": "sample",
-        "data": {},
-    });
-    let scores = score_names
-        .iter()
-        .map(|name| ((*name).to_owned(), 50.0))
-        .collect();
-    (event, scores)
-}
-
 /// The one environment every condition compiles and runs with: building the standard
 /// library takes tens of microseconds, far more than an evaluation.
 fn shared_env() -> Result<&'static Arc<Env>, String> {
@@ -400,10 +363,10 @@ fn qualified_segments(expr: &IdedExpr) -> Option<Vec<&str>> {
 }
 
 fn is_bound(name: &str, locals: &[&str]) -> bool {
-    locals.contains(&name) || VARIABLES.contains(&name)
+    locals.contains(&name) || Name::is_condition_name(name)
 }
 
-/// Rejects names the condition could never resolve: variables other than [`VARIABLES`] and
+/// Rejects names the condition could never resolve: variables other than the [`Name`]s conditions see and
 /// comprehension variables in scope, and functions the environment does not declare.
 ///
 /// This walks the expression itself rather than using `references()`, which lists
@@ -644,7 +607,7 @@ fn promote_int_literals(expr: &mut IdedExpr, locals: &mut Vec<(String, bool)>) -
         Expr::Literal(literal) => matches!(literal, LiteralValue::Double(_)),
         Expr::Ident(name) => match locals.iter().rev().find(|(local, _)| local == name) {
             Some((_, from_input)) => *from_input,
-            None => VARIABLES.contains(&name.as_str()),
+            None => Name::is_condition_name(name),
         },
         Expr::Select(select) => promote_int_literals(&mut select.operand, locals) && !select.test,
         Expr::Call(call) => {
@@ -757,7 +720,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Owns what an [`Input`] borrows.
+    /// Owns what [`Facts`] borrow.
     struct Fixture {
         event: serde_json::Value,
         provider: String,
@@ -766,6 +729,7 @@ mod tests {
         score: BTreeMap<String, f64>,
         previous_score: BTreeMap<String, f64>,
         previous_at: Option<String>,
+        env: BTreeMap<String, String>,
     }
 
     impl Fixture {
@@ -791,18 +755,21 @@ mod tests {
                 score: [("humanity".to_owned(), humanity)].into_iter().collect(),
                 previous_at: previous_humanity.map(|_| "2024-05-01T12:00:00Z".to_owned()),
                 previous_score,
+                env: BTreeMap::new(),
             }
         }
 
-        fn input(&self) -> Input<'_> {
-            Input {
+        fn input(&self) -> Facts<'_> {
+            Facts {
                 event: &self.event,
                 provider: &self.provider,
                 event_type: &self.event_type,
+                event_id: "evt_1",
                 subject: &self.subject,
                 score: &self.score,
                 previous_score: &self.previous_score,
                 previous_at: self.previous_at.as_deref(),
+                env: &self.env,
             }
         }
     }
@@ -1017,16 +984,8 @@ mod tests {
 
     #[test]
     fn compile_checked_requires_a_bool() {
-        let (event, scores) = sample_input_parts(&["humanity"]);
-        let sample = Input {
-            event: &event,
-            provider: "dregs",
-            event_type: "identity.scored",
-            subject: "usr_sample",
-            score: &scores,
-            previous_score: &scores,
-            previous_at: Some("2024-05-01T12:00:00Z"),
-        };
+        let sample = crate::worker::facts::Sample::new(["humanity"], BTreeMap::new());
+        let sample = sample.facts();
         assert_eq!(
             Condition::compile_checked("score.humanity + 1", &sample).err(),
             Some("must return a bool, returned double".to_owned())

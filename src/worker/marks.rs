@@ -16,7 +16,19 @@ use crate::worker::state::{Store, StoreError};
 
 enum Message {
     Mark(String),
-    Flush(oneshot::Sender<Result<(), String>>),
+    Flush(oneshot::Sender<Result<(), Arc<StoreError>>>),
+}
+
+/// Why a flush cannot vouch for the marks handed in before it.
+#[derive(Debug, thiserror::Error)]
+pub enum MarksError {
+    /// A group of marks could not be written since the last flush. (The store's own message
+    /// begins `state store:` too; the line reads as it always has.)
+    #[error("state store: {0}")]
+    Write(#[source] Arc<StoreError>),
+    /// The writer thread is gone.
+    #[error("state store: the done-mark writer stopped")]
+    Stopped,
 }
 
 /// Handle to the writer thread; cheap to clone. The thread ends when every handle is dropped.
@@ -53,20 +65,20 @@ impl DoneMarks {
     /// # Errors
     /// A mark could not be written since the last flush (the batch must not be acked as if
     /// its actions were recorded), or the writer is gone.
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    pub async fn flush(&self) -> Result<(), MarksError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Message::Flush(done))
-            .map_err(|_| StoreError::Unavailable("the done-mark writer stopped".to_owned()))?;
+            .map_err(|_| MarksError::Stopped)?;
         wait.await
-            .map_err(|_| StoreError::Unavailable("the done-mark writer stopped".to_owned()))?
-            .map_err(StoreError::Unavailable)
+            .map_err(|_| MarksError::Stopped)?
+            .map_err(MarksError::Write)
     }
 }
 
 fn write_loop(store: &dyn Store, rx: &mpsc::Receiver<Message>) {
-    // The first error since the last flush, reported to that flush.
-    let mut failed: Option<String> = None;
+    // The first error since the last flush, reported to that flush (to each of its waiters).
+    let mut failed: Option<Arc<StoreError>> = None;
     while let Ok(first) = rx.recv() {
         let mut keys = Vec::new();
         let mut waiters = Vec::new();
@@ -86,7 +98,7 @@ fn write_loop(store: &dyn Store, rx: &mpsc::Receiver<Message>) {
             && let Err(err) = store.mark_done(&keys)
         {
             tracing::error!(error = %err, marks = keys.len(), "done-marks could not be written");
-            failed.get_or_insert_with(|| err.to_string());
+            failed.get_or_insert_with(|| Arc::new(err));
         }
         if !waiters.is_empty() {
             let result = failed.take().map_or(Ok(()), Err);

@@ -1,21 +1,27 @@
 //! `hookwarden-worker`: consumes events, keeps per-subject state, evaluates rules and runs
 //! actions, exactly once in effect and in order per subject.
 //!
-//! Path of a delivery: [`consumer`] takes a batch → [`batch`] reads, dedupes and groups it →
-//! [`subject`] reads who it is about → [`decide`] evaluates [`condition`]s → [`act`] runs
-//! actions ([`http`], [`exec`], AMQP, log; [`template`]s rendered) → [`state`] commits →
-//! the consumer acks.
+//! Path of a delivery: [`crate::broker::consumer`] takes a batch and hands it to [`run`] →
+//! [`batch`] reads, dedupes and groups it ([`subject`] reads who each event is about) →
+//! [`decide`], pure, evaluates the [`rules`]' [`condition`]s over the event's [`facts`] and
+//! renders the firing rules' actions ([`template`]s) into a `Decision` → the batch carries it
+//! out: [`action`] runs each planned action (a file per kind: http over [`http`], exec over
+//! [`exec`], amqp, log) → [`state`] commits → the consumer acks. [`config`] is the rules file
+//! as the daemon reads it.
 
-pub mod act;
+pub mod action;
 pub mod batch;
 pub mod condition;
-pub mod consumer;
+pub mod config;
 pub mod decide;
 pub mod exec;
+pub mod facts;
 pub mod http;
 pub mod marks;
+pub mod rules;
+pub mod run;
 pub mod state;
 pub mod subject;
 pub mod template;
 
-pub use consumer::{Running, start};
+pub use run::{Running, start};

@@ -21,9 +21,6 @@ pub enum StoreError {
     /// The store's lock was poisoned by a panic elsewhere.
     #[error("state store: lock poisoned")]
     Poisoned,
-    /// A part of the store stopped or failed (e.g. the done-mark writer).
-    #[error("state store: {0}")]
-    Unavailable(String),
 }
 
 /// What the worker knows about one subject before an event.

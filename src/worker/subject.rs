@@ -21,6 +21,33 @@ pub struct SubjectSpec {
     pub scores: Vec<(String, String)>,
 }
 
+/// Why a spec cannot read an event; the event dead-letters with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// Nothing at the subject pointer.
+    #[error("no subject at {0}")]
+    Missing(String),
+    /// The subject is neither a non-empty string nor a number.
+    #[error("subject at {0} is not a string or a number")]
+    NotAnId(String),
+    /// The version is absent or not an integer or RFC 3339.
+    #[error("version at {pointer} {reason}")]
+    Version {
+        /// Its pointer.
+        pointer: String,
+        /// What is wrong with it, as a phrase (`is missing`, …).
+        reason: &'static str,
+    },
+    /// A score is present but not a number.
+    #[error("score {name} at {pointer} is not a number")]
+    ScoreNotANumber {
+        /// The score's name.
+        name: String,
+        /// Its pointer.
+        pointer: String,
+    },
+}
+
 /// What an event says about its subject.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubjectRead {
@@ -42,24 +69,22 @@ impl SubjectSpec {
     ///
     /// # Errors
     /// A reason naming the pointer: no subject, unusable version, a score that is not a number.
-    pub fn read(&self, event: &Value) -> Result<SubjectRead, String> {
+    pub fn read(&self, event: &Value) -> Result<SubjectRead, SubjectError> {
         let id = match event.pointer(&self.subject) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
-            Some(_) => {
-                return Err(format!(
-                    "subject at {} is not a string or a number",
-                    self.subject
-                ));
-            }
-            None => return Err(format!("no subject at {}", self.subject)),
+            // An empty string names nobody either.
+            Some(_) => return Err(SubjectError::NotAnId(self.subject.clone())),
+            None => return Err(SubjectError::Missing(self.subject.clone())),
         };
         let version = match &self.version {
             None => None,
-            Some(pointer) => Some(
-                read_version(event.pointer(pointer))
-                    .map_err(|r| format!("version at {pointer} {r}"))?,
-            ),
+            Some(pointer) => Some(read_version(event.pointer(pointer)).map_err(|reason| {
+                SubjectError::Version {
+                    pointer: pointer.clone(),
+                    reason,
+                }
+            })?),
         };
         let mut scores = BTreeMap::new();
         for (name, pointer) in &self.scores {
@@ -70,7 +95,12 @@ impl SubjectSpec {
                         scores.insert(name.clone(), f);
                     }
                 }
-                Some(_) => return Err(format!("score {name} at {pointer} is not a number")),
+                Some(_) => {
+                    return Err(SubjectError::ScoreNotANumber {
+                        name: name.clone(),
+                        pointer: pointer.clone(),
+                    });
+                }
             }
         }
         Ok(SubjectRead {
@@ -81,7 +111,11 @@ impl SubjectSpec {
     }
 }
 
-fn read_version(value: Option<&Value>) -> Result<i64, &'static str> {
+/// A version as the worker compares it: an integer as is, RFC 3339 as Unix nanoseconds.
+///
+/// # Errors
+/// Why it is not one, as a phrase to follow the value (`is missing`, `is not an integer`).
+pub fn read_version(value: Option<&Value>) -> Result<i64, &'static str> {
     match value {
         None | Some(Value::Null) => Err("is missing"),
         Some(Value::Number(n)) => n.as_i64().ok_or("is not an integer"),
@@ -140,17 +174,18 @@ mod tests {
     fn missing_or_bad_fields_name_their_pointer() {
         let s = spec();
         assert_eq!(
-            s.read(&json!({})).unwrap_err(),
+            s.read(&json!({})).unwrap_err().to_string(),
             "no subject at /data/identity_id"
         );
         let e = json!({"data": {"identity_id": "u", "scored_at": "yesterday"}});
         assert!(
             s.read(&e)
                 .unwrap_err()
+                .to_string()
                 .starts_with("version at /data/scored_at")
         );
         let e =
             json!({"data": {"identity_id": "u", "scored_at": 1, "scores": {"humanity": "high"}}});
-        assert!(s.read(&e).unwrap_err().contains("not a number"));
+        assert!(s.read(&e).unwrap_err().to_string().contains("not a number"));
     }
 }

@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use harness::{Broker, Harness, admin_get, event, eventually, free_addr};
+use harness::{
+    Broker, Harness, Want, event, free_addr, sign_with, spawn_logged, terminate, try_admin_get,
+    wait_for, wait_for_metric,
+};
 use hookwarden::cli::http_client;
 use hookwarden::listener::config::ListenerConfig;
 
@@ -39,7 +42,6 @@ async fn load(
         let (url, signer) = (url.clone(), signer.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
-            let p = signer.provider("dregs").unwrap();
             let mut refused = 0;
             for i in 0.. {
                 if Instant::now() >= until || refused > 20 {
@@ -47,20 +49,19 @@ async fn load(
                 }
                 let id = format!("evt_{w}_{i}");
                 let body = event(&id);
-                let headers = p
-                    .scheme
-                    .sign(
-                        &p.keys[0],
-                        body.as_bytes(),
-                        std::time::SystemTime::now(),
-                        &id,
-                    )
-                    .unwrap();
+                let headers = sign_with(
+                    &signer,
+                    "dregs",
+                    body.as_bytes(),
+                    std::time::SystemTime::now(),
+                    &id,
+                );
                 match http_client::post(&url, &headers, Bytes::from(body)).await {
                     Ok(a) => out.push((id, a.status.as_u16(), Instant::now())),
                     Err(_) => {
                         refused += 1;
                         out.push((id, 0, Instant::now()));
+                        // The pace of retries against a refusing port, not a wait for a state.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
@@ -87,6 +88,18 @@ fn rabbitmqctl(args: &[&str]) {
     );
 }
 
+/// Waits until the listener whose admin server is at `admin` has answered 50 events 200,
+/// which must happen well before the load ends at `until`.
+async fn accepting_load(admin: &str, until: Instant) {
+    wait_for_metric(
+        admin,
+        r#"hookwarden_requests_total{provider="dregs",status="200"}"#,
+        Want::AtLeast(50.0),
+        until.saturating_duration_since(Instant::now()) / 2,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_by_the_broker_never_yield_a_200_without_a_message() {
     let _serial = SERIAL.lock().await;
@@ -97,7 +110,8 @@ async fn connections_cut_by_the_broker_never_yield_a_200_without_a_message() {
     let started = Instant::now();
     let until = started + Duration::from_secs(6);
     let traffic = tokio::spawn(load(url, signer, 8, until));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The cut comes once events are flowing, with most of the load still ahead.
+    accepting_load(&l.admin, until).await;
     tokio::task::spawn_blocking(|| {
         rabbitmqctl(&["close_all_connections", "hookwarden fault test"])
     })
@@ -149,44 +163,27 @@ async fn sigterm_under_load_exits_0_with_every_accepted_event_queued() {
     let (dir, path, names) = harness.write_config(public, admin);
     let text = std::fs::read_to_string(&path).unwrap();
     let signer = Arc::new(ListenerConfig::parse("t.toml", &text, &Default::default()).unwrap());
-    let log = std::fs::File::create(dir.path.join("listener.log")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden-listener"))
-        .args(["--config", path.to_str().unwrap()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let child = spawn_logged(
+        env!("CARGO_BIN_EXE_hookwarden-listener"),
+        &path,
+        &dir.path.join("listener.log"),
+    );
     let _guard = crate::harness::KillOnDrop(child.id());
     let admin_base = format!("http://{admin}");
-    eventually("listener ready", Duration::from_secs(15), || {
-        let admin_base = admin_base.clone();
-        async move {
-            match tokio::net::TcpStream::connect(admin).await {
-                Ok(_) => admin_get(&admin_base, "/readyz").await.0 == 200,
-                Err(_) => false,
-            }
+    wait_for("the listener ready", Duration::from_secs(15), || async {
+        match try_admin_get(&admin_base, "/readyz").await? {
+            (200, _) => Ok(()),
+            (status, why) => Err(format!("/readyz {status} {why:?}")),
         }
     })
     .await;
 
     let url = format!("http://{public}/hooks/dregs");
-    let traffic = tokio::spawn(load(
-        url,
-        signer,
-        8,
-        Instant::now() + Duration::from_secs(10),
-    ));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let pid = child.id().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let traffic = tokio::spawn(load(url, signer, 8, until));
+    // SIGTERM once events are flowing, with most of the load still ahead.
+    accepting_load(&admin_base, until).await;
+    let exit = terminate(child).await;
     let sent = traffic.await.unwrap();
     let logged = std::fs::read_to_string(dir.path.join("listener.log")).unwrap_or_default();
     assert_eq!(exit.code(), Some(0), "listener log:\n{logged}");

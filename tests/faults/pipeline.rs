@@ -11,7 +11,10 @@ use bytes::Bytes;
 use hookwarden::cli::http_client;
 use hookwarden::listener::config::ListenerConfig;
 
-use crate::harness::{Harness, Names, Proxy, TestListener, eventually, free_addr, tempdir};
+use crate::harness::{
+    Harness, Names, Proxy, TestListener, free_addr, metric, sign_with, signal, tempdir, terminate,
+    try_admin_get, wait_for, wait_for_port,
+};
 use crate::sink::Sink;
 use crate::worker_harness::{TestWorker, WorkerHarness, dregs};
 
@@ -73,28 +76,25 @@ async fn load(
     for w in 0..workers {
         let (url, signer) = (url.clone(), signer.clone());
         tasks.push(tokio::spawn(async move {
-            let p = signer.provider("dregs").unwrap();
             let mut out = Vec::new();
             let mut i = 0;
             while Instant::now() < until {
                 i += 1;
                 let id = format!("w{w}n{i}");
                 let body = dregs(&id, &id, "2026-11-21T10:00:00Z", 10);
-                let headers = p
-                    .scheme
-                    .sign(
-                        &p.keys[0],
-                        body.as_bytes(),
-                        std::time::SystemTime::now(),
-                        &id,
-                    )
-                    .unwrap();
+                let headers = sign_with(
+                    &signer,
+                    "dregs",
+                    body.as_bytes(),
+                    std::time::SystemTime::now(),
+                    &id,
+                );
                 let status = match http_client::post(&url, &headers, Bytes::from(body)).await {
                     Ok(a) => a.status.as_u16(),
                     Err(_) => 0,
                 };
                 out.push((id, status));
-                // Steady, not flooding: about 100 events/s per loop at most.
+                // Steady, not flooding: about 100 events/s per loop at most (a pace, not a wait).
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             out
@@ -124,20 +124,18 @@ async fn assert_each_acted_once(
         .iter()
         .map(|id| format!("/accounts/{id}/quarantine"))
         .collect();
-    let started = Instant::now();
-    loop {
-        let got: HashSet<String> = sink.received().into_iter().map(|r| r.path).collect();
-        let missing = want.difference(&got).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "{what}: {missing} of {} events answered 200 never acted",
+    sink.wait_until(
+        &format!(
+            "{what}: each of the {} events answered 200 to act",
             want.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ),
+        Duration::from_secs(90),
+        |got| {
+            let got: HashSet<&str> = got.iter().map(|r| r.path.as_str()).collect();
+            want.iter().all(|path| got.contains(path.as_str()))
+        },
+    )
+    .await;
     let mut keys: HashMap<String, HashSet<String>> = HashMap::new();
     let received = sink.received();
     for r in &received {
@@ -205,6 +203,7 @@ fn explain_if_slow(p: &Pipeline) {
         return;
     };
     tokio::spawn(async move {
+        // A report due at a time, not a wait for a state.
         tokio::time::sleep(Duration::from_secs(30)).await;
         let (_, listener) = crate::harness::admin_get(&admin, "/metrics").await;
         let keep = |l: &&str| !l.starts_with('#');
@@ -266,6 +265,7 @@ async fn busy_clients(n: usize, until: Instant) -> Vec<tokio::task::JoinHandle<u
                                 .await?;
                                 sent += 1;
                             }
+                            // Their publishing pace, not a wait for a state.
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                         let _ = conn.close(200, "done".into()).await;
@@ -273,6 +273,7 @@ async fn busy_clients(n: usize, until: Instant) -> Vec<tokio::task::JoinHandle<u
                     };
                     // Any failure (the broker away, a connection cut): wait a little, retry.
                     let _ = tokio::time::timeout(until - Instant::now(), session).await;
+                    // Their retry pace, as another application's, not a wait for a state.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 sent
@@ -281,22 +282,39 @@ async fn busy_clients(n: usize, until: Instant) -> Vec<tokio::task::JoinHandle<u
         .collect()
 }
 
+/// Waits until events flow end to end (10 acted on), before a fault is injected.
+async fn flowing(p: &Pipeline) {
+    p.sink
+        .wait_until(
+            "10 events acted on before the fault",
+            Duration::from_secs(10),
+            |got| got.len() >= 10,
+        )
+        .await;
+}
+
 /// The daemons' own account of the broker while it is away: neither may claim a live link.
 async fn assert_both_see_the_broker_gone(p: &Pipeline) {
-    eventually(
-        "listener and worker both report the broker gone",
+    wait_for(
+        "listener and worker both to report the broker gone",
         Duration::from_secs(30),
-        || {
-            let admin = p.listener.admin.clone();
-            let worker = p.worker.admin.clone();
-            async move {
-                let listener = crate::harness::admin_get(&admin, "/metrics").await.1;
-                let (status, metrics) = crate::harness::admin_get(&worker, "/metrics").await;
-                let worker_ready = crate::harness::admin_get(&worker, "/readyz").await.0;
-                status == 200
-                    && listener.contains("hookwarden_broker_connected 0")
-                    && metrics.contains("hookwarden_worker_consuming 0")
-                    && worker_ready == 503
+        || async {
+            let listener = try_admin_get(&p.listener.admin, "/metrics").await?.1;
+            let (status, metrics) = try_admin_get(&p.worker.admin, "/metrics").await?;
+            let worker_ready = try_admin_get(&p.worker.admin, "/readyz").await?.0;
+            let connected = metric(&listener, "hookwarden_broker_connected");
+            let consuming = metric(&metrics, "hookwarden_worker_consuming");
+            if status == 200
+                && connected == Some(0.0)
+                && consuming == Some(0.0)
+                && worker_ready == 503
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "listener broker_connected {connected:?}; worker /metrics {status}, \
+                     consuming {consuming:?}, /readyz {worker_ready}"
+                ))
             }
         },
     )
@@ -316,13 +334,14 @@ async fn broker_stopped_for(seconds: u64, others_busy: bool) {
     } else {
         Vec::new()
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    flowing(&p).await;
     tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
         .await
         .unwrap();
     if seconds >= 30 {
         assert_both_see_the_broker_gone(&p).await;
     }
+    // The outage's length is what the test is about.
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
         .await
@@ -378,10 +397,11 @@ async fn publishers_blocked_by_a_memory_alarm_under_load() {
     let url = format!("{}/hooks/dregs", p.listener.base);
     let until = Instant::now() + Duration::from_secs(8);
     let traffic = tokio::spawn(load(url, p.signer.clone(), 4, until));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    flowing(&p).await;
     tokio::task::spawn_blocking(|| rabbitmqctl(&["set_vm_memory_high_watermark", "0"]))
         .await
         .unwrap();
+    // How long the alarm holds is what the test is about.
     tokio::time::sleep(Duration::from_secs(4)).await;
     tokio::task::spawn_blocking(|| rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]))
         .await
@@ -420,10 +440,7 @@ async fn a_listener_killed_with_events_in_its_spool_forwards_them_after_restart(
     proxy.down();
     let mut child = spawn();
     let _guard = crate::harness::KillOnDrop(child.id());
-    eventually("listener up", Duration::from_secs(15), || async move {
-        tokio::net::TcpStream::connect(public).await.is_ok()
-    })
-    .await;
+    wait_for_port(public, Duration::from_secs(15)).await;
     let url = format!("http://{public}/hooks/dregs");
     let (accepted, statuses) = load(
         url.clone(),
@@ -433,12 +450,10 @@ async fn a_listener_killed_with_events_in_its_spool_forwards_them_after_restart(
     )
     .await;
     assert!(!accepted.is_empty());
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status();
+    signal(&child, "-KILL");
     let _ = child.wait();
     proxy.up();
-    let mut child = spawn();
+    let child = spawn();
     let _guard = crate::harness::KillOnDrop(child.id());
     assert_each_acted_once(
         &sink,
@@ -447,10 +462,7 @@ async fn a_listener_killed_with_events_in_its_spool_forwards_them_after_restart(
         &statuses,
     )
     .await;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(terminate(child).await.code(), Some(0));
     drop(worker);
     drop(names);
 }
@@ -480,6 +492,7 @@ async fn an_action_target_down_for_30s_then_back() {
         2,
         Instant::now() + Duration::from_secs(35),
     ));
+    // The target's 30 s outage is what the test is about.
     tokio::time::sleep(Duration::from_secs(30)).await;
     sink.fail_always(false);
     let (accepted, statuses) = traffic.await.unwrap();
@@ -510,34 +523,27 @@ async fn sigterm_of_the_worker_under_load_loses_and_repeats_nothing() {
             .spawn()
             .unwrap()
     };
-    let mut child = spawn();
+    let child = spawn();
     let _guard = crate::harness::KillOnDrop(child.id());
     let url = format!("{}/hooks/dregs", listener.base);
-    let traffic = tokio::spawn(load(
-        url,
-        signer,
-        4,
-        Instant::now() + Duration::from_secs(6),
-    ));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let until = Instant::now() + Duration::from_secs(6);
+    let traffic = tokio::spawn(load(url, signer, 4, until));
+    // SIGTERM with the worker busy acting and load still coming.
+    sink.wait_until(
+        "the worker process acting on 50 events before the load ends",
+        until.saturating_duration_since(Instant::now()),
+        |got| got.len() >= 50,
+    )
+    .await;
+    let exit = terminate(child).await;
     assert_eq!(exit.code(), Some(0), "the worker exits 0 on SIGTERM");
-    let mut child = spawn();
+    let child = spawn();
     let _guard = crate::harness::KillOnDrop(child.id());
     let (accepted, statuses) = traffic.await.unwrap();
     assert_each_acted_once(&sink, &accepted, "worker SIGTERM under load", &statuses).await;
     let received = sink.received().len();
     assert_eq!(received, accepted.len(), "a graceful stop repeats nothing");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    terminate(child).await;
     drop(names);
 }
 
@@ -552,7 +558,7 @@ async fn broker_connections_cut_under_load() {
         4,
         Instant::now() + Duration::from_secs(6),
     ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    flowing(&p).await;
     // Cuts the listener's and the worker's connections alike.
     tokio::task::spawn_blocking(|| {
         rabbitmqctl(&["close_all_connections", "hookwarden fault test"])

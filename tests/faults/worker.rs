@@ -1,13 +1,12 @@
 //! The worker as a process: killed -9 mid-batch and restarted (no completed action lost or
 //! repeated under a new key), SIGHUP with a broken then a good rules file, SIGTERM → exit 0.
 
-use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Duration;
 
-use hookwarden::worker::state::{SqliteStore, Store};
+use hookwarden::worker::state::Store;
 
-use crate::harness::{eventually, tempdir};
+use crate::harness::{signal, spawn_logged, tempdir, terminate, wait_for, wait_for_file};
 use crate::sink::Sink;
 use crate::worker_harness::{WorkerHarness, dregs};
 
@@ -32,22 +31,8 @@ retries = 5
 timeout = "5s"
 "#;
 
-fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+fn spawn(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    spawn_logged(env!("CARGO_BIN_EXE_hookwarden-worker"), config, log)
 }
 
 /// A publisher for a worker running as a process: the harness's worker, stopped, lends
@@ -70,11 +55,6 @@ async fn harness(
     (w, dir, path)
 }
 
-async fn decided(store: &SqliteStore, provider: &str, ids: &[String]) -> usize {
-    let keys: Vec<String> = ids.iter().map(|i| format!("{provider}/{i}")).collect();
-    store.decided(&keys).map(|s| s.len()).unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same_key() {
     let _serial = crate::SERIAL.lock().await;
@@ -94,33 +74,32 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same
     let log = dir.path.join("worker.log");
     let mut child = spawn(&path, &log);
     let _guard = crate::harness::KillOnDrop(child.id());
-    eventually("some actions done", Duration::from_secs(30), || {
-        let n = sink.received().len();
-        async move { n >= 20 }
+    sink.wait_until("20 actions done", Duration::from_secs(30), |got| {
+        got.len() >= 20
     })
     .await;
     signal(&child, "-KILL");
     let _ = child.wait();
     let before = sink.received().len();
-    let mut child = spawn(&path, &dir.path.join("worker2.log"));
+    let child = spawn(&path, &dir.path.join("worker2.log"));
     let _guard = crate::harness::KillOnDrop(child.id());
     // The rule is a plain threshold, so every one of the 300 events acts once.
-    let started = Instant::now();
-    loop {
-        if decided(&w.store, "dregs", &ids).await == ids.len() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "not all events decided after restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    signal(&child, "-TERM");
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let keys: Vec<String> = ids.iter().map(|i| format!("dregs/{i}")).collect();
+    wait_for(
+        "every event decided after the restart",
+        Duration::from_secs(60),
+        || {
+            let decided = w.store.decided(&keys).map(|s| s.len()).unwrap_or(0);
+            let verdict = if decided == keys.len() {
+                Ok(())
+            } else {
+                Err(format!("{decided} of {} decided", keys.len()))
+            };
+            async move { verdict }
+        },
+    )
+    .await;
+    let exit = terminate(child).await;
     assert_eq!(
         exit.code(),
         Some(0),
@@ -159,12 +138,14 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
     let (w, dir, path) = harness("30.0", &sink).await;
     let good = std::fs::read_to_string(&path).unwrap();
     let log = dir.path.join("worker.log");
-    let mut child = spawn(&path, &log);
+    let child = spawn(&path, &log);
     let _guard = crate::harness::KillOnDrop(child.id());
-    eventually("worker consuming", Duration::from_secs(15), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        async move { text.contains("consuming") }
-    })
+    wait_for_file(
+        &log,
+        "the worker consuming",
+        Duration::from_secs(15),
+        |text| text.contains("consuming"),
+    )
     .await;
     // A broken file: refused with its problem logged; the old rules stay.
     std::fs::write(
@@ -173,15 +154,16 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
     )
     .unwrap();
     signal(&child, "-HUP");
-    eventually("reload refused", Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        async move { text.contains("reload refused") && text.contains("undeclared reference 'scor'") }
-    })
+    wait_for_file(
+        &log,
+        "the reload refused",
+        Duration::from_secs(10),
+        |text| text.contains("reload refused") && text.contains("undeclared reference 'scor'"),
+    )
     .await;
     w.publish_dregs("h1", "a", "2026-11-21T10:00:00Z", 20).await;
-    eventually("old rule acts", Duration::from_secs(10), || {
-        let n = sink.received().len();
-        async move { n == 1 }
+    sink.wait_until("the old rule to act", Duration::from_secs(10), |got| {
+        got.len() == 1
     })
     .await;
     // A good file with a lower threshold: applied from the next batch on.
@@ -191,16 +173,17 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
     )
     .unwrap();
     signal(&child, "-HUP");
-    eventually("rules reloaded", Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        async move { text.contains("rules reloaded") }
-    })
+    wait_for_file(
+        &log,
+        "the rules reloaded",
+        Duration::from_secs(10),
+        |text| text.contains("rules reloaded"),
+    )
     .await;
     w.publish_dregs("h2", "b", "2026-11-21T10:00:00Z", 20).await;
     w.publish_dregs("h3", "c", "2026-11-21T10:00:00Z", 5).await;
-    eventually("new rule acts", Duration::from_secs(10), || {
-        let paths: HashSet<String> = sink.received().into_iter().map(|r| r.path).collect();
-        async move { paths.contains("/accounts/c/quarantine") }
+    sink.wait_until("the new rule to act", Duration::from_secs(10), |got| {
+        got.iter().any(|r| r.path == "/accounts/c/quarantine")
     })
     .await;
     assert!(
@@ -209,10 +192,6 @@ async fn sighup_refuses_a_broken_file_and_applies_a_good_one() {
             .iter()
             .any(|r| r.path == "/accounts/b/quarantine")
     );
-    signal(&child, "-TERM");
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = terminate(child).await;
     assert_eq!(exit.code(), Some(0));
 }

@@ -3,9 +3,8 @@
 //! event turned into exactly one action at the bench's own sink, with its latency reported.
 
 use std::process::Output;
-use std::time::Duration;
 
-use crate::harness::{Harness, free_addr, tempdir};
+use crate::harness::{Harness, explain, free_addr, run_cli, tempdir};
 use crate::worker_harness::WorkerHarness;
 
 /// One subject per event, so no event is stale behind another and the rule fires for each.
@@ -25,24 +24,11 @@ retries = 0
 timeout = "2s"
 "#;
 
+/// Runs `hookwarden bench ARGS`.
 async fn bench(args: &[&str]) -> Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
-        .arg("bench")
-        .args(args)
-        .output();
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("hookwarden bench finished in time")
-        .expect("hookwarden bench ran")
-}
-
-fn explain(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    run_cli(&all).await
 }
 
 #[tokio::test]

@@ -5,11 +5,10 @@
 //! on the replayed event, the dead letter goes).
 
 use std::process::Output;
-use std::time::Duration;
 
 use hookwarden::worker::state::{DecisionRecord, Store};
 
-use crate::harness::{BROKER_TIMEOUT, eventually, tempdir};
+use crate::harness::{BROKER_TIMEOUT, explain, run_cli as run, tempdir, wait_for};
 use crate::sink::Sink;
 use crate::worker_harness::{TestWorker, WorkerHarness};
 
@@ -28,29 +27,8 @@ retries = 0
 timeout = "2s"
 "#;
 
-fn cli() -> tokio::process::Command {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
-}
-
-/// Runs `hookwarden ARGS`; a test process waiting on a child must not block the worker.
-async fn run(args: &[&str]) -> Output {
-    tokio::time::timeout(Duration::from_secs(60), cli().args(args).output())
-        .await
-        .expect("hookwarden finished in time")
-        .expect("hookwarden ran")
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn explain(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Message ids of the dead letters, as `list --json` gives them, in queue order.
@@ -224,20 +202,25 @@ async fn dead_letters_are_listed_without_loss_and_replayed_into_the_worker() {
     assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
 }
 
+/// Waits until the worker's record of `dregs/{id}` says it acted (a replay replaces the
+/// dead-lettered record).
 async fn eventually_acted(w: &TestWorker, id: &str) -> DecisionRecord {
     let key = format!("dregs/{id}");
-    eventually(&format!("{key} acted"), BROKER_TIMEOUT, || {
-        let outcome = w
+    wait_for(&format!("{key} acted"), BROKER_TIMEOUT, || {
+        let record = w
             .store
             .decisions(Some(&key), None, 1)
             .unwrap()
             .into_iter()
-            .next()
-            .map(|d| d.outcome);
-        async move { outcome.as_deref() == Some("acted") }
+            .next();
+        let verdict = match record {
+            Some(d) if d.outcome == "acted" => Ok(d),
+            Some(d) => Err(format!("outcome {}", d.outcome)),
+            None => Err("no record".to_owned()),
+        };
+        async move { verdict }
     })
-    .await;
-    w.decision("dregs", id).await
+    .await
 }
 
 #[tokio::test]
@@ -268,7 +251,7 @@ async fn rules_test_shows_what_the_shipped_rules_decide_and_would_send() {
     let out = rules_test(&["--provider", "dregs", EXAMPLE]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let text = stdout(&out);
-    let key = hookwarden::worker::act::idempotency_key(
+    let key = hookwarden::worker::action::idempotency_key(
         "dregs/evt_01JD8Q6W3M4X9T2R7K5N0P1Q8S",
         "quarantine-low-humanity",
         "quarantine",

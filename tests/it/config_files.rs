@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use hookwarden::config::worker::WorkerConfig;
 use hookwarden::listener::config::ListenerConfig;
+use hookwarden::worker::config::WorkerConfig;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -190,9 +190,9 @@ fn the_shipped_rules_file_is_valid() {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules.toml")).unwrap();
     let config =
-        hookwarden::config::worker::WorkerConfig::parse("rules.toml", &text, &HashMap::new())
+        hookwarden::worker::config::WorkerConfig::parse("rules.toml", &text, &HashMap::new())
             .unwrap();
-    let names: Vec<_> = config.rules.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<_> = config.rules.rules.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -288,7 +288,7 @@ fn keys_that_look_like_paths_are_refused_not_expanded() {
             .starts_with("l.toml:1: a key may not contain '.', '[' or ']'"),
         "{err}"
     );
-    let err = hookwarden::config::worker::WorkerConfig::parse(
+    let err = hookwarden::worker::config::WorkerConfig::parse(
         "r.toml",
         "[x]\n\"a[9]\" = 1\n",
         &HashMap::new(),

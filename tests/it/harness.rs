@@ -284,6 +284,21 @@ pub mod tempdir {
     }
 }
 
+/// Headers `provider` as configured in `config` would send for `body` at `at`; `id` is the
+/// event id, for the schemes that sign one.
+pub fn sign_with(
+    config: &ListenerConfig,
+    provider: &str,
+    body: &[u8],
+    at: SystemTime,
+    id: &str,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let p = config
+        .provider(provider)
+        .unwrap_or_else(|| panic!("provider {provider} configured"));
+    p.scheme.sign(&p.keys[0], body, at, id).unwrap()
+}
+
 /// A listener running in this test process.
 pub struct TestListener {
     pub base: String,
@@ -309,12 +324,8 @@ impl TestListener {
         body: &[u8],
         at: SystemTime,
     ) -> Vec<(HeaderName, HeaderValue)> {
-        let p = self
-            .signers
-            .provider(provider)
-            .expect("provider configured");
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        p.scheme.sign(&p.keys[0], body, at, &id).unwrap()
+        sign_with(&self.signers, provider, body, at, &id)
     }
 
     /// POSTs `body` signed by `provider` to its route.
@@ -436,25 +447,39 @@ impl Broker {
 
 /// GETs an admin path; returns status and body.
 pub async fn admin_get(base: &str, path: &str) -> (u16, String) {
-    let uri: http::Uri = format!("{base}{path}").parse().unwrap();
-    let host = uri.authority().unwrap().to_string();
-    let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    try_admin_get(base, path)
+        .await
+        .unwrap_or_else(|err| panic!("GET {base}{path}: {err}"))
+}
+
+/// GETs an admin path, or says why it could not (for a server that may not be up yet).
+pub async fn try_admin_get(base: &str, path: &str) -> Result<(u16, String), String> {
+    let uri: http::Uri = format!("{base}{path}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let host = uri.authority().ok_or("no host in the URL")?.to_string();
+    let stream = tokio::net::TcpStream::connect(&host)
+        .await
+        .map_err(|e| format!("cannot connect to {host}: {e}"))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .unwrap();
+            .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let request = http::Request::get(uri)
         .header(http::header::HOST, host)
         .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Sends raw bytes on a new connection and returns whatever comes back before the server
@@ -468,23 +493,129 @@ pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// Waits until `check` holds, polling; panics with `what` after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+/// How long a wait lets pass between two looks at its condition.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Looks at `check` until it gives `Ok`, or `within` has passed: then `Err` with what it
+/// last saw. `check` answers `Err(what it saw)` while the condition does not hold yet; a look
+/// that does not return before the deadline counts as one that did not hold.
+pub async fn try_wait_for<T, F, Fut>(within: Duration, mut check: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + within;
     loop {
-        if check().await {
-            return;
+        let seen = match tokio::time::timeout_at(deadline, check()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(seen)) => seen,
+            Err(_) => "a look that had not returned at the deadline".to_owned(),
+        };
+        if tokio::time::Instant::now() + POLL >= deadline {
+            return Err(seen);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
+}
+
+/// Waits until `check` gives `Ok` and returns its value; after `within`, fails saying what it
+/// waited for and what `check` last saw. The one way these tests wait for a condition.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    match try_wait_for(within, check).await {
+        Ok(value) => value,
+        Err(seen) => panic!("waited {within:?} for {what}; last saw: {seen}"),
+    }
+}
+
+/// What a metric's value must come to.
+#[derive(Clone, Copy, Debug)]
+pub enum Want {
+    Equal(f64),
+    AtLeast(f64),
+}
+
+impl Want {
+    fn holds(self, value: f64) -> bool {
+        match self {
+            Want::Equal(want) => value == want,
+            Want::AtLeast(want) => value >= want,
+        }
+    }
+}
+
+impl std::fmt::Display for Want {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Want::Equal(want) => write!(f, "= {want}"),
+            Want::AtLeast(want) => write!(f, ">= {want}"),
+        }
+    }
+}
+
+/// The value of one series in a Prometheus text exposition; `series` is the name with its
+/// labels exactly as exposed (`hookwarden_requests_total{provider="dregs",status="200"}`).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+}
+
+/// Waits until `series` on the `/metrics` of the admin server at `admin` (a base URL) is as
+/// `want` says; returns its value. Works on a daemon not yet listening: that is what it saw.
+pub async fn wait_for_metric(admin: &str, series: &str, want: Want, within: Duration) -> f64 {
+    wait_for(&format!("{series} {want}"), within, || async move {
+        let (status, text) = try_admin_get(admin, "/metrics").await?;
+        match metric(&text, series) {
+            Some(value) if want.holds(value) => Ok(value),
+            Some(value) => Err(format!("{series} {value}")),
+            None => Err(format!("no {series} in /metrics (status {status})")),
+        }
+    })
+    .await
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+pub async fn wait_for_port(addr: SocketAddr, within: Duration) {
+    wait_for(&format!("{addr} accepting"), within, || async move {
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+/// Waits until the text of the file at `path` (a daemon's log, say) passes `check`; returns
+/// the text. On timeout, shows the file's last lines.
+pub async fn wait_for_file(
+    path: &std::path::Path,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let check = &check;
+    wait_for(what, within, || async move {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if check(&text) {
+            Ok(text)
+        } else {
+            Err(format!("{} ending:\n{}", path.display(), tail(&text)))
+        }
+    })
+    .await
+}
+
+/// The last lines of `text`, for a failure message.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// A message header as text.
@@ -499,17 +630,12 @@ pub fn header(props: &lapin::BasicProperties, name: &str) -> Option<String> {
 
 /// Waits for a message on `queue` and takes it.
 pub async fn eventually_get(broker: &Broker, queue: &str) -> BasicGetMessage {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(m) = broker.get(queue).await {
-            return m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing arrived on {queue}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        &format!("a message on {queue}"),
+        Duration::from_secs(15),
+        || async move { broker.get(queue).await.ok_or("the queue empty".to_owned()) },
+    )
+    .await
 }
 
 /// A TCP proxy in front of the broker that a test can cut (closing every connection and
@@ -653,4 +779,60 @@ impl Drop for KillOnDrop {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// Starts a daemon binary on `config` with its stdout and stderr written to `log`.
+pub fn spawn_logged(
+    bin: &str,
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Sends `child` a signal (`-TERM`, `-HUP`, `-KILL`).
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {}", child.id());
+}
+
+/// SIGTERM, then its exit status, waited for off the runtime's threads.
+pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    signal(&child, "-TERM");
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Runs `hookwarden ARGS` to its end (at most 60 s) without blocking the runtime: a worker
+/// in this process must go on meanwhile.
+pub async fn run_cli(args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+        .args(args)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("hookwarden {args:?} still running after 60 s"))
+        .expect("hookwarden ran")
+}
+
+/// A command's exit status and output, for a failure message.
+pub fn explain(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

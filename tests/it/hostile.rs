@@ -188,6 +188,8 @@ async fn headers_sent_a_byte_a_second_are_cut_off_while_good_traffic_is_served()
     );
     let stream = TcpStream::connect(l.addr).await.unwrap();
     let (mut read, mut write) = stream.into_split();
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let first_byte = started.clone();
     let slowloris = tokio::spawn(async move {
         let mut sent = 0;
         let mut got = Vec::new();
@@ -199,6 +201,7 @@ async fn headers_sent_a_byte_a_second_are_cut_off_while_good_traffic_is_served()
                 break;
             }
             sent += 1;
+            first_byte.notify_one();
             // EOF or a reset within the second: closed. Timeout or data: go on.
             if let Ok(Ok(0) | Err(_)) =
                 tokio::time::timeout(Duration::from_secs(1), read.read_buf(&mut got)).await
@@ -207,10 +210,13 @@ async fn headers_sent_a_byte_a_second_are_cut_off_while_good_traffic_is_served()
                 break;
             }
         }
+        first_byte.notify_one();
         (sent, closed, String::from_utf8_lossy(&got).into_owned())
     });
-    // Good traffic while the slow head is in progress.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Good traffic while the slow head is in progress: once its first byte is out.
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the slow head's first byte written, or its connection closed, within 5 s");
     serves(&l, "evt_during_slow_head").await;
     let (sent, closed, response) = slowloris.await.unwrap();
     assert!(
@@ -251,6 +257,7 @@ async fn a_body_trickled_slowly_is_408_after_body_timeout() {
             if write.write_all(&[*byte]).await.is_err() {
                 break;
             }
+            // The trickle's pace is what the test is about, not a wait.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });

@@ -14,7 +14,7 @@ use hookwarden::cli::http_client;
 use hookwarden::listener::config::ListenerConfig;
 use hookwarden::listener::extract::parse_body;
 
-use crate::harness::{Broker, Harness, KillOnDrop, eventually, eventually_get, free_addr};
+use crate::harness::{Broker, Harness, KillOnDrop, eventually_get, free_addr, sign_with, wait_for};
 use crate::sink::Sink;
 use crate::worker_harness::{WorkerHarness, dregs};
 
@@ -95,15 +95,23 @@ impl Daemon {
         }
     }
 
-    fn logged(&self, part: &str) -> bool {
-        self.lines.lock().unwrap().iter().any(|l| l.contains(part))
-    }
-
+    /// Waits until a line it wrote contains `part`.
     async fn wait_for(&self, part: &str) {
-        eventually(
-            &format!("{} to log {part}", self.name),
+        wait_for(
+            &format!("the {} to log {part}", self.name),
             Duration::from_secs(20),
-            || async move { self.logged(part) },
+            || {
+                let lines = self.lines.lock().unwrap();
+                let verdict = if lines.iter().any(|l| l.contains(part)) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "its last lines: {:#?}",
+                        &lines[lines.len().saturating_sub(10)..]
+                    ))
+                };
+                async move { verdict }
+            },
         )
         .await;
     }
@@ -115,10 +123,18 @@ impl Daemon {
             .status();
         let child = &mut self.child;
         let name = self.name;
-        eventually(&format!("{name} to exit"), Duration::from_secs(30), || {
-            let exited = matches!(child.try_wait(), Ok(Some(_)));
-            async move { exited }
-        })
+        wait_for(
+            &format!("the {name} to exit"),
+            Duration::from_secs(30),
+            || {
+                let verdict = match child.try_wait() {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err("still running".to_owned()),
+                    Err(err) => Err(err.to_string()),
+                };
+                async move { verdict }
+            },
+        )
         .await;
         for reader in self.readers.drain(..) {
             let _ = reader.join();
@@ -141,7 +157,6 @@ async fn every_json_log_line_of_both_daemons_has_unique_keys() {
     .unwrap();
     let text = std::fs::read_to_string(&listener_toml).unwrap();
     let signers = ListenerConfig::parse("listener.toml", &text, &HashMap::new()).unwrap();
-    let dregs_provider = signers.provider("dregs").unwrap();
 
     let listener = Daemon::spawn(
         "listener",
@@ -159,15 +174,7 @@ async fn every_json_log_line_of_both_daemons_has_unique_keys() {
     let url = format!("http://{public}/hooks/dregs");
     // Signs `signed` and sends `body`: the same text, or another one to be refused.
     let post = |signed: &str, body: String| {
-        let headers = dregs_provider
-            .scheme
-            .sign(
-                &dregs_provider.keys[0],
-                signed.as_bytes(),
-                SystemTime::now(),
-                "",
-            )
-            .unwrap();
+        let headers = sign_with(&signers, "dregs", signed.as_bytes(), SystemTime::now(), "");
         let url = url.clone();
         async move {
             http_client::post(&url, &headers, Bytes::from(body))

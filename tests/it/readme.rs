@@ -8,9 +8,9 @@
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{admin_get, eventually, tempdir};
+use crate::harness::{tail, tempdir, try_admin_get, try_wait_for, wait_for};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -123,12 +123,18 @@ impl Background {
 
     /// Waits for the shell to exit; on `deadline`, kills the group and panics with its output.
     async fn exit_within(&mut self, deadline: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > deadline {
+        let child = &mut self.child;
+        let exited = try_wait_for(deadline, || {
+            let verdict = child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| "still running".to_owned());
+            async move { verdict }
+        })
+        .await;
+        match exited {
+            Ok(status) => status,
+            Err(_) => {
                 self.signal_group("KILL");
                 let _ = self.child.wait();
                 panic!(
@@ -136,7 +142,6 @@ impl Background {
                     self.output()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -179,23 +184,19 @@ fn assert_fixed_ports_free() {
 async fn wait_for_daemons(daemons: &[Background]) {
     let ready = || async {
         for admin in ["http://127.0.0.1:9090", "http://127.0.0.1:9091"] {
-            if tokio::net::TcpStream::connect(&admin[7..]).await.is_err()
-                || admin_get(admin, "/readyz").await.0 != 200
-            {
-                return false;
+            match try_admin_get(admin, "/readyz").await? {
+                (200, _) => {}
+                (status, why) => return Err(format!("{admin}/readyz {status} {why:?}")),
             }
         }
         tokio::net::TcpStream::connect("127.0.0.1:8089")
             .await
-            .is_ok()
+            .map(drop)
+            .map_err(|e| format!("the sink at 127.0.0.1:8089: {e}"))
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready().await {
-        if Instant::now() > deadline {
-            let outputs: Vec<String> = daemons.iter().map(Background::output).collect();
-            panic!("the by-hand daemons did not get ready; their output:\n{outputs:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(seen) = try_wait_for(Duration::from_secs(30), ready).await {
+        let outputs: Vec<String> = daemons.iter().map(Background::output).collect();
+        panic!("the by-hand daemons did not get ready ({seen}); their output:\n{outputs:#?}");
     }
 }
 
@@ -265,10 +266,17 @@ async fn every_readme_command_works_as_written() {
 
     // The first event sent by hand acted: the sink received its quarantine request.
     let sink = &daemons[sink.unwrap()];
-    eventually(
+    wait_for(
         &format!("the sink receiving {DREGS_ACTION}"),
         Duration::from_secs(15),
-        || async { sink.output().contains(DREGS_ACTION) },
+        || async {
+            let output = sink.output();
+            if output.contains(DREGS_ACTION) {
+                Ok(())
+            } else {
+                Err(format!("the sink's output ending:\n{}", tail(&output)))
+            }
+        },
     )
     .await;
     let worker_log = daemons[worker].output();
@@ -384,15 +392,23 @@ async fn run_local_prints_commands_that_work_while_it_runs() {
         None,
     );
     // Up to a first build's worth of time, on a busy machine.
-    let deadline = Instant::now() + Duration::from_secs(900);
-    while !trial.output().contains("== running") {
-        assert!(
-            trial.child.try_wait().unwrap().is_none() && Instant::now() < deadline,
-            "run-local did not get to running:\n{}",
-            trial.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "run-local to get to running",
+        Duration::from_secs(900),
+        || {
+            let output = trial.output();
+            let verdict = if output.contains("== running") {
+                Ok(())
+            } else if let Some(status) = trial.child.try_wait().unwrap() {
+                // Gone without getting there: no use waiting on.
+                panic!("run-local exited ({status}) before running:\n{output}")
+            } else {
+                Err(format!("its output:\n{output}"))
+            };
+            async move { verdict }
+        },
+    )
+    .await;
     let output = trial.output();
     assert!(output.contains(DREGS_ACTION), "{output}");
     // The sink was listening before the first event: its action went through at once.
@@ -426,22 +442,26 @@ async fn run_local_prints_commands_that_work_while_it_runs() {
         );
         // The decision record is committed with the worker's batch, a moment after the
         // action's request; a reader quicker than that sees "no decisions" and runs it again.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let out = run(command).await;
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            if out.status.success()
-                && (!command.contains("decisions") || stdout.contains("quarantine-low-humanity"))
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "printed command failed while run-local runs: {command}\nstdout: {stdout}\nstderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for(
+            &format!("the printed command to work while run-local runs: {command}"),
+            Duration::from_secs(15),
+            || async {
+                let out = run(command).await;
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                if out.status.success()
+                    && (!command.contains("decisions")
+                        || stdout.contains("quarantine-low-humanity"))
+                {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "stdout: {stdout}\nstderr: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ))
+                }
+            },
+        )
+        .await;
     }
 
     trial.signal_group("INT");

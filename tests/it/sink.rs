@@ -72,6 +72,7 @@ impl Sink {
                                 .unwrap_or_default();
                             let delay = s.delay_ms.load(Ordering::SeqCst);
                             if delay > 0 {
+                                // A slow target is the behaviour asked for, not a wait.
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
                             }
                             let status = if s.fail_always.load(Ordering::SeqCst) > 0 {
@@ -114,6 +115,27 @@ impl Sink {
     /// Requests answered 200, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until what the sink has received (answered 200) passes `check`; returns it.
+    /// On timeout, says how many requests came and the paths of the last few.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        crate::harness::wait_for(what, within, || {
+            let got = self.received();
+            let verdict = if check(&got) {
+                Ok(got)
+            } else {
+                let last: Vec<&str> = got.iter().rev().take(10).map(|r| r.path.as_str()).collect();
+                Err(format!("{} received, the last: {last:?}", got.len()))
+            };
+            async move { verdict }
+        })
+        .await
     }
 
     pub fn fail_first(&self, n: u32) {

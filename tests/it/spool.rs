@@ -5,36 +5,40 @@
 use std::time::Duration;
 
 use crate::harness::{
-    Broker, Harness, Proxy, TestListener, admin_get, event, eventually, json, tempdir,
+    Broker, Harness, Proxy, TestListener, Want, admin_get, event, json, metric, tempdir, wait_for,
+    wait_for_metric,
 };
 
+/// Takes messages off `queue` until `expected` have come; returns their ids in arrival order.
 async fn queue_ids(broker: &Broker, queue: &str, expected: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while ids.len() < expected && tokio::time::Instant::now() < deadline {
-        ids.extend(broker.drain_ids(queue).await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    ids
-}
-
-/// Waits (at most `within`) until the listener's metrics show `line`.
-async fn metrics_show(l: &TestListener, line: &str, within: Duration) {
-    eventually(line, within, || {
-        let (admin, line) = (l.admin.clone(), line.to_owned());
-        async move { admin_get(&admin, "/metrics").await.1.contains(&line) }
-    })
+    let ids = std::sync::Mutex::new(Vec::new());
+    let ids = &ids;
+    wait_for(
+        &format!("{expected} messages on {queue}"),
+        Duration::from_secs(20),
+        move || async move {
+            let got = broker.drain_ids(queue).await;
+            let mut ids = ids.lock().unwrap();
+            ids.extend(got);
+            if ids.len() >= expected {
+                Ok(())
+            } else {
+                let last = &ids[ids.len().saturating_sub(5)..];
+                Err(format!("{} taken, the last: {last:?}", ids.len()))
+            }
+        },
+    )
     .await;
+    std::mem::take(&mut *ids.lock().unwrap())
 }
 
 /// Waits (at most `within`) until the listener reports an empty spool.
 async fn spool_drained(l: &TestListener, within: Duration) {
-    metrics_show(l, "hookwarden_spool_depth 0", within).await;
+    wait_for_metric(&l.admin, "hookwarden_spool_depth", Want::Equal(0.0), within).await;
 }
 
-/// A listener with a spool in `dir`, connected through a proxy that is then cut.
-async fn spooling_listener_cut_off(dir: &tempdir::Dir) -> (Proxy, TestListener) {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+/// A listener with a spool in `dir`, connected to the broker through `proxy`.
+async fn spooling_listener(proxy: &Proxy, dir: &tempdir::Dir) -> TestListener {
     let l = Harness::new()
         .amqp("url", &format!("\"{}\"", proxy.url()))
         .spool(&dir.path.join("spool.db"), "")
@@ -42,10 +46,24 @@ async fn spooling_listener_cut_off(dir: &tempdir::Dir) -> (Proxy, TestListener) 
         .await;
     let publisher = l.running.as_ref().unwrap().publisher.clone();
     assert!(publisher.wait_connected(Duration::from_secs(10)).await);
+    l
+}
+
+/// A listener with a spool in `dir`, connected through a proxy that is then cut.
+async fn spooling_listener_cut_off(dir: &tempdir::Dir) -> (Proxy, TestListener) {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let l = spooling_listener(&proxy, dir).await;
     proxy.down();
-    eventually("broker seen as down", Duration::from_secs(10), || {
-        let p = publisher.clone();
-        async move { !p.is_connected() }
+    let publisher = l.running.as_ref().unwrap().publisher.clone();
+    wait_for("the broker seen as down", Duration::from_secs(10), || {
+        let connected = publisher.is_connected();
+        async move {
+            if connected {
+                Err("the publisher still connected".to_owned())
+            } else {
+                Ok(())
+            }
+        }
     })
     .await;
     (proxy, l)
@@ -172,16 +190,11 @@ async fn under_steady_load_after_an_outage_the_listener_returns_to_publishing_di
             ok
         }));
     }
-    let spooled = |metrics: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("hookwarden_spooled_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let spooled = |metrics: &str| metric(metrics, "hookwarden_spooled_total").unwrap_or(0.0);
     // While the load goes on, the spool empties and stays empty: later events go direct.
     spool_drained(&l, Duration::from_secs(20)).await;
     let first = spooled(&admin_get(&l.admin, "/metrics").await.1);
+    // "Nothing spooled for a while" has no event to wait for: half a second of the load.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let later = spooled(&admin_get(&l.admin, "/metrics").await.1);
     let mut ok = 0;
@@ -191,7 +204,7 @@ async fn under_steady_load_after_an_outage_the_listener_returns_to_publishing_di
     assert_eq!(ok, 16 * 150, "every request answered 200");
     assert_eq!(first, later, "nothing spooled once the spool ran empty");
     assert!(
-        later < 20 + 16 * 150,
+        later < f64::from(20 + 16 * 150),
         "load events went direct, not all through the spool"
     );
 
@@ -213,13 +226,7 @@ async fn under_steady_load_after_an_outage_the_listener_returns_to_publishing_di
 async fn a_broker_link_gone_silent_is_noticed_and_what_was_taken_arrives() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let dir = tempdir::Dir::new();
-    let mut l = Harness::new()
-        .amqp("url", &format!("\"{}\"", proxy.url()))
-        .spool(&dir.path.join("spool.db"), "")
-        .start()
-        .await;
-    let publisher = l.running.as_ref().unwrap().publisher.clone();
-    assert!(publisher.wait_connected(Duration::from_secs(10)).await);
+    let mut l = spooling_listener(&proxy, &dir).await;
     proxy.freeze();
     // Held off until the daemon has said so: a quick reconnect would make that a blink.
     proxy.refuse_new();
@@ -229,7 +236,13 @@ async fn a_broker_link_gone_silent_is_noticed_and_what_was_taken_arrives() {
         assert_eq!(a.status, 200, "{}", a.body);
     }
     // lapin alone, on the broker's 60 s heartbeat, took 120 s to notice.
-    metrics_show(&l, "hookwarden_broker_connected 0", Duration::from_secs(30)).await;
+    wait_for_metric(
+        &l.admin,
+        "hookwarden_broker_connected",
+        Want::Equal(0.0),
+        Duration::from_secs(30),
+    )
+    .await;
     proxy.up();
     let broker = Broker::connect().await;
     let got = queue_ids(&broker, &l.names.queue, ids.len()).await;

@@ -7,7 +7,9 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Broker, Harness, event, free_addr, tempdir};
+use crate::harness::{
+    Broker, Harness, event, free_addr, sign_with, tempdir, terminate, wait_for_port,
+};
 
 fn units_with_real_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -64,7 +66,7 @@ async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let log = std::fs::File::create(dir.path.join("listener.log")).unwrap();
-    let mut child = Command::new("systemd-socket-activate")
+    let child = Command::new("systemd-socket-activate")
         .arg("-l")
         .arg(public.to_string())
         .arg("-E")
@@ -81,10 +83,7 @@ async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
     let _guard = crate::harness::KillOnDrop(child.id());
 
     // systemd-socket-activate binds, then spawns the listener on the first connection.
-    crate::harness::eventually("socket bound", Duration::from_secs(10), || async move {
-        tokio::net::TcpStream::connect(public).await.is_ok()
-    })
-    .await;
+    wait_for_port(public, Duration::from_secs(10)).await;
     // READY=1 comes once it serves and the broker is connected; then a 200 is due.
     let mut seen = String::new();
     let wait_for = |what: &str, seen: &mut String| {
@@ -106,17 +105,14 @@ async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
     let signer =
         hookwarden::listener::config::ListenerConfig::parse("t.toml", &text, &Default::default())
             .unwrap();
-    let p = signer.provider("dregs").unwrap();
     let body = event("evt_socket");
-    let headers = p
-        .scheme
-        .sign(
-            &p.keys[0],
-            body.as_bytes(),
-            std::time::SystemTime::now(),
-            "id",
-        )
-        .unwrap();
+    let headers = sign_with(
+        &signer,
+        "dregs",
+        body.as_bytes(),
+        std::time::SystemTime::now(),
+        "id",
+    );
     let url = format!("http://{public}/hooks/dregs");
     let answer = tokio::time::timeout(
         Duration::from_secs(20),
@@ -128,15 +124,7 @@ async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     wait_for("WATCHDOG=1", &mut seen);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = terminate(child).await;
     assert_eq!(exit.code(), Some(0));
     wait_for("STOPPING=1", &mut seen);
     let broker = Broker::connect().await;

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{Proxy, admin_get, eventually, header};
+use crate::harness::{
+    Proxy, admin_get, header, metric, spawn_logged, try_admin_get, wait_for, wait_for_file,
+};
 use crate::sink::Sink;
 use crate::worker_harness::{WorkerHarness, dregs};
 
@@ -244,7 +246,8 @@ async fn unreadable_messages_dead_letter_at_once_and_unknown_subjects_are_record
     w.publish("rewards", "tier.changed", "t1", r#"{"id":"t1"}"#)
         .await;
     assert_eq!(w.decision("rewards", "t1").await.outcome, "no_subject");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No wait needed: the worker commits a batch's records only after the broker confirmed
+    // its dead letters, so were t1 (or anything before it) dead-lettered, it would be here.
     assert!(w.broker.get(&w.names.dead_letter_queue).await.is_none());
     assert!(sink.received().is_empty());
 }
@@ -304,18 +307,23 @@ async fn a_worker_whose_broker_link_goes_silent_says_so_and_comes_back() {
     proxy.freeze();
     // Held off until the daemon has said so: a quick reconnect would make that a blink.
     proxy.refuse_new();
-    eventually(
-        "the worker stops saying it consumes",
+    wait_for(
+        "the worker to stop saying it consumes",
         Duration::from_secs(30),
-        || {
-            let admin = w.admin.clone();
-            async move {
-                let (ready, why) = admin_get(&admin, "/readyz").await;
-                let metrics = admin_get(&admin, "/metrics").await.1;
-                // Not ready, and saying why.
-                ready == 503
-                    && why.starts_with("not ready: not consuming: broker connection lost")
-                    && metrics.contains("hookwarden_worker_consuming 0")
+        || async {
+            let (ready, why) = try_admin_get(&w.admin, "/readyz").await?;
+            let metrics = try_admin_get(&w.admin, "/metrics").await?.1;
+            let consuming = metric(&metrics, "hookwarden_worker_consuming");
+            // Not ready, and saying why.
+            if ready == 503
+                && why.starts_with("not ready: not consuming: broker connection lost")
+                && consuming == Some(0.0)
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "/readyz {ready} {why:?}, hookwarden_worker_consuming {consuming:?}"
+                ))
             }
         },
     )
@@ -325,20 +333,23 @@ async fn a_worker_whose_broker_link_goes_silent_says_so_and_comes_back() {
     w.publish_dregs("after", "s2", "2026-11-21T10:00:00Z", 10)
         .await;
     proxy.up();
-    eventually("consuming again", Duration::from_secs(30), || {
-        let admin = w.admin.clone();
-        async move { admin_get(&admin, "/readyz").await.0 == 200 }
-    })
+    wait_for(
+        "the worker ready again",
+        Duration::from_secs(30),
+        || async {
+            match try_admin_get(&w.admin, "/readyz").await? {
+                (200, _) => Ok(()),
+                (status, why) => Err(format!("/readyz {status} {why:?}")),
+            }
+        },
+    )
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !paths(&sink).contains(&"/accounts/s2/quarantine".to_owned()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the event published during the silence never acted: {:?}",
-            paths(&sink)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sink.wait_until(
+        "the event published during the silence to act",
+        Duration::from_secs(60),
+        |got| got.iter().any(|r| r.path == "/accounts/s2/quarantine"),
+    )
+    .await;
 }
 
 /// A worker process's `event dead-lettered` log lines (and its other per-event warnings)
@@ -356,13 +367,7 @@ async fn per_event_warnings_in_the_log_name_the_event_its_provider_and_subject()
     let config = dir.path.join("rules.toml");
     std::fs::write(&config, &w.text).unwrap();
     let log_path = dir.path.join("worker.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden-worker"))
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_logged(env!("CARGO_BIN_EXE_hookwarden-worker"), &config, &log_path);
     let _kill = crate::harness::KillOnDrop(child.id());
 
     // Its action fails (the target answers 500): dead-lettered by the rule's action. Its
@@ -383,20 +388,21 @@ async fn per_event_warnings_in_the_log_name_the_event_its_provider_and_subject()
     w.publish_raw("dregs.identity.scored", props, b"not json {")
         .await;
 
-    let lines = |what: &str| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .lines()
+    let lines = |text: &str, what: &str| -> Vec<serde_json::Value> {
+        text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["message"] == what)
             .collect()
     };
-    eventually("two dead-letter lines", Duration::from_secs(30), || {
-        let n = lines("event dead-lettered").len();
-        async move { n == 2 }
-    })
+    wait_for_file(
+        &log_path,
+        "two dead-letter lines",
+        Duration::from_secs(30),
+        |text| lines(text, "event dead-lettered").len() == 2,
+    )
     .await;
-    let dead = lines("event dead-lettered");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let dead = lines(&log, "event dead-lettered");
     let by_id = |id: &str| {
         dead.iter()
             .find(|v| v["event_id"] == id)
@@ -415,7 +421,7 @@ async fn per_event_warnings_in_the_log_name_the_event_its_provider_and_subject()
             .is_some_and(|e| e.starts_with("body is not JSON")),
         "{second}"
     );
-    let condition = lines("condition failed to evaluate");
+    let condition = lines(&log, "condition failed to evaluate");
     let broken = condition
         .iter()
         .find(|v| v["event_id"] == "dl-1")

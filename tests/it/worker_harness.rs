@@ -8,15 +8,15 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hookwarden::broker::publisher::publish_confirmed;
-use hookwarden::config::worker::WorkerConfig;
 use hookwarden::envelope::Envelope;
+use hookwarden::worker::config::WorkerConfig;
 use hookwarden::worker::state::{DecisionRecord, SqliteStore, Store};
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{BROKER_TIMEOUT, Broker, Names, amqp_url, tempdir};
+use crate::harness::{BROKER_TIMEOUT, Broker, Names, amqp_url, tempdir, wait_for};
 
 /// A rules file for one test; `{SINK}` in it becomes the sink's base URL.
 pub struct WorkerHarness {
@@ -96,9 +96,15 @@ impl WorkerHarness {
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let running = hookwarden::worker::start(config, admin, shutdown.clone()).unwrap();
-        crate::harness::eventually("worker consuming", BROKER_TIMEOUT, || {
-            let c = running.consuming.clone();
-            async move { c.load(std::sync::atomic::Ordering::Relaxed) }
+        wait_for("the worker consuming", BROKER_TIMEOUT, || {
+            let consuming = running.consuming.load(std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if consuming {
+                    Ok(())
+                } else {
+                    Err("not consuming".to_owned())
+                }
+            }
         })
         .await;
         let broker = Broker::connect().await;
@@ -184,23 +190,25 @@ impl TestWorker {
     /// Waits for the decision record of `provider/id`.
     pub async fn decision(&self, provider: &str, id: &str) -> DecisionRecord {
         let key = format!("{provider}/{id}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(d) = self
-                .store
-                .decisions(Some(&key), None, 1)
-                .unwrap()
-                .into_iter()
-                .next()
-            {
-                return d;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no decision for {key}"
-            );
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
+        wait_for(
+            &format!("the decision for {key}"),
+            Duration::from_secs(20),
+            || {
+                let found = self.store.decisions(Some(&key), None, 1).unwrap();
+                let verdict = found.into_iter().next().ok_or_else(|| {
+                    let latest: Vec<String> = self
+                        .store
+                        .decisions(None, None, 5)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|d| format!("{} {}", d.event_key, d.outcome))
+                        .collect();
+                    format!("no record for it; the latest: {latest:?}")
+                });
+                async move { verdict }
+            },
+        )
+        .await
     }
 
     pub fn metrics(&self) -> String {

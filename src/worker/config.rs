@@ -1,0 +1,271 @@
+//! The worker's config file (the rules file, `rules.toml`): the daemon's own sections
+//! (`[server]`, `[state]`, and the shared `[amqp]` and `[log]`) and its compiled [`Rules`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::amqp::AmqpConfig;
+use crate::config::log::LogConfig;
+use crate::config::{ConfigError, ConfigKind, Document, Problem};
+use crate::worker::rules::Rules;
+
+/// The whole validated worker config.
+pub struct WorkerConfig {
+    /// `[amqp]`, shared with the listener.
+    pub amqp: AmqpConfig,
+    /// `[server]`: admin address, shutdown grace.
+    pub server: WorkerServer,
+    /// `[state]`: the embedded store.
+    pub state: StateConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[[subjects]]`, `[[rules]]` and `[actions.*]`, compiled.
+    pub rules: Rules,
+}
+
+/// `[server]` of the worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerServer {
+    /// Admin address for `/healthz`, `/readyz`, `/metrics`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// On SIGTERM, how long in-flight events may take to finish.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9091))
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// SQLite file of per-subject state, done-marks and decisions.
+    #[serde(default = "default_state_path")]
+    pub path: PathBuf,
+    /// How long decision records and done-marks are kept.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+fn default_state_path() -> PathBuf {
+    PathBuf::from("/var/lib/hookwarden/worker.db")
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+impl WorkerConfig {
+    /// Parses and compiles a rules file.
+    ///
+    /// # Errors
+    /// Every problem found, each with its key path and reason.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc = Document::parse(file, text, env, ConfigKind::Worker)?;
+        doc.reject_unknown_sections();
+        let amqp: Option<AmqpConfig> = doc.section("amqp");
+        let server: Option<WorkerServer> = doc.section("server");
+        let state: Option<StateConfig> = doc.section("state");
+        let log: Option<LogConfig> = doc.section("log");
+        if let Some(amqp) = &amqp {
+            amqp.validate(&mut doc, "amqp");
+        }
+        let review_queue = amqp
+            .as_ref()
+            .map(|a| a.review_queue.clone())
+            .unwrap_or_default();
+        let rules = Rules::compile(&mut doc, env, &review_queue);
+        doc.finish()?;
+        match (amqp, server, state, log) {
+            (Some(amqp), Some(server), Some(state), Some(log)) => Ok(WorkerConfig {
+                amqp,
+                server,
+                state,
+                log,
+                rules,
+            }),
+            _ => Err(ConfigError {
+                problems: vec![Problem {
+                    file: file.to_owned(),
+                    line: None,
+                    key: String::new(),
+                    reason: "incomplete config".to_owned(),
+                    variable: None,
+                }],
+            }),
+        }
+    }
+
+    /// A short human summary for `--check`.
+    pub fn summary(&self) -> String {
+        format!(
+            "broker {} queue {:?} prefetch {}; state {} (decisions kept {})\n{}",
+            self.amqp.redacted_url(),
+            self.amqp.queue,
+            self.amqp.prefetch,
+            self.state.path.display(),
+            humantime::format_duration(self.state.retention),
+            self.rules.summary()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBJECTS: &str = r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.*"]
+subject = "/data/id"
+scores = { humanity = "/data/humanity" }
+"#;
+
+    /// Every problem of `text` (after the subjects above), one per line.
+    fn problems(text: &str, env: &[(&str, &str)]) -> String {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        match WorkerConfig::parse("rules.toml", &format!("{SUBJECTS}{text}"), &env) {
+            Ok(_) => String::new(),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_file_of_defaults_loads() {
+        let config = WorkerConfig::parse("rules.toml", SUBJECTS, &HashMap::new());
+        let config = config.unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(config.server.admin_listen.port(), 9091);
+        assert_eq!(config.state.retention, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(config.rules.subjects.len(), 1);
+        assert!(config.summary().contains("subjects: provider \"dregs\""));
+    }
+
+    #[test]
+    fn daemon_sections_name_key_and_reason() {
+        assert_eq!(
+            problems("[server]\nlisten = \"x\"\n", &[]),
+            "rules.toml:8: server.listen: unknown field `listen`, expected `admin_listen` or \
+             `shutdown_grace`"
+        );
+        let bad = problems("[state]\nretention = \"soon\"\n", &[]);
+        assert!(bad.starts_with("rules.toml:8: state.retention: "), "{bad}");
+        let env = problems("", &[("HOOKWARDEN__STATE__RETENTION", "soon")]);
+        assert!(env.contains("HOOKWARDEN__STATE__RETENTION"), "{env}");
+    }
+
+    #[test]
+    fn rules_name_key_and_reason() {
+        let text = r#"
+[[rules]]
+name = "r"
+events = ["dregs"]
+when = "score.humanty < 30.0"
+actions = ["nowhere"]
+mode = "loud"
+
+[[rules]]
+name = "r"
+events = ["dregs:identity.*"]
+when = "score.humanty < 30.0"
+actions = []
+"#;
+        let all = problems(text, &[]);
+        for expected in [
+            "rules[0].events[0]: \"dregs\" is not provider:type",
+            "rules[1].name: rule \"r\" is defined twice",
+            "rules[1].when: no score \"humanty\" for dregs:identity.*; declared: humanity",
+            "rules[0].actions[0]: no action named \"nowhere\"",
+            "rules[0].mode: unknown mode \"loud\"; expected enforce or shadow",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let syntax = problems(
+            "[[rules]]\nname = \"r\"\nevents = [\"dregs:*\"]\nwhen = \"score.humanity <\"\nactions = []\n",
+            &[],
+        );
+        assert!(
+            syntax.contains("rules[0].when: syntax error at line 1"),
+            "{syntax}"
+        );
+    }
+
+    #[test]
+    fn actions_are_checked_by_their_kind() {
+        let all = problems(
+            r#"
+[actions.a]
+kind = "carrier-pigeon"
+
+[actions.b]
+kind = "log"
+url = "http://x"
+
+[actions.c]
+kind = "http"
+
+[actions.d]
+kind = "exec"
+command = []
+
+[actions.e]
+kind = "log"
+message = "{{ subjekt }}"
+
+[actions.f]
+kind = "http"
+url = "http://x/{{ env.TOKEN }}"
+"#,
+            &[],
+        );
+        for expected in [
+            "actions.a.kind: unknown kind \"carrier-pigeon\"; expected one of http, amqp, exec, log",
+            "actions.b.url: not a key of kind \"log\" (it takes message)",
+            "actions.c.url: required for kind \"http\"",
+            "actions.d.command: required for kind \"exec\"",
+            "actions.e.message: undefined name 'subjekt'; templates see event, provider, type, \
+             subject, score, previous, rule, event_id, env",
+            "actions.f.url: env.TOKEN: environment variable TOKEN is not set",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let long = "q".repeat(256);
+        let amqp = problems(
+            &format!("[actions.a]\nkind = \"amqp\"\nrouting_key = \"{long}\"\n"),
+            &[],
+        );
+        assert!(
+            amqp.contains("actions.a: exchange and routing_key are at most 255 bytes"),
+            "{amqp}"
+        );
+    }
+
+    #[test]
+    fn env_values_reach_templates_and_amqp_defaults_to_the_review_queue() {
+        let text = "[actions.f]\nkind = \"http\"\nurl = \"http://x/{{ env.TOKEN }}\"\n";
+        let env = HashMap::from([("TOKEN".to_owned(), "t0k".to_owned())]);
+        let config = WorkerConfig::parse("rules.toml", &format!("{SUBJECTS}{text}"), &env)
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(
+            config.rules.template_env.get("TOKEN").map(String::as_str),
+            Some("t0k")
+        );
+    }
+}

@@ -1,0 +1,367 @@
+//! The compiled rules of a worker's rules file: `[[subjects]]`, `[[rules]]` and
+//! `[actions.*]`, with every CEL condition, template, glob and duration compiled at load so
+//! nothing is parsed per event, and every problem reported at once with its key
+//! (`rules[2].when: undeclared reference`). [`crate::worker::decide`] reads them.
+
+mod scores;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::Deserialize;
+use wildmatch::WildMatch;
+
+use crate::config::Document;
+use crate::worker::action::{self, Kind};
+use crate::worker::condition::Condition;
+use crate::worker::facts::{Name, Sample};
+use crate::worker::subject::SubjectSpec;
+use crate::worker::template::Templates;
+
+/// Whether a rule acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Evaluate and act.
+    Enforce,
+    /// Evaluate and record what would have happened; never act.
+    Shadow,
+}
+
+impl Mode {
+    /// `enforce` or `shadow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
+/// A compiled rule.
+pub struct Rule {
+    /// Unique name (metrics label, idempotency key part).
+    pub name: String,
+    /// `provider:type` globs, split.
+    pub events: Vec<(WildMatch, WildMatch)>,
+    /// The `when` condition.
+    pub when: Condition,
+    /// Indexes into [`Rules::actions`].
+    pub actions: Vec<usize>,
+    /// Minimum time between firings for one subject.
+    pub cooldown: Option<Duration>,
+    /// Enforce or shadow.
+    pub mode: Mode,
+}
+
+impl Rule {
+    /// Whether the rule applies to events of `provider` and `event_type`.
+    pub fn applies(&self, provider: &str, event_type: &str) -> bool {
+        self.events
+            .iter()
+            .any(|(p, t)| p.matches(provider) && t.matches(event_type))
+    }
+}
+
+/// A compiled action.
+pub struct Action {
+    /// Its name in `[actions.NAME]`.
+    pub name: String,
+    /// What it does.
+    pub kind: Box<dyn Kind>,
+}
+
+/// Everything a rules file says about deciding and acting.
+#[derive(Default)]
+pub struct Rules {
+    /// `[[subjects]]`, in file order (the first that matches an event reads it).
+    pub subjects: Vec<SubjectSpec>,
+    /// `[[rules]]`, in file order.
+    pub rules: Vec<Rule>,
+    /// `[actions.*]`; rules refer to them by index.
+    pub actions: Vec<Action>,
+    /// Every action template, compiled.
+    pub templates: Templates,
+    /// The environment variables templates reference as `env.NAME`, read at load.
+    pub template_env: BTreeMap<String, String>,
+}
+
+impl Rules {
+    /// Compiles the `[[subjects]]`, `[[rules]]` and `[actions.*]` of `doc`, reporting every
+    /// problem to it; `review_queue` is where `amqp` actions publish by default.
+    pub(crate) fn compile(
+        doc: &mut Document<'_>,
+        env: &HashMap<String, String>,
+        review_queue: &str,
+    ) -> Self {
+        let raw_subjects: Vec<Option<RawSubject>> = doc.list("subjects");
+        let raw_rules: Vec<Option<RawRule>> = doc.list("rules");
+        let raw_actions: Option<BTreeMap<String, ::config::Value>> = doc.section("actions");
+
+        let subjects = build_subjects(doc, raw_subjects);
+        let score_names: BTreeSet<String> = subjects
+            .iter()
+            .flat_map(|s| s.scores.iter().map(|(n, _)| n.clone()))
+            .collect();
+
+        let mut templates = Templates::new();
+        let mut actions = Vec::new();
+        for (name, table) in raw_actions.unwrap_or_default() {
+            let key = format!("actions.{name}");
+            if let Some(kind) = action::compile(doc, &key, table, &mut templates, review_queue) {
+                actions.push(Action { name, kind });
+            }
+        }
+        let template_env = check_templates(doc, &templates, env, &score_names);
+
+        let mut rules = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, raw) in raw_rules.into_iter().enumerate() {
+            let Some(raw) = raw else { continue };
+            let key = format!("rules[{i}]");
+            if !names.insert(raw.name.clone()) {
+                doc.problem(
+                    &format!("{key}.name"),
+                    format!("rule {:?} is defined twice", raw.name),
+                );
+            }
+            if let Some(rule) = build_rule(doc, &key, raw, &actions, &subjects, &score_names) {
+                rules.push(rule);
+            }
+        }
+        Rules {
+            subjects,
+            rules,
+            actions,
+            templates,
+            template_env,
+        }
+    }
+
+    /// The first subject spec that reads events of `provider` and `event_type`.
+    pub fn subject_spec(&self, provider: &str, event_type: &str) -> Option<&SubjectSpec> {
+        self.subjects
+            .iter()
+            .find(|s| s.matches(provider, event_type))
+    }
+
+    /// A line per subject spec and rule, for `--check`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for s in &self.subjects {
+            out.push_str(&format!(
+                "subjects: provider {:?}, subject {}, {} score(s)\n",
+                s.provider,
+                s.subject,
+                s.scores.len()
+            ));
+        }
+        for r in &self.rules {
+            let actions: Vec<&str> = r
+                .actions
+                .iter()
+                .map(|&i| self.actions[i].name.as_str())
+                .collect();
+            out.push_str(&format!(
+                "rule {:?} ({}): when {} → {}{}\n",
+                r.name,
+                r.mode.as_str(),
+                r.when.source(),
+                actions.join(", "),
+                r.cooldown
+                    .map(|c| format!(", cooldown {}", humantime::format_duration(c)))
+                    .unwrap_or_default()
+            ));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubject {
+    provider: String,
+    types: Vec<String>,
+    subject: String,
+    version: Option<String>,
+    #[serde(default)]
+    scores: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    events: Vec<String>,
+    when: String,
+    actions: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    cooldown: Option<Duration>,
+    mode: Option<String>,
+}
+
+fn build_subjects(doc: &mut Document<'_>, raw: Vec<Option<RawSubject>>) -> Vec<SubjectSpec> {
+    let mut out = Vec::new();
+    for (i, raw) in raw.into_iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        let key = format!("subjects[{i}]");
+        let mut ok = true;
+        for (field, pointer) in std::iter::once(("subject".to_owned(), &raw.subject))
+            .chain(raw.version.iter().map(|v| ("version".to_owned(), v)))
+            .chain(raw.scores.iter().map(|(n, p)| (format!("scores.{n}"), p)))
+        {
+            if !pointer.starts_with('/') {
+                doc.problem(
+                    &format!("{key}.{field}"),
+                    format!("{pointer:?} is not a JSON pointer (write \"/data/id\")"),
+                );
+                ok = false;
+            }
+        }
+        if raw.types.is_empty() {
+            doc.problem(
+                &format!("{key}.types"),
+                "needs at least one event type (globs allowed)".to_owned(),
+            );
+            ok = false;
+        }
+        if ok {
+            // In file order, as messages list them.
+            let mut scores: Vec<(String, String)> = raw.scores.into_iter().collect();
+            scores.sort_by_key(|(name, _)| doc.offset_of(&format!("{key}.scores.{name}")));
+            out.push(SubjectSpec {
+                provider: raw.provider,
+                types: raw.types.iter().map(|t| WildMatch::new(t)).collect(),
+                subject: raw.subject,
+                version: raw.version,
+                scores,
+            });
+        }
+    }
+    out
+}
+
+fn build_rule(
+    doc: &mut Document<'_>,
+    key: &str,
+    raw: RawRule,
+    actions: &[Action],
+    subjects: &[SubjectSpec],
+    score_names: &BTreeSet<String>,
+) -> Option<Rule> {
+    let mut ok = true;
+    let mut events = Vec::new();
+    for (j, pattern) in raw.events.iter().enumerate() {
+        match pattern.split_once(':') {
+            Some((p, t)) if !p.is_empty() && !t.is_empty() => {
+                events.push((WildMatch::new(p), WildMatch::new(t)));
+            }
+            _ => {
+                doc.problem(
+                    &format!("{key}.events[{j}]"),
+                    format!("{pattern:?} is not provider:type (globs allowed, e.g. \"dregs:identity.*\")"),
+                );
+                ok = false;
+            }
+        }
+    }
+    if raw.events.is_empty() {
+        doc.problem(
+            &format!("{key}.events"),
+            "needs at least one provider:type pattern".to_owned(),
+        );
+        ok = false;
+    }
+    let sample = Sample::new(score_names.iter().map(String::as_str), BTreeMap::new());
+    let when = match Condition::compile_checked(&raw.when, &sample.facts()) {
+        Ok(c) => {
+            scores::check_names(doc, &format!("{key}.when"), &c, &events, subjects);
+            Some(c)
+        }
+        Err(reason) => {
+            doc.problem(&format!("{key}.when"), reason);
+            None
+        }
+    };
+    let mut indexes = Vec::new();
+    for (j, name) in raw.actions.iter().enumerate() {
+        match actions.iter().position(|a| &a.name == name) {
+            Some(i) => indexes.push(i),
+            None => {
+                let known: Vec<&str> = actions.iter().map(|a| a.name.as_str()).collect();
+                doc.problem(
+                    &format!("{key}.actions[{j}]"),
+                    format!("no action named {name:?}; defined: {}", known.join(", ")),
+                );
+                ok = false;
+            }
+        }
+    }
+    let mode = match raw.mode.as_deref().unwrap_or("enforce") {
+        "enforce" => Mode::Enforce,
+        "shadow" => Mode::Shadow,
+        other => {
+            doc.problem(
+                &format!("{key}.mode"),
+                format!("unknown mode {other:?}; expected enforce or shadow"),
+            );
+            ok = false;
+            Mode::Shadow
+        }
+    };
+    match (ok, when) {
+        (true, Some(when)) => Some(Rule {
+            name: raw.name,
+            events,
+            when,
+            actions: indexes,
+            cooldown: raw.cooldown,
+            mode,
+        }),
+        _ => None,
+    }
+}
+
+/// Checks every template against the names templates may use and the environment, and
+/// returns the `env.NAME` values they reference.
+fn check_templates(
+    doc: &mut Document<'_>,
+    templates: &Templates,
+    env: &HashMap<String, String>,
+    score_names: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    let mut used = BTreeMap::new();
+    for (name, id) in templates.all() {
+        for var in templates.undeclared(id) {
+            if Name::parse(&var).is_none() {
+                let names: Vec<&str> = Name::template_names().collect();
+                doc.problem(
+                    &name,
+                    format!("undefined name '{var}'; templates see {}", names.join(", ")),
+                );
+            }
+        }
+        for var in templates.env_refs(id) {
+            match env.get(&var) {
+                Some(value) => {
+                    used.insert(var, value.clone());
+                }
+                None => doc.problem(
+                    &name,
+                    format!("env.{var}: environment variable {var} is not set"),
+                ),
+            }
+        }
+    }
+    // Render each once with a sample, so unknown filters and syntax only found at render
+    // surface now; undefined *fields* of the sample event are not errors here.
+    let sample = Sample::new(score_names.iter().map(String::as_str), used);
+    let context = crate::worker::template::context(std::sync::Arc::new(
+        sample.facts().template_context("sample-rule"),
+    ));
+    for (name, id) in templates.all() {
+        if let Err(reason) = templates.render_check(id, &context) {
+            doc.problem(&name, reason);
+        }
+    }
+    sample.into_env()
+}

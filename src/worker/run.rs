@@ -1,0 +1,333 @@
+//! The worker's wiring: opens the state store and starts the admin server, the pruning and
+//! the broker consumer ([`crate::broker::consumer`]); each batch the consumer hands over goes
+//! to [`crate::worker::batch`], its dead letters are published, its done-marks and state
+//! committed, and only then does the consumer ack it. Runs until shutdown, then finishes the
+//! batch in hand.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::types::{AMQPValue, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, NotReady};
+use crate::broker::consumer::{self, Consumer, ConsumerStatus, Gauges};
+use crate::broker::publisher::{PublishError, publish_confirmed};
+use crate::broker::topology;
+use crate::envelope::{
+    HEADER_DEAD_ACTION, HEADER_DEAD_ERROR, HEADER_DEAD_ROUTING_KEY, HEADER_DEAD_RULE,
+};
+use crate::telemetry::WorkerMetrics;
+use crate::worker::action::Runner;
+use crate::worker::batch::{self, Fate, Item};
+use crate::worker::config::WorkerConfig;
+use crate::worker::marks::{DoneMarks, MarksError};
+use crate::worker::state::{SqliteStore, Store, StoreError};
+
+const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// A started worker.
+pub struct Running {
+    /// The rules in force; [`Running::reload`] swaps them between batches.
+    pub config: Arc<RwLock<Arc<WorkerConfig>>>,
+    /// Metrics (tests read them).
+    pub metrics: Arc<WorkerMetrics>,
+    /// True while consuming.
+    pub consuming: Arc<AtomicBool>,
+    /// Completes when the worker has stopped.
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Puts `next` in force from the next batch on. Broker and state settings keep their
+    /// start-up values (they need a restart), which is logged when they differ.
+    pub fn reload(&self, next: WorkerConfig) {
+        if let Ok(mut slot) = self.config.write() {
+            if slot.amqp.url != next.amqp.url
+                || slot.amqp.queue != next.amqp.queue
+                || slot.state.path != next.state.path
+            {
+                tracing::warn!("[amqp] and [state] changes take effect at the next restart");
+            }
+            *slot = Arc::new(next);
+        }
+    }
+}
+
+/// `/readyz` and `/metrics` of the worker.
+struct Readiness {
+    consumer: ConsumerStatus,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl admin::Status for Readiness {
+    fn readiness(&self) -> Result<(), NotReady> {
+        if self.consumer.is_consuming() {
+            return Ok(());
+        }
+        Err(NotReady::Failed {
+            what: "not consuming",
+            cause: self.consumer.why_not(),
+        })
+    }
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+}
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state store cannot be opened.
+    #[error("opening the state store {path}: {source}")]
+    Store {
+        /// Its path.
+        path: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// No HTTP client (TLS roots and the like).
+    #[error("building the HTTP client: {0}")]
+    Http(String),
+    /// The done-mark writer thread could not start.
+    #[error("starting the done-mark writer: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Opens the store and starts consuming; runs until `shutdown`, then finishes the batch in
+/// hand, commits, acks, and closes.
+///
+/// # Errors
+/// The store or HTTP client cannot be set up.
+pub fn start(
+    config: WorkerConfig,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state.path).map_err(
+        |source| StartError::Store {
+            path: config.state.path.display().to_string(),
+            source,
+        },
+    )?);
+    // Opening creates the file and its directory when missing: say where, so a worker run by
+    // hand without `[state] path` set does not quietly keep its state in the service's place.
+    tracing::info!(path = %config.state.path.display(), "state store opened");
+    let http = crate::worker::http::client().map_err(StartError::Http)?;
+    let marks = DoneMarks::start(store.clone()).map_err(StartError::Thread)?;
+    let metrics = Arc::new(WorkerMetrics::new());
+    let status = ConsumerStatus::new(Gauges {
+        consuming: metrics.consuming.clone(),
+        queue_depth: metrics.queue_depth.clone(),
+    });
+    let consuming = status.consuming_flag();
+    let initial = Arc::new(config);
+    let config = Arc::new(RwLock::new(initial.clone()));
+    let readiness = Arc::new(Readiness {
+        consumer: status.clone(),
+        metrics: metrics.clone(),
+    });
+    let admin_shutdown = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        readiness,
+        admin_shutdown.clone(),
+    ));
+    let prune = tokio::spawn(prune_loop(store.clone(), config.clone(), shutdown.clone()));
+    let batches = Batches {
+        config: config.clone(),
+        store,
+        marks,
+        http,
+        metrics: metrics.clone(),
+        dead_letter_exchange: topology::name(&initial.amqp.dead_letter_exchange),
+    };
+    let consumer = Consumer::new(&initial.amqp, batches, status, shutdown);
+    let done = tokio::spawn(async move {
+        consumer.run().await;
+        prune.abort();
+        admin_shutdown.cancel();
+        let _ = admin_task.await;
+        tracing::info!("worker stopped");
+    });
+    Ok(Running {
+        config,
+        metrics,
+        consuming,
+        done,
+    })
+}
+
+async fn prune_loop(
+    store: Arc<dyn Store>,
+    config: Arc<RwLock<Arc<WorkerConfig>>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let retention = config
+            .read()
+            .map(|c| c.state.retention)
+            .unwrap_or(Duration::MAX);
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune(retention)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(removed = n, "pruned old decisions and done-marks")
+            }
+            Ok(Err(err)) => tracing::warn!(error = %err, "pruning failed"),
+            _ => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Why a batch was not handled completely: nothing of it is acked, the session ends, and the
+/// broker redelivers it.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    /// Reading state or deciding failed.
+    #[error("{0}")]
+    Decide(#[source] StoreError),
+    /// A dead letter was not confirmed.
+    #[error("dead-lettering failed: {0}")]
+    DeadLetter(#[source] PublishError),
+    /// The done-marks of the batch's actions were not all written.
+    #[error("{0}")]
+    Marks(#[source] MarksError),
+    /// The batch's state and decisions were not committed.
+    #[error("{0}")]
+    Commit(#[source] StoreError),
+    /// The commit's thread failed.
+    #[error("{0}")]
+    CommitTask(#[source] tokio::task::JoinError),
+}
+
+/// What the consumer hands batches to.
+struct Batches {
+    /// The rules in force: read once per batch, so a reload applies from the next one.
+    config: Arc<RwLock<Arc<WorkerConfig>>>,
+    store: Arc<dyn Store>,
+    marks: DoneMarks,
+    http: reqwest::Client,
+    metrics: Arc<WorkerMetrics>,
+    dead_letter_exchange: ShortString,
+}
+
+impl consumer::Handler for Batches {
+    type Error = BatchError;
+
+    async fn handle(&self, deliveries: Vec<Delivery>, publish: &Channel) -> Result<(), BatchError> {
+        // A poisoned lock still holds a whole config: a reload swaps the Arc and nothing else.
+        let rules = self
+            .config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let items: Vec<Item> = deliveries
+            .into_iter()
+            .map(|d| Item {
+                data: d.data,
+                properties: d.properties,
+                routing_key: d.routing_key.to_string(),
+            })
+            .collect();
+        let ctx = batch::Context {
+            config: rules,
+            runner: Arc::new(Runner {
+                http: self.http.clone(),
+                channel: publish.clone(),
+                marks: self.marks.clone(),
+            }),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let outcome = batch::handle(&ctx, &items)
+            .await
+            .map_err(BatchError::Decide)?;
+        for (item, fate) in items.iter().zip(&outcome.fates) {
+            if let Fate::DeadLetter {
+                error,
+                rule,
+                action,
+                subject,
+            } = fate
+            {
+                dead_letter(
+                    publish,
+                    &self.dead_letter_exchange,
+                    item,
+                    error,
+                    rule.as_deref(),
+                    action.as_deref(),
+                )
+                .await
+                .map_err(BatchError::DeadLetter)?;
+                tracing::warn!(
+                    provider = item.provider().as_deref(),
+                    event_id = item.event_id().as_deref(),
+                    subject = subject.as_deref(),
+                    rule = rule.as_deref(),
+                    action = action.as_deref(),
+                    error = %error,
+                    "event dead-lettered"
+                );
+            }
+        }
+        // Done-marks of this batch's actions land before its state and its ack.
+        self.marks.flush().await.map_err(BatchError::Marks)?;
+        let store = self.store.clone();
+        let commit = outcome.commit;
+        tokio::task::spawn_blocking(move || store.commit(&commit))
+            .await
+            .map_err(BatchError::CommitTask)?
+            .map_err(BatchError::Commit)
+    }
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Publishes `item` to the dead-letter exchange with the reasons as headers, confirmed.
+async fn dead_letter(
+    channel: &Channel,
+    exchange: &ShortString,
+    item: &Item,
+    error: &str,
+    rule: Option<&str>,
+    action: Option<&str>,
+) -> Result<(), PublishError> {
+    let mut headers = item.properties.headers().clone().unwrap_or_default();
+    // Long errors (captured output, parser messages) are cut: headers are not a log.
+    let error: String = error.chars().take(1000).collect();
+    headers.insert(ShortString::from(HEADER_DEAD_ERROR), text(&error));
+    if let Some(rule) = rule {
+        headers.insert(ShortString::from(HEADER_DEAD_RULE), text(rule));
+    }
+    if let Some(action) = action {
+        headers.insert(ShortString::from(HEADER_DEAD_ACTION), text(action));
+    }
+    headers.insert(
+        ShortString::from(HEADER_DEAD_ROUTING_KEY),
+        text(&item.routing_key),
+    );
+    let props: BasicProperties = item.properties.clone().with_headers(headers);
+    let routing_key =
+        ShortString::try_new(item.routing_key.as_str()).unwrap_or_else(|_| ShortString::from(""));
+    publish_confirmed(
+        channel,
+        exchange.clone(),
+        routing_key,
+        &item.data,
+        props,
+        DEAD_LETTER_TIMEOUT,
+    )
+    .await
+}
