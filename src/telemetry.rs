@@ -29,7 +29,7 @@ use crate::config::log::LogConfig;
 /// Installs the global `tracing` subscriber. `RUST_LOG`, when set, wins over `config.level`.
 ///
 /// The JSON lines carry `timestamp`, `level`, `message` and `target` of their own, beside the
-/// event's fields and the fields of the spans it happened in ([`JsonLine`]): no field may take
+/// event's fields and the fields of the spans it happened in (see `JsonLine`): no field may take
 /// one of those names, or the line names a key twice and log pipelines keep one value or
 /// refuse it (`tests/it/logs.rs` parses every line strictly).
 ///
