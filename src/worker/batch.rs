@@ -9,6 +9,7 @@ use futures_util::future::join_all;
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use crate::envelope::HEADER_PROVIDER;
 use crate::telemetry::WorkerMetrics;
@@ -291,7 +292,8 @@ async fn handle_subject(
             // Read before grouping: never decided again here.
             Decision::NoSubject | Decision::Unreadable(_) => continue,
         };
-        let (rules_json, failure, acted) = carry_out(ctx, &event, &evaluation, done).await;
+        let span = delivery_span(&event, &evaluation.subject.id);
+        let (rules_json, failure, acted) = carry_out(ctx, &evaluation, done).instrument(span).await;
         record["rules"] = Value::from(rules_json);
         let outcome = evaluation.outcome(acted, failure.is_some());
         ctx.metrics.event(outcome.as_str());
@@ -314,12 +316,25 @@ async fn handle_subject(
     (key, changed.then_some(state), results)
 }
 
+/// The span of one delivery's rules and actions: the lines logged inside it (a condition
+/// that fails, a `log` action) carry its `provider`, `event_id` and `subject`.
+///
+/// WARN, though it marks no warning: a span's level decides whether it exists at all, and
+/// it must exist whenever a WARN line inside it can be written (`log.level = "warn"`).
+fn delivery_span(event: &Event, subject: &str) -> tracing::Span {
+    tracing::warn_span!(
+        "delivery",
+        provider = %event.provider,
+        event_id = %event.id,
+        subject = %subject
+    )
+}
+
 /// Runs the actions of `evaluation`'s enforcing rules in order, stopping at the first that
 /// fails: the rules' record entries, the dead-letter fate of a failure, and whether an
 /// action ran (or had run before).
 async fn carry_out(
     ctx: &Context,
-    event: &Event,
     evaluation: &decide::Evaluation,
     done: &HashSet<String>,
 ) -> (Vec<Value>, Option<Fate>, bool) {
@@ -334,9 +349,6 @@ async fn carry_out(
         }
         if let Verdict::Error(error) = &decided.verdict {
             tracing::warn!(
-                provider = %event.provider,
-                event_id = %event.id,
-                subject = %evaluation.subject.id,
                 rule = %rule.name,
                 %error,
                 "condition failed to evaluate"

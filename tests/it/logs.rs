@@ -205,10 +205,21 @@ async fn every_json_log_line_of_both_daemons_has_unique_keys() {
         "e-dead"
     );
 
-    for (name, lines) in [
-        ("listener", listener.stop().await),
-        ("worker", worker.stop().await),
-    ] {
+    let listener_lines = listener.stop().await;
+    let worker_lines = worker.stop().await;
+    // The `log` action's line names the event and subject beside its rule and text, at the
+    // top level where log pipelines index them (the worker's `delivery` span gives them).
+    let action = worker_lines
+        .iter()
+        .find(|l| l.contains("identity u1 fell to 40"))
+        .and_then(|l| parse_body(l.as_bytes()).ok())
+        .unwrap();
+    assert_eq!(action["message"], "action", "{action}");
+    assert_eq!(action["provider"], "dregs", "{action}");
+    assert_eq!(action["event_id"], "e-note", "{action}");
+    assert_eq!(action["subject"], "u1", "{action}");
+    assert!(action["rule"].is_string(), "{action}");
+    for (name, lines) in [("listener", listener_lines), ("worker", worker_lines)] {
         assert!(lines.len() >= 3, "{name} wrote only {lines:?}");
         for line in &lines {
             match parse_body(line.as_bytes()) {

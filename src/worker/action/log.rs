@@ -1,5 +1,5 @@
-//! `kind = "log"`: a structured log line naming the rule, event and subject, its text a
-//! template (default `rule matched`).
+//! `kind = "log"`: a structured log line naming the rule (and, through the worker's
+//! `delivery` span, the event and subject), its text a template (default `rule matched`).
 
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
@@ -45,21 +45,16 @@ impl Kind for Log {
         Ok(Box::new(Rendered {
             text,
             rule: firing.rule.to_owned(),
-            provider: firing.facts.provider.to_owned(),
-            event_id: firing.facts.event_id.to_owned(),
-            subject: firing.facts.subject.to_owned(),
         }))
     }
 }
 
-/// The line's text and the fields it names.
+/// The line's text and its rule; the worker's `delivery` span adds the event's `provider`,
+/// `event_id` and `subject`.
 #[derive(Debug)]
 struct Rendered {
     text: String,
     rule: String,
-    provider: String,
-    event_id: String,
-    subject: String,
 }
 
 impl Request for Rendered {
@@ -70,14 +65,7 @@ impl Request for Rendered {
     fn send<'a>(&'a self, _: &'a Runner) -> BoxFuture<'a, Sent> {
         // The rendered text goes under `text`: `message` is the formatter's own key (here
         // "action"), and a JSON line naming it twice is ambiguous to log readers.
-        tracing::info!(
-            rule = %self.rule,
-            provider = %self.provider,
-            event_id = %self.event_id,
-            subject = %self.subject,
-            text = %self.text,
-            "action"
-        );
+        tracing::info!(rule = %self.rule, text = %self.text, "action");
         Box::pin(std::future::ready(Sent {
             attempts: 1,
             ..Sent::default()
