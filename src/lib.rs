@@ -27,7 +27,8 @@
 //!   sections, every problem named with file, line, key and reason; the `[amqp]` and `[log]`
 //!   sections, secrets, units. Each daemon owns its own sections. Imports no daemon.
 //! - [`admin`]: health, readiness (with the reason when not ready) and metrics, for both daemons.
-//! - [`telemetry`]: logs and Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
+//! - [`telemetry`]: logs (the subscriber, its JSON line, the request span, `ErrorChain`) and
+//!   each daemon's Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
 //!   [`systemd`]: readiness, watchdog, socket activation.
 //! - [`cli`]: the operator's `hookwarden` command. [`daemon`]: what both daemons' mains share.
 #![forbid(unsafe_code)]

@@ -1,0 +1,136 @@
+//! The worker's Prometheus metrics (`hookwarden_worker_*`): events by outcome, rule matches,
+//! actions run and how long they took, and whether it is consuming.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of an event outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `acted`, `matched`, `no_match`, `no_subject`, `stale`, `duplicate`, `dead_lettered`.
+    pub outcome: &'static str,
+}
+
+/// Labels of a rule match.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// Rule name (from the rules file: a closed set).
+    pub rule: String,
+    /// `enforce` or `shadow`.
+    pub mode: &'static str,
+}
+
+/// Labels of an action run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// Action name.
+    pub action: String,
+    /// `ok`, `failed`, `skipped`.
+    pub outcome: &'static str,
+}
+
+/// The worker's metrics.
+pub struct WorkerMetrics {
+    registry: Registry,
+    events: Family<OutcomeLabels, Counter>,
+    rule_matches: Family<RuleLabels, Counter>,
+    actions: Family<ActionLabels, Counter>,
+    action_seconds: Histogram,
+    /// 1 while consuming.
+    pub consuming: Gauge,
+    /// Messages ready in the events queue at the last (re)connect, when known.
+    pub queue_depth: Gauge,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkerMetrics {
+    /// Registers every metric under the `hookwarden_worker` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hookwarden_worker");
+        let events = Family::<OutcomeLabels, Counter>::default();
+        registry.register("events", "Events handled, by outcome", events.clone());
+        let rule_matches = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "rule_matches",
+            "Rule conditions that held, by rule and mode",
+            rule_matches.clone(),
+        );
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "actions",
+            "Actions run, by action and outcome",
+            actions.clone(),
+        );
+        let action_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
+        );
+        registry.register(
+            "action_seconds",
+            "Time an action took, retries included",
+            action_seconds.clone(),
+        );
+        let consuming = Gauge::default();
+        registry.register(
+            "consuming",
+            "1 while consuming from the events queue",
+            consuming.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Messages ready in the events queue at the last connect (consumer lag)",
+            queue_depth.clone(),
+        );
+        Self {
+            registry,
+            events,
+            rule_matches,
+            actions,
+            action_seconds,
+            consuming,
+            queue_depth,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        super::encode(&self.registry)
+    }
+
+    /// One event handled with `outcome`.
+    pub fn event(&self, outcome: &'static str) {
+        self.events.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// A rule's condition held.
+    pub fn rule_matched(&self, rule: &str, mode: &'static str) {
+        self.rule_matches
+            .get_or_create(&RuleLabels {
+                rule: rule.to_owned(),
+                mode,
+            })
+            .inc();
+    }
+
+    /// An action ran (or was skipped by its done-mark).
+    pub fn action(&self, action: &str, outcome: &'static str, latency_ms: u64) {
+        self.actions
+            .get_or_create(&ActionLabels {
+                action: action.to_owned(),
+                outcome,
+            })
+            .inc();
+        if outcome != "skipped" {
+            self.action_seconds.observe(latency_ms as f64 / 1000.0);
+        }
+    }
+}
