@@ -78,17 +78,20 @@ impl Templates {
             .map_or("<unknown template>", String::as_str)
     }
 
+    /// The compiled template behind `id`.
+    fn compiled(&self, id: TemplateId) -> Option<minijinja::Template<'_, '_>> {
+        self.names
+            .get(id.0)
+            .and_then(|name| self.env.get_template(name).ok())
+    }
+
     /// Names `X` of all dotted `env.X` references, sorted and deduplicated.
     ///
     /// This is a static scan: references in branches that never run are listed too, which
     /// is what a load-time "is every secret defined?" check wants. Subscript forms such as
     /// `env["X"]` or `env[name]` are not seen; they still fail at render if undefined.
     pub fn env_refs(&self, id: TemplateId) -> Vec<String> {
-        let Some(tmpl) = self
-            .names
-            .get(id.0)
-            .and_then(|name| self.env.get_template(name).ok())
-        else {
+        let Some(tmpl) = self.compiled(id) else {
             return Vec::new();
         };
         let refs: BTreeSet<String> = tmpl
@@ -116,11 +119,7 @@ impl Templates {
     /// Top-level names the template reads that it does not set itself (`score`, `env`, ...),
     /// so the loader can reject a misspelt `scor` before any event arrives.
     pub fn undeclared(&self, id: TemplateId) -> Vec<String> {
-        let Some(tmpl) = self
-            .names
-            .get(id.0)
-            .and_then(|name| self.env.get_template(name).ok())
-        else {
+        let Some(tmpl) = self.compiled(id) else {
             return Vec::new();
         };
         let names: BTreeSet<String> = tmpl.undeclared_variables(false).into_iter().collect();
