@@ -1,6 +1,7 @@
 //! The listener's confirmed publisher: one connection, several confirm-mode channels, many
 //! publishes in flight at once, and a supervisor that reconnects with the shared
-//! [`Backoff`]. A publish is good only on a broker ack that was not a return.
+//! [`Backoff`]. A publish is good only on a broker ack that was not a return. Requests that
+//! find no connection ask [`Publisher::ready_by`] whether one is worth waiting for.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -11,6 +12,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{Notify, watch};
+// tokio's clock, so that paused-time tests drive a request's wait for the connection.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::backoff::{self, Backoff};
@@ -62,6 +65,20 @@ impl PublishError {
     }
 }
 
+/// Where the broker connection stands, as a request deciding whether to wait for it sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    /// No connection, and none has failed since the listener started or since the last
+    /// connection was lost: one may come any moment.
+    Connecting,
+    /// A connection with open channels is in place.
+    Connected,
+    /// No connection, and the broker is known to be away: an attempt failed since the last
+    /// connection, a request already waited its whole `handoff_timeout` for one in vain, or
+    /// the publisher stopped.
+    Unreachable,
+}
+
 struct Link {
     connection: Connection,
     channels: Vec<Channel>,
@@ -73,7 +90,7 @@ struct Inner {
     link: RwLock<Option<Arc<Link>>>,
     /// Wakes the supervisor when a publish finds its channel dead.
     broken: Notify,
-    connected: watch::Sender<bool>,
+    state: watch::Sender<LinkState>,
     next: AtomicUsize,
     exchange: ShortString,
     metrics: BrokerMetrics,
@@ -103,38 +120,87 @@ impl Publisher {
         metrics: BrokerMetrics,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (connected, _) = watch::channel(false);
-        let inner = Arc::new(Inner {
-            link: RwLock::new(None),
-            broken: Notify::new(),
-            connected,
-            next: AtomicUsize::new(0),
-            exchange: ShortString::try_new(config.exchange.clone())
-                .unwrap_or_else(|_| ShortString::from("")),
-            metrics,
-        });
+        let publisher = Self::unconnected(&config.exchange, metrics);
         let supervisor = Supervisor {
-            inner: inner.clone(),
+            inner: publisher.inner.clone(),
             urls: config.url.clone(),
             channels: config.channels.get(),
             topology,
             shutdown,
         };
         let handle = tokio::spawn(supervisor.run());
-        (Self { inner }, handle)
+        (publisher, handle)
+    }
+
+    /// A publisher with no supervisor: [`LinkState::Connecting`] until someone sets its state.
+    fn unconnected(exchange: &str, metrics: BrokerMetrics) -> Self {
+        let (state, _) = watch::channel(LinkState::Connecting);
+        let inner = Arc::new(Inner {
+            link: RwLock::new(None),
+            broken: Notify::new(),
+            state,
+            next: AtomicUsize::new(0),
+            exchange: ShortString::try_new(exchange.to_owned())
+                .unwrap_or_else(|_| ShortString::from("")),
+            metrics,
+        });
+        Self { inner }
     }
 
     /// True while a connection with open channels is in place.
     pub fn is_connected(&self) -> bool {
-        *self.inner.connected.borrow()
+        *self.inner.state.borrow() == LinkState::Connected
     }
 
     /// Waits until connected or `timeout` passes; returns whether it is connected.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        let mut rx = self.inner.connected.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+        let mut rx = self.inner.state.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s == LinkState::Connected))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether a request should publish now: true at once while connected. With no
+    /// connection, waits for one until `deadline` only while it may come any moment
+    /// ([`LinkState::Connecting`]: the first attempt since start, or the reconnect after a
+    /// lost connection, not yet failed), and answers false as soon as the broker is known to
+    /// be away ([`LinkState::Unreachable`]).
+    ///
+    /// Why not always wait: through a long outage every request would sit out its whole
+    /// `handoff_timeout` before the spool (or a 503) took it, adding seconds of latency and
+    /// held connections while the broker is known to be down. Why wait at all: a listener
+    /// starting (socket activation hands it its first request before any connection exists)
+    /// or reconnecting after a blip is a few hundred milliseconds from the broker, and a
+    /// request that waits for it is published instead of spooled or refused. A request that
+    /// waits until `deadline` in vain marks the broker away, so those behind it do not sit
+    /// out the same slow attempt (a broker that takes the socket and never answers holds an
+    /// attempt for [`SETUP_TIMEOUT`]); the next connection clears the mark.
+    pub async fn ready_by(&self, deadline: Instant) -> bool {
+        let now = *self.inner.state.borrow();
+        match now {
+            LinkState::Connected => return true,
+            LinkState::Unreachable => return false,
+            LinkState::Connecting => {}
+        }
+        // A change between the look above and this is not missed: `wait_for` looks first.
+        let mut rx = self.inner.state.subscribe();
+        let settled =
+            tokio::time::timeout_at(deadline, rx.wait_for(|s| *s != LinkState::Connecting)).await;
+        match settled {
+            Ok(Ok(state)) => *state == LinkState::Connected,
+            // The sender lives in `self.inner`: not while `self` does.
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.inner.state.send_if_modified(|s| {
+                    let waited_in_vain = *s == LinkState::Connecting;
+                    if waited_in_vain {
+                        *s = LinkState::Unreachable;
+                    }
+                    waited_in_vain
+                });
+                false
+            }
+        }
     }
 
     /// Publishes `envelope` persistent and `mandatory`, and waits for its confirm.
@@ -357,6 +423,7 @@ impl Supervisor {
                     close(&link).await;
                 }
                 Err(err) => {
+                    self.inner.state.send_replace(LinkState::Unreachable);
                     tracing::warn!(broker = %redact(url), error = %err, retry_in = ?backoff.delay(), "cannot connect to the broker");
                 }
             }
@@ -365,6 +432,8 @@ impl Supervisor {
             }
         }
         self.set_link(None);
+        // Stopped: nothing is coming for a request to wait for.
+        self.inner.state.send_replace(LinkState::Unreachable);
     }
 
     async fn connect(&self, url: &str) -> Result<Link, ConnectError> {
@@ -389,12 +458,18 @@ impl Supervisor {
         })
     }
 
+    /// Puts `link` in place, or takes the lost one away: a reconnect follows, and until an
+    /// attempt fails the state is [`LinkState::Connecting`].
     fn set_link(&self, link: Option<Arc<Link>>) {
         let up = link.is_some();
         if let Ok(mut slot) = self.inner.link.write() {
             *slot = link;
         }
-        self.inner.connected.send_replace(up);
+        self.inner.state.send_replace(if up {
+            LinkState::Connected
+        } else {
+            LinkState::Connecting
+        });
         self.inner.metrics.connected.set(i64::from(up));
     }
 
@@ -435,8 +510,79 @@ async fn close(link: &Link) {
 }
 
 #[cfg(test)]
+impl Publisher {
+    /// A publisher with no broker behind it, whose state a test sets: `Connecting` at first.
+    pub(crate) fn detached() -> Self {
+        Self::unconnected("hookwarden", BrokerMetrics::default())
+    }
+
+    /// Plays the supervisor: the link is now in `state` (there is never a link to publish on).
+    pub(crate) fn set_state(&self, state: LinkState) {
+        self.inner.state.send_replace(state);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Plays the supervisor: `state` comes `after` from now.
+    fn after(publisher: &Publisher, after: Duration, state: LinkState) {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            publisher.set_state(state);
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_before_the_first_connection_waits_for_it() {
+        let publisher = Publisher::detached();
+        after(&publisher, Duration::from_secs(2), LinkState::Connected);
+        let started = Instant::now();
+        assert!(publisher.ready_by(started + TIMEOUT).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_does_not_come_in_time_sends_this_request_and_the_next_elsewhere() {
+        let publisher = Publisher::detached();
+        let started = Instant::now();
+        assert!(!publisher.ready_by(started + TIMEOUT).await);
+        assert_eq!(started.elapsed(), TIMEOUT);
+        // The same slow attempt is not waited out twice.
+        assert!(!publisher.ready_by(Instant::now() + TIMEOUT).await);
+        assert_eq!(started.elapsed(), TIMEOUT);
+        // A connection lost later is waited for again.
+        publisher.set_state(LinkState::Connected);
+        assert!(publisher.ready_by(Instant::now()).await);
+        publisher.set_state(LinkState::Connecting);
+        after(&publisher, Duration::from_millis(300), LinkState::Connected);
+        let lost = Instant::now();
+        assert!(publisher.ready_by(lost + TIMEOUT).await);
+        assert_eq!(lost.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_an_attempt_failed_requests_wait_no_more() {
+        let publisher = Publisher::detached();
+        // Waiting when the attempt fails: on at once, not at the deadline.
+        after(
+            &publisher,
+            Duration::from_millis(40),
+            LinkState::Unreachable,
+        );
+        let started = Instant::now();
+        assert!(!publisher.ready_by(started + TIMEOUT).await);
+        assert_eq!(started.elapsed(), Duration::from_millis(40));
+        // Arriving after it: no wait at all, though the broker comes back within the timeout.
+        after(&publisher, Duration::from_secs(1), LinkState::Connected);
+        let later = Instant::now();
+        assert!(!publisher.ready_by(later + TIMEOUT).await);
+        assert_eq!(later.elapsed(), Duration::ZERO);
+    }
 
     /// Only a plain broker ack hands an event off; every other confirm is a failure the
     /// listener answers 503 (or spools). A returned message (`Ack(Some(..))`) cannot be built

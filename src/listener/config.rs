@@ -48,7 +48,8 @@ pub struct ServerConfig {
     /// Largest accepted body; checked while reading, nothing is buffered past it.
     #[serde(default = "default_max_body", deserialize_with = "units::size")]
     pub max_body: u64,
-    /// Longest a request waits for the broker's confirm before it is answered 503.
+    /// Longest a request waits for the broker (a connection being made, then the confirm)
+    /// before its event goes to the spool, or it is answered 503.
     #[serde(default = "default_handoff_timeout", with = "humantime_serde")]
     pub handoff_timeout: Duration,
     /// Longest a client may take to send the request line and headers; also how long a

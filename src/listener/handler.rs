@@ -60,9 +60,10 @@ const CATCH_UP_DEPTH: u64 = 2048;
 /// ... this long at most, before it joins them in the spool.
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The handoff: publish and wait for the confirm (at most `timeout`); when the broker is
-/// unreachable or slow, or events are already waiting in the spool (so order is kept), write
-/// to the spool instead.
+/// The handoff: publish and wait for the confirm, all within `timeout` of its start; when the
+/// broker is unreachable or slow, or events are already waiting in the spool (so order is
+/// kept), write to the spool instead. A request that finds no connection waits for one only
+/// while it may come any moment ([`Publisher::ready_by`] says when, and why not always).
 #[derive(Clone)]
 pub struct BrokerHandoff {
     /// The shared publisher.
@@ -77,26 +78,33 @@ pub struct BrokerHandoff {
 
 impl Handoff for BrokerHandoff {
     async fn handoff(&self, envelope: Envelope) -> Result<(), HandoffError> {
+        // Every wait below (for the connection, for the spool, for the confirm) comes out of
+        // the one handoff_timeout.
+        let deadline = Instant::now() + self.timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
         let Some(spool) = &self.spool else {
-            return Ok(self.publisher.publish(&envelope, self.timeout).await?);
+            if !self.publisher.ready_by(deadline).await {
+                return Err(PublishError::NotConnected.into());
+            }
+            return Ok(self.publisher.publish(&envelope, left()).await?);
         };
-        let started = Instant::now();
+        // Too many older events to catch up on: this one joins them whatever the broker does,
+        // so it does not wait for a connection either.
+        let connected = spool.depth() <= CATCH_UP_DEPTH && self.publisher.ready_by(deadline).await;
         // Older events wait in the spool: queue behind them, not ahead. Once the broker is
         // back and only a few are left, wait for the forwarder to send them instead of adding
         // to them: under steady load the spool would otherwise never run empty, and every
         // event would take the disk detour for good.
         let behind = spool.depth() > 0
-            && !(self.publisher.is_connected()
+            && !(connected
                 && spool.depth() <= CATCH_UP_DEPTH
-                && spool.wait_drained(CATCH_UP_WAIT.min(self.timeout)).await);
+                && spool.wait_drained(CATCH_UP_WAIT.min(left())).await);
         let reason = if behind {
             "older events are waiting in the spool".to_owned()
-        } else if !self.publisher.is_connected() {
+        } else if !connected {
             PublishError::NotConnected.to_string()
         } else {
-            // A wait for the spool above came out of the same handoff_timeout.
-            let left = self.timeout.saturating_sub(started.elapsed());
-            match self.publisher.publish(&envelope, left).await {
+            match self.publisher.publish(&envelope, left()).await {
                 Ok(()) => return Ok(()),
                 // Unroutable is a topology problem the spool cannot fix: say so now.
                 Err(err @ PublishError::Returned { .. }) => return Err(err.into()),
@@ -317,7 +325,8 @@ impl<H: Handoff> Handler<H> {
 #[cfg(test)]
 mod tests {
     //! The pipeline driven request by request, with no socket and no broker: a fake handoff
-    //! sends what it is given down a channel and answers as the test says.
+    //! sends what it is given down a channel and answers as the test says. The broker handoff's
+    //! own choices are tested over a publisher with no broker behind it, on a paused clock.
 
     use std::collections::HashMap;
     use std::time::Duration;
@@ -327,6 +336,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
+    use crate::broker::publisher::LinkState;
     use crate::listener::error::RETRY_AFTER_SECS;
 
     /// Makes the error a refused handoff answers with (a `HandoffError` is not `Clone`).
@@ -787,5 +797,89 @@ allow_ips = ["203.0.113.0/24"]
         let (status, json) = answer(response).await;
         assert_eq!((status, json["code"].as_str()), (408, Some("body_timeout")));
         assert!(handed.try_recv().is_err());
+    }
+
+    /// A broker handoff whose publisher never gets a link (its state is the test's to set),
+    /// with a spool in a fresh file when `spooled`; the file's path, to remove.
+    fn broker_handoff(spooled: bool) -> (BrokerHandoff, Option<std::path::PathBuf>) {
+        let path = spooled.then(|| {
+            std::env::temp_dir().join(format!("hw-handoff-{}.db", uuid::Uuid::new_v4().simple()))
+        });
+        let handoff = BrokerHandoff {
+            publisher: Publisher::detached(),
+            timeout: Duration::from_secs(5),
+            spool: path.as_ref().map(|p| Spool::open(p, 1 << 20).unwrap()),
+            metrics: Arc::new(ListenerMetrics::new()),
+        };
+        (handoff, path)
+    }
+
+    fn envelope(id: &str) -> Envelope {
+        Envelope::new(
+            "dregs",
+            id.to_owned(),
+            "identity.scored".to_owned(),
+            "hmac-sha256",
+            PEER,
+            SystemTime::now(),
+            Bytes::from(event(id)),
+        )
+        .unwrap()
+    }
+
+    /// The handoff of a request that came before any connection, and when its answer came.
+    async fn timed(handoff: &BrokerHandoff, id: &str) -> (Result<(), HandoffError>, Duration) {
+        let started = Instant::now();
+        let result = handoff.handoff(envelope(id)).await;
+        (result, started.elapsed())
+    }
+
+    /// Without a spool: a request that finds no connection waits out handoff_timeout for one
+    /// (a publisher that connects in time is publisher.rs's test), then is refused as before;
+    /// once the broker is known away, the next is refused at once.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_spool_a_request_waits_for_the_connection_then_is_refused() {
+        let (handoff, _) = broker_handoff(false);
+        let (result, waited) = timed(&handoff, "evt_first").await;
+        assert!(matches!(
+            result,
+            Err(HandoffError::Publish(PublishError::NotConnected))
+        ));
+        assert_eq!(waited, handoff.timeout);
+        let (result, waited) = timed(&handoff, "evt_second").await;
+        assert!(matches!(
+            result,
+            Err(HandoffError::Publish(PublishError::NotConnected))
+        ));
+        assert_eq!(waited, Duration::ZERO);
+    }
+
+    /// With a spool: the request waits for the connection while one may come, and is spooled
+    /// when the attempt fails (then, not at the deadline) or the deadline passes; once the
+    /// broker is known away, at once.
+    #[tokio::test(start_paused = true)]
+    async fn with_a_spool_a_request_waits_while_a_connection_may_come_then_is_spooled() {
+        let (handoff, path) = broker_handoff(true);
+        let spool = handoff.spool.clone().unwrap();
+        let (result, waited) = timed(&handoff, "evt_deadline").await;
+        result.unwrap();
+        assert_eq!((waited, spool.depth()), (handoff.timeout, 1));
+
+        let (result, waited) = timed(&handoff, "evt_known_away").await;
+        result.unwrap();
+        assert_eq!((waited, spool.depth()), (Duration::ZERO, 2));
+
+        // A connection lost: the reconnect is waited for, and its failure ends the wait.
+        handoff.publisher.set_state(LinkState::Connecting);
+        let publisher = handoff.publisher.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            publisher.set_state(LinkState::Unreachable);
+        });
+        let (result, waited) = timed(&handoff, "evt_attempt_failed").await;
+        result.unwrap();
+        assert_eq!((waited, spool.depth()), (Duration::from_millis(40), 3));
+        drop((handoff, spool));
+        let _ = std::fs::remove_file(path.unwrap());
     }
 }
