@@ -1,14 +1,16 @@
 //! The daemons under systemd's protocols, without systemd as PID 1: the unit files pass
 //! `systemd-analyze verify` with the real binaries, and a listener started by
 //! `systemd-socket-activate` with `NOTIFY_SOCKET` set serves on the passed socket and reports
-//! READY=1, WATCHDOG=1 and STOPPING=1. Prerequisite: systemd's tools on PATH (Debian's systemd).
+//! READY=1, WATCHDOG=1 and STOPPING=1; the request that starts it, which comes before any
+//! broker connection, is published. Prerequisite: systemd's tools on PATH (Debian's systemd).
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Broker, Harness, event, free_addr, sign_with, tempdir, terminate, wait_for_port,
+    Broker, Harness, KillOnDrop, admin_get, event, free_addr, metric, sign_with, tempdir,
+    terminate, wait_for_file, wait_for_port,
 };
 
 fn units_with_real_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -65,22 +67,16 @@ async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
     notify
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let log = std::fs::File::create(dir.path.join("listener.log")).unwrap();
-    let child = Command::new("systemd-socket-activate")
-        .arg("-l")
-        .arg(public.to_string())
-        .arg("-E")
-        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
-        .arg("-E")
-        .arg("WATCHDOG_USEC=400000")
-        .arg(env!("CARGO_BIN_EXE_hookwarden-listener"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("systemd-socket-activate on PATH");
-    let _guard = crate::harness::KillOnDrop(child.id());
+    let child = socket_activate(
+        public,
+        &path,
+        &[
+            &format!("NOTIFY_SOCKET={}", notify_path.display()),
+            "WATCHDOG_USEC=400000",
+        ],
+        &dir.path.join("listener.log"),
+    );
+    let _guard = KillOnDrop(child.id());
 
     // systemd-socket-activate binds, then spawns the listener on the first connection.
     wait_for_port(public, Duration::from_secs(10)).await;
@@ -129,4 +125,100 @@ async fn a_socket_activated_listener_serves_the_passed_socket_and_notifies() {
     wait_for("STOPPING=1", &mut seen);
     let broker = Broker::connect().await;
     assert_eq!(broker.drain_ids(&names.queue).await, vec!["evt_socket"]);
+}
+
+/// Starts `systemd-socket-activate` holding `public` for a listener on `config`, its output in
+/// `log`. It passes the daemon no environment but `LISTEN_*` and the `env` given (`NAME=value`).
+fn socket_activate(
+    public: std::net::SocketAddr,
+    config: &std::path::Path,
+    env: &[&str],
+    log: &std::path::Path,
+) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    let mut command = Command::new("systemd-socket-activate");
+    command.arg("-l").arg(public.to_string());
+    for variable in env {
+        command.arg("-E").arg(variable);
+    }
+    command
+        .arg(env!("CARGO_BIN_EXE_hookwarden-listener"))
+        .arg("--config")
+        .arg(config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("systemd-socket-activate on PATH")
+}
+
+/// The request that starts a socket-activated listener reaches it before the broker
+/// connection is up: it waits for the connection and is published, not refused (without a
+/// spool) nor written to disk (with one). Nothing else connects first: the port is known to be
+/// held from systemd-socket-activate's own log line, since any probe would start the daemon.
+#[tokio::test]
+async fn the_request_that_starts_a_socket_activated_listener_is_published() {
+    for spooled in [false, true] {
+        let spool_dir = tempdir::Dir::new();
+        let mut harness = Harness::new();
+        if spooled {
+            harness = harness.spool(&spool_dir.path.join("spool.db"), "");
+        }
+        let (public, admin) = (free_addr(), free_addr());
+        let (dir, path, names) = harness.write_config(public, admin);
+        let log = dir.path.join("listener.log");
+        let child = socket_activate(public, &path, &[], &log);
+        let _guard = KillOnDrop(child.id());
+        wait_for_file(&log, "the port held", Duration::from_secs(10), |text| {
+            text.contains(&format!("Listening on {public}"))
+        })
+        .await;
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let signer = hookwarden::listener::config::ListenerConfig::parse(
+            "t.toml",
+            &text,
+            &Default::default(),
+        )
+        .unwrap();
+        let body = event("evt_first");
+        let headers = sign_with(
+            &signer,
+            "dregs",
+            body.as_bytes(),
+            std::time::SystemTime::now(),
+            "id",
+        );
+        let url = format!("http://{public}/hooks/dregs");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(20),
+            hookwarden::cli::http_client::post(&url, &headers, bytes::Bytes::from(body)),
+        )
+        .await
+        .expect("answered in time")
+        .expect("served on the passed socket");
+        assert_eq!(
+            answer.status,
+            200,
+            "spool {spooled}: {}\n{}",
+            answer.body,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let broker = Broker::connect().await;
+        assert_eq!(
+            broker.drain_ids(&names.queue).await,
+            vec!["evt_first"],
+            "spool {spooled}"
+        );
+        if spooled {
+            // Counted before the answer: one look is enough.
+            let (_, metrics) = admin_get(&format!("http://{admin}"), "/metrics").await;
+            assert_eq!(
+                metric(&metrics, "hookwarden_spooled_total"),
+                Some(0.0),
+                "published, not spooled"
+            );
+        }
+        let exit = terminate(child).await;
+        assert_eq!(exit.code(), Some(0), "spool {spooled}");
+    }
 }
