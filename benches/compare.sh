@@ -37,8 +37,7 @@ cleanup() {
   for q in "$tag.ceiling" "$tag.ref" "$tag.events" "$tag.dead"; do
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
-  rabbitmqctl -q delete_exchange "$tag" >/dev/null 2>&1 || true
-  rabbitmqctl -q delete_exchange "$tag.dlx" >/dev/null 2>&1 || true
+  delete_exchanges "$tag"
   rm -rf "$dir"
 }
 trap cleanup EXIT

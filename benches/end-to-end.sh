@@ -22,6 +22,7 @@ cleanup() {
   for q in "$tag.events" "$tag.dead" "$tag.review"; do
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
+  delete_exchanges "$tag"
   rm -rf "$dir"
 }
 trap cleanup EXIT

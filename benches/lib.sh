@@ -24,3 +24,11 @@ wait_broker_connected() {
   echo "the listener did not connect to the broker" >&2
   return 1
 }
+
+# delete_exchanges PREFIX: every exchange whose name starts with PREFIX (rabbitmqctl has no
+# delete_exchange, and the management plugin is not assumed to be enabled).
+delete_exchanges() {
+  for x in $(rabbitmqctl -q list_exchanges name 2>/dev/null | grep "^$1"); do
+    rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$x\">>), false, <<\"guest\">>)." >/dev/null 2>&1 || true
+  done
+}

@@ -21,6 +21,7 @@ listener_config "$tag" "$dir" > "$cfg"
 cleanup() {
   [ -n "${pid:-}" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   for q in "$tag.events" "$tag.dead"; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+  delete_exchanges "$tag"
   rm -rf "$dir"
 }
 trap cleanup EXIT

@@ -5,6 +5,7 @@
 #   bash benches/worker.sh [events]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 # The daemons measured; HOOKWARDEN_BIN=DIR measures other builds (e.g. an older release).
 bin="${HOOKWARDEN_BIN:-./target/release}"
 n="${1:-20000}"
@@ -22,6 +23,7 @@ cleanup() {
   for q in "$tag.events" "$tag.dead" "$tag.review" "$tag.raw.events" "$tag.raw.dead"; do
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
+  delete_exchanges "$tag"
   rm -rf "$dir"
 }
 trap cleanup EXIT
