@@ -65,7 +65,7 @@ fn default_review_queue() -> String {
     "hookwarden.review".to_owned()
 }
 fn default_channels() -> NonZeroUsize {
-    NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN)
+    NonZeroUsize::MIN
 }
 
 impl Default for AmqpConfig {
