@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let t = Topology {
         exchange: format!("hwbench.{tag}"),
+        exchange_type: None,
         queue: format!("hwbench.{tag}.events"),
         dead_letter_exchange: format!("hwbench.{tag}.dlx"),
         dead_letter_queue: format!("hwbench.{tag}.dead"),
@@ -41,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
     let setup = connection.create_channel().await?;
-    topology::declare(&setup, &t).await?;
+    topology::declare(&connection, &setup, &t).await?;
     let mut chans = Vec::new();
     for _ in 0..channels {
         let c = connection.create_channel().await?;

@@ -111,7 +111,7 @@ pub async fn open_declared(
             .create_channel()
             .await
             .map_err(SetupError::Channel)?;
-        topology::declare(&channel, topology)
+        topology::declare(&connection, &channel, topology)
             .await
             .map_err(SetupError::Topology)?;
         Ok(channel)

@@ -3,15 +3,17 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
-use crate::config::amqp::AmqpConfig;
+use crate::config::amqp::{AmqpConfig, ExchangeType};
 
 /// Names and limits of the topology, taken from `[amqp]`.
 #[derive(Debug, Clone)]
 pub struct Topology {
-    /// Topic exchange events are published to.
+    /// Exchange events are published to.
     pub exchange: String,
+    /// Its type as configured; `None`: as an existing exchange was declared, else fanout.
+    pub exchange_type: Option<ExchangeType>,
     /// Quorum queue of events.
     pub queue: String,
     /// Fanout exchange for dead letters.
@@ -28,6 +30,7 @@ impl From<&AmqpConfig> for Topology {
     fn from(c: &AmqpConfig) -> Self {
         Self {
             exchange: c.exchange.clone(),
+            exchange_type: c.exchange_type,
             queue: c.queue.clone(),
             dead_letter_exchange: c.dead_letter_exchange.clone(),
             dead_letter_queue: c.dead_letter_queue.clone(),
@@ -91,19 +94,16 @@ fn durable_quorum_arguments() -> FieldTable {
 ///
 /// # Errors
 /// Any broker refusal, e.g. a queue that exists with other arguments (406).
-pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error> {
+pub async fn declare(
+    connection: &Connection,
+    channel: &Channel,
+    t: &Topology,
+) -> Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    channel
-        .exchange_declare(
-            name(&t.exchange),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+    declare_events_exchange(connection, channel, t, durable).await?;
     channel
         .exchange_declare(
             name(&t.dead_letter_exchange),
@@ -151,4 +151,59 @@ pub async fn declare(channel: &Channel, t: &Topology) -> Result<(), lapin::Error
             .await?;
     }
     Ok(())
+}
+
+/// Declares the events exchange as configured; with no type configured, an exchange of that
+/// name that exists is used as it was declared (a deployment from before `fanout` became the
+/// default keeps its `topic` exchange and starts without a 406), and a new one is `fanout`.
+/// The existence check is a passive declare on a channel of its own: on a missing exchange
+/// the broker closes the channel it was asked on.
+async fn declare_events_exchange(
+    connection: &Connection,
+    channel: &Channel,
+    t: &Topology,
+    durable: ExchangeDeclareOptions,
+) -> Result<(), lapin::Error> {
+    let kind = match t.exchange_type {
+        Some(kind) => kind,
+        None => {
+            let probe = connection.create_channel().await?;
+            let passive = ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            let found = probe
+                .exchange_declare(
+                    name(&t.exchange),
+                    ExchangeKind::Fanout,
+                    passive,
+                    FieldTable::default(),
+                )
+                .await;
+            if probe.status().connected() {
+                let _ = probe.close(200, "OK".into()).await;
+            }
+            match found {
+                Ok(()) => return Ok(()),
+                Err(err) if is_not_found(&err) => ExchangeType::Fanout,
+                Err(err) => return Err(err),
+            }
+        }
+    };
+    let kind = match kind {
+        ExchangeType::Fanout => ExchangeKind::Fanout,
+        ExchangeType::Topic => ExchangeKind::Topic,
+    };
+    channel
+        .exchange_declare(name(&t.exchange), kind, durable, FieldTable::default())
+        .await
+}
+
+/// Whether the broker answered 404 NOT_FOUND.
+fn is_not_found(err: &lapin::Error) -> bool {
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND))
+    )
 }

@@ -259,7 +259,7 @@ fn the_broker_definitions_match_the_declared_topology() {
             .unwrap()
             .clone()
     };
-    assert_eq!(exchange(&topology.exchange)["type"], "topic");
+    assert_eq!(exchange(&topology.exchange)["type"], "fanout");
     assert_eq!(exchange(&topology.dead_letter_exchange)["type"], "fanout");
     let bindings = defs["bindings"].as_array().unwrap();
     assert!(

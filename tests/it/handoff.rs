@@ -142,3 +142,61 @@ async fn events_published_while_others_wait_all_arrive() {
     got.sort();
     assert_eq!(got, sent);
 }
+
+/// The events exchange's type as the broker has it.
+fn exchange_type(name: &str) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_exchanges", "name", "type"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .find(|(n, _)| *n == name)
+        .map(|(_, kind)| kind.trim().to_owned())
+        .unwrap_or_else(|| format!("no exchange {name}"))
+}
+
+#[tokio::test]
+async fn a_new_events_exchange_is_fanout_unless_the_config_says_topic() {
+    let fanout = Harness::new().start().await;
+    assert_eq!(exchange_type(&fanout.names.exchange), "fanout");
+    let topic = Harness::new()
+        .amqp("exchange_type", "\"topic\"")
+        .start()
+        .await;
+    assert_eq!(exchange_type(&topic.names.exchange), "topic");
+    let a = topic.send("dregs", &event("evt_topic")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let broker = Broker::connect().await;
+    assert_eq!(
+        broker.drain_ids(&topic.names.queue).await,
+        vec!["evt_topic"]
+    );
+}
+
+#[tokio::test]
+async fn a_topic_exchange_of_an_earlier_version_is_used_as_it_was_declared() {
+    // An upgrade: the exchange exists as `topic`, as every version before fanout declared
+    // it, and the config names no type. The listener starts (no 406) and routes through it.
+    let names = crate::harness::Names::new();
+    let broker = Broker::connect().await;
+    broker
+        .channel
+        .exchange_declare(
+            ShortString::from(names.exchange.as_str()),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let l = Harness::new().start_with_names(names).await;
+    let a = l.send("dregs", &event("evt_upgraded")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(broker.drain_ids(&l.names.queue).await, vec!["evt_upgraded"]);
+    assert_eq!(exchange_type(&l.names.exchange), "topic");
+}
