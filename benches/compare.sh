@@ -68,6 +68,23 @@ print(f'{report["requests_per_second"]:.0f} {report["latency_ms"]["p99"]:.2f} {p
 EOF
 }
 
+# measure ROUND WHAT PID QUEUE URL SIGNING...: one load run against the server PID (its CPU and
+# the broker's counted, its peak RSS read), recorded as WHAT; then the server is stopped and
+# QUEUE emptied for the next run.
+measure() {
+  local round="$1" what="$2" pid="$3" queue="$4"
+  shift 4
+  local s0 b0 s1 b1 peak rate p99 server broker
+  s0=$(ticks "$pid"); b0=$(ticks "$beam")
+  load "$@" > "$dir/$what.json"
+  s1=$(ticks "$pid"); b1=$(ticks "$beam")
+  peak=$(rss "$pid")
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  read -r rate p99 server broker <<< "$(figures "$dir/$what.json" $((s1 - s0)) $((b1 - b0)))"
+  record "$round $what $rate $p99 $server $broker $peak"
+  empty "$queue"
+}
+
 echo "== machine: $(nproc) cores, RabbitMQ $(rabbitmqctl -q version 2>/dev/null); $rounds rounds of ${secs}s"
 for round in $(seq 1 "$rounds"); do
   echo "-- round $round"
@@ -87,16 +104,9 @@ for round in $(seq 1 "$rounds"); do
   srv=$!
   pids+=("$srv")
   for _ in $(seq 1 100); do grep -q "srv listening" "$dir/srv.log" && break; sleep 0.1; done
-  s0=$(ticks "$srv"); b0=$(ticks "$beam")
-  load http://127.0.0.1:18180/x --scheme hmac-sha256 --secret bench-secret-0123456789 \
-    --header X-Signature-256 --prefix sha256= > "$dir/r.json"
-  s1=$(ticks "$srv"); b1=$(ticks "$beam")
-  r_rss=$(rss "$srv")
-  kill -TERM "$srv"; wait "$srv" 2>/dev/null || true
-  read -r rate p99 server broker <<< "$(figures "$dir/r.json" $((s1 - s0)) $((b1 - b0)))"
-  record "$round R $rate $p99 $server $broker $r_rss"
-  empty "$tag.ref"
-  echo "   reference $rate req/s, p99 $p99 ms"
+  measure "$round" R "$srv" "$tag.ref" http://127.0.0.1:18180/x --scheme hmac-sha256 \
+    --secret bench-secret-0123456789 --header X-Signature-256 --prefix sha256=
+  echo "   reference $(tail -1 "$dir/figures" | cut -d' ' -f3) req/s"
 
   # L: hookwarden-listener as shipped.
   rm -f "$dir/spool.db"*
@@ -104,15 +114,9 @@ for round in $(seq 1 "$rounds"); do
   lis=$!
   pids+=("$lis")
   wait_broker_connected
-  s0=$(ticks "$lis"); b0=$(ticks "$beam")
-  load http://127.0.0.1:18080/hooks/dregs --config "$dir/listener.toml" --provider dregs > "$dir/l.json"
-  s1=$(ticks "$lis"); b1=$(ticks "$beam")
-  l_rss=$(rss "$lis")
-  kill -TERM "$lis"; wait "$lis" 2>/dev/null || true
-  read -r rate p99 server broker <<< "$(figures "$dir/l.json" $((s1 - s0)) $((b1 - b0)))"
-  record "$round L $rate $p99 $server $broker $l_rss"
-  empty "$tag.events"
-  echo "   listener $rate req/s, p99 $p99 ms"
+  measure "$round" L "$lis" "$tag.events" http://127.0.0.1:18080/hooks/dregs \
+    --config "$dir/listener.toml" --provider dregs
+  echo "   listener $(tail -1 "$dir/figures" | cut -d' ' -f3) req/s"
 done
 
 python3 - "$dir/figures" <<'EOF'
