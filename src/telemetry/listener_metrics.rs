@@ -125,7 +125,7 @@ impl ListenerMetrics {
         );
         registry.register(
             "handoff_seconds",
-            "Time from publish to broker confirm",
+            "Time from the handoff to the broker confirm or the spool fsync, any wait for the connection included",
             handoff_seconds.clone(),
         );
         let spooled = Counter::default();
