@@ -10,7 +10,8 @@
 # ceiling of the same rounds. Then the worker and the whole path (benches/worker.sh,
 # benches/end-to-end.sh) beside that ceiling.
 #   bash benches/compare.sh [rounds] [seconds per run] [events per worker run]
-# REFERENCE=DIR points at the reference receiver's sources (default ../shared/reference);
+# HOOKWARDEN_BIN=DIR measures the listener of another build (the load generator stays this
+# tree's); REFERENCE=DIR points at the reference receiver's sources (default ../shared/reference);
 # SKIP_WORKER=1 measures the listener side only; E2E_SECONDS (default 60) is how long the
 # whole path is driven, open loop at 0.6× the ceiling.
 set -euo pipefail
@@ -111,7 +112,7 @@ for round in $(seq 1 "$rounds"); do
 
   # L: hookwarden-listener as shipped.
   rm -f "$dir/spool.db"*
-  ./target/release/hookwarden-listener --config "$dir/listener.toml" > "$dir/listener.log" 2>&1 &
+  "${HOOKWARDEN_BIN:-./target/release}/hookwarden-listener" --config "$dir/listener.toml" > "$dir/listener.log" 2>&1 &
   lis=$!
   pids+=("$lis")
   wait_broker_connected
