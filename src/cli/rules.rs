@@ -125,6 +125,13 @@ pub struct Report {
 }
 
 impl Report {
+    /// Fills in who the event is about, as the worker reads it.
+    fn show_subject(&mut self, subject: &SubjectRead) {
+        self.subject = Some(subject.id.clone());
+        self.version = subject.version;
+        self.score = subject.scores.clone();
+    }
+
     /// Whether a condition or an action template failed (exit status 1).
     pub fn errored(&self) -> bool {
         self.rules
@@ -373,14 +380,6 @@ pub fn test(args: &TestArgs, env: &HashMap<String, String>) -> anyhow::Result<Re
     }
     report.outcome = evaluation.expected_outcome().as_str();
     Ok(report)
-}
-
-impl Report {
-    fn show_subject(&mut self, subject: &SubjectRead) {
-        self.subject = Some(subject.id.clone());
-        self.version = subject.version;
-        self.score = subject.scores.clone();
-    }
 }
 
 /// Where the listener reads a provider's event id and type, and from which config.

@@ -59,16 +59,6 @@ pub enum ExchangeType {
     Topic,
 }
 
-impl ExchangeType {
-    /// As the broker names it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fanout => "fanout",
-            Self::Topic => "topic",
-        }
-    }
-}
-
 fn default_url() -> Vec<String> {
     vec!["amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()]
 }

@@ -15,7 +15,7 @@ use crate::envelope::HEADER_PROVIDER;
 use crate::telemetry::WorkerMetrics;
 use crate::worker::action::{ActionOutcome, Runner, idempotency_key};
 use crate::worker::config::WorkerConfig;
-use crate::worker::decide::{self, Decision, Event, EventOutcome, Sighting, Verdict};
+use crate::worker::decide::{self, Event, EventOutcome, Sighting, SubjectDecision, Verdict};
 use crate::worker::rules::{Mode, Rules};
 use crate::worker::state::{Batch, DecisionRecord, Store, StoreError, SubjectState, now_ms};
 use crate::worker::subject::SubjectRead;
@@ -278,8 +278,8 @@ async fn handle_subject(
             "subject": subject.id, "score": subject.scores,
         });
         let evaluation = match decide::decide_for(rules, &event, subject, &state, now) {
-            Decision::Evaluated(evaluation) => evaluation,
-            Decision::Stale(_) => {
+            SubjectDecision::Evaluated(evaluation) => evaluation,
+            SubjectDecision::Stale(_) => {
                 ctx.metrics.event(EventOutcome::Stale.as_str());
                 record["stale"] = Value::from(true);
                 results.push((
@@ -289,8 +289,6 @@ async fn handle_subject(
                 ));
                 continue;
             }
-            // Read before grouping: never decided again here.
-            Decision::NoSubject | Decision::Unreadable(_) => continue,
         };
         let span = delivery_span(&event, &evaluation.subject.id);
         let (rules_json, failure, acted) = carry_out(ctx, &evaluation, done).instrument(span).await;

@@ -172,7 +172,26 @@ pub fn decide(rules: &Rules, event: &Event, prior: &SubjectState, now_ms: i64) -
     match sight(rules, event) {
         Sighting::NoSubject => Decision::NoSubject,
         Sighting::Unreadable(reason) => Decision::Unreadable(reason),
-        Sighting::Subject(subject) => decide_for(rules, event, subject, prior, now_ms),
+        Sighting::Subject(subject) => decide_for(rules, event, subject, prior, now_ms).into(),
+    }
+}
+
+/// The decision on an event whose subject is known: the two ends of [`Decision`] that
+/// [`decide_for`] can reach.
+#[derive(Debug)]
+pub enum SubjectDecision {
+    /// Older than the version the subject's state has seen: recorded, nothing evaluated.
+    Stale(SubjectRead),
+    /// Its rules were evaluated.
+    Evaluated(Evaluation),
+}
+
+impl From<SubjectDecision> for Decision {
+    fn from(d: SubjectDecision) -> Self {
+        match d {
+            SubjectDecision::Stale(subject) => Decision::Stale(subject),
+            SubjectDecision::Evaluated(evaluation) => Decision::Evaluated(evaluation),
+        }
     }
 }
 
@@ -184,9 +203,9 @@ pub fn decide_for(
     subject: SubjectRead,
     prior: &SubjectState,
     now_ms: i64,
-) -> Decision {
+) -> SubjectDecision {
     if is_stale(prior, &subject) {
-        return Decision::Stale(subject);
+        return SubjectDecision::Stale(subject);
     }
     let decided = evaluate(rules, event, &subject, prior, now_ms);
     let fired: Vec<&str> = decided
@@ -195,7 +214,7 @@ pub fn decide_for(
         .map(|d| rules.rules[d.rule].name.as_str())
         .collect();
     let next = next_state(prior, &subject, &fired, now_ms);
-    Decision::Evaluated(Evaluation {
+    SubjectDecision::Evaluated(Evaluation {
         subject,
         rules: decided,
         next,
@@ -242,11 +261,13 @@ fn evaluate(
         // Shadow rules are rendered too: the point of shadow mode is to see what enforcing
         // would do before it does it.
         let actions = match verdict.fires() {
-            true => rule
-                .actions
-                .iter()
-                .map(|&index| plan(rules, index, &rule.name, event, &facts))
-                .collect(),
+            true => {
+                let context = Firing::context(&facts, &rule.name);
+                rule.actions
+                    .iter()
+                    .map(|&index| plan(rules, index, &rule.name, event, &facts, context.clone()))
+                    .collect()
+            }
             false => Vec::new(),
         };
         decided.push(RuleDecision {
@@ -272,12 +293,13 @@ fn plan(
     rule: &str,
     event: &Event,
     facts: &Facts<'_>,
+    context: minijinja::Value,
 ) -> PlannedAction {
     let action = &rules.actions[index];
     let key = action::idempotency_key(&event.key, rule, &action.name);
     let request = action
         .kind
-        .render(&Firing::new(&rules.templates, facts, rule, &key));
+        .render(&Firing::new(&rules.templates, facts, rule, &key, context));
     PlannedAction {
         index,
         action: action.name.clone(),

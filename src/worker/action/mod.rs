@@ -92,15 +92,21 @@ pub struct Firing<'a> {
 }
 
 impl<'a> Firing<'a> {
-    /// The firing of `rule` on the event of `facts`, for the action keyed `key`.
+    /// What the templates of rule `rule`'s actions see on the event of `facts`: built once
+    /// per firing rule and shared by its actions (a clone is a reference count).
+    pub fn context(facts: &Facts<'_>, rule: &str) -> minijinja::Value {
+        crate::worker::template::context(std::sync::Arc::new(facts.template_context(rule)))
+    }
+
+    /// The firing of `rule` on the event of `facts`, for the action keyed `key`, its
+    /// templates seeing `context` ([`Firing::context`]).
     pub fn new(
         templates: &'a Templates,
         facts: &'a Facts<'a>,
         rule: &'a str,
         key: &'a str,
+        context: minijinja::Value,
     ) -> Self {
-        let context =
-            crate::worker::template::context(std::sync::Arc::new(facts.template_context(rule)));
         Self {
             templates,
             facts,
