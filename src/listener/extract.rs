@@ -3,12 +3,14 @@
 //! is parsed strictly first: an object that names a key twice is refused, since readers
 //! disagree on which value counts (serde_json keeps the last, others the first).
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use http::{HeaderMap, HeaderName};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::map::Entry;
-use serde_json::{Map, Number, Value};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::scheme::Verified;
 
@@ -105,96 +107,340 @@ pub enum JsonError {
     DuplicateKey(String),
 }
 
-/// Parses `body` as one JSON value, refusing duplicate keys in any object. One pass, the
-/// same work as `serde_json::from_slice::<Value>` (serde_json's nesting limit still holds).
+/// A body that parsed as one JSON document with no key repeated within an object. Nothing is
+/// built from it: the listener reads one or two values, found by [`Document::at`] where they
+/// lie in the text, and passes the bytes on untouched.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked<'a>(&'a str);
+
+/// Checks `body` the way the listener reads it: one JSON document (serde_json's grammar and
+/// nesting limit), UTF-8, no object naming a key twice. Allocates only a key list per object.
 ///
 /// # Errors
 /// Not JSON, or a key repeated within one object (named when short, with its position).
-pub fn parse_body(body: &[u8]) -> Result<Value, JsonError> {
-    serde_json::from_slice::<Strict>(body)
-        .map(|Strict(value)| value)
-        .map_err(|err| match err.classify() {
-            // The visitor accepts every JSON type; its only data error is the duplicate.
-            serde_json::error::Category::Data => JsonError::DuplicateKey(err.to_string()),
-            _ => JsonError::Invalid(err.to_string()),
-        })
+pub fn check_body(body: &[u8]) -> Result<Checked<'_>, JsonError> {
+    let classify = |err: serde_json::Error| match err.classify() {
+        // The visitor accepts every JSON type; its only data error is the duplicate.
+        serde_json::error::Category::Data => JsonError::DuplicateKey(err.to_string()),
+        _ => JsonError::Invalid(err.to_string()),
+    };
+    let text = std::str::from_utf8(body).map_err(|err| JsonError::Invalid(err.to_string()))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    Unique.deserialize(&mut de).map_err(classify)?;
+    de.end().map_err(classify)?;
+    Ok(Checked(text))
 }
 
-/// A `Value` whose objects have unique keys.
-struct Strict(Value);
+/// Parses `body` into a `Value` after [`check_body`]: as strict as the listener, for callers
+/// that need the whole document (`hookwarden rules test`).
+///
+/// # Errors
+/// As [`check_body`].
+pub fn parse_body(body: &[u8]) -> Result<Value, JsonError> {
+    check_body(body)?;
+    serde_json::from_slice(body).map_err(|err| JsonError::Invalid(err.to_string()))
+}
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(Strict)
+/// Walks any JSON value, refusing an object that names a key twice.
+#[derive(Clone, Copy)]
+struct Unique;
+
+impl<'de> DeserializeSeed<'de> for Unique {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
+impl<'de> Visitor<'de> for Unique {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
-        Ok(Value::Bool(b))
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
-        // JSON text has no NaN or infinity, so this is always Some.
-        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
-        Ok(Value::String(s.to_owned()))
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_string<E>(self, s: String) -> Result<Value, E> {
-        Ok(Value::String(s))
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(Strict(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
-        let mut map = Map::new();
-        while let Some(key) = access.next_key::<String>()? {
-            let Strict(value) = access.next_value()?;
-            match map.entry(key) {
-                Entry::Vacant(slot) => {
-                    slot.insert(value);
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<(), A::Error> {
+        // A key borrows the body unless it holds an escape. Most objects are small: a list
+        // scanned in place, a set once it grows.
+        let mut keys: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(key) = access.next_key_seed(Key)? {
+            access.next_value_seed(self)?;
+            let repeated = if many.is_empty() {
+                let seen = keys.contains(&key);
+                if !seen && keys.len() == 32 {
+                    many.extend(keys.drain(..));
                 }
-                Entry::Occupied(slot) => {
-                    let key = slot.key();
-                    // Keys come from the body: name short ones, only measure long ones.
-                    return Err(de::Error::custom(if key.len() <= 64 {
-                        format!("duplicate key {key:?}")
-                    } else {
-                        format!("duplicate key of {} bytes", key.len())
-                    }));
-                }
+                seen
+            } else {
+                many.contains(&key)
+            };
+            if repeated {
+                // Keys come from the body: name short ones, only measure long ones.
+                return Err(de::Error::custom(if key.len() <= 64 {
+                    format!("duplicate key {key:?}")
+                } else {
+                    format!("duplicate key of {} bytes", key.len())
+                }));
+            }
+            if many.is_empty() {
+                keys.push(key);
+            } else {
+                many.insert(key);
             }
         }
-        Ok(Value::Object(map))
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the text when it has no escape.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(s))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(s.to_owned()))
+    }
+}
+
+/// What sits at a JSON pointer, as far as an id or a type cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found<'a> {
+    /// Nothing there, or `null`.
+    Nothing,
+    /// A string.
+    Text(Cow<'a, str>),
+    /// An integer, as its decimal text.
+    Integer(String),
+    /// Anything else: a fraction, a boolean, an array, an object.
+    Other,
+}
+
+/// A JSON document [`extract`] can look into.
+pub trait Document {
+    /// The value at an RFC 6901 pointer (`/data/id`).
+    fn at(&self, pointer: &str) -> Found<'_>;
+}
+
+impl Document for Value {
+    fn at(&self, pointer: &str) -> Found<'_> {
+        match self.pointer(pointer) {
+            None | Some(Value::Null) => Found::Nothing,
+            Some(Value::String(s)) => Found::Text(Cow::Borrowed(s)),
+            Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Found::Integer(n.to_string()),
+            Some(_) => Found::Other,
+        }
+    }
+}
+
+impl Document for Checked<'_> {
+    fn at(&self, pointer: &str) -> Found<'_> {
+        // The text is known to be valid, so a step that fails to parse finds nothing.
+        let Some(path) = pointer.strip_prefix('/') else {
+            return if pointer.is_empty() {
+                leaf(self.0)
+            } else {
+                Found::Nothing
+            };
+        };
+        let mut here: &str = self.0;
+        for token in path.split('/') {
+            let token: Cow<'_, str> = if token.contains('~') {
+                Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+            } else {
+                Cow::Borrowed(token)
+            };
+            let mut de = serde_json::Deserializer::from_str(here);
+            match Step(&token).deserialize(&mut de) {
+                Ok(Some(raw)) => here = raw.get(),
+                _ => return Found::Nothing,
+            }
+        }
+        leaf(here)
+    }
+}
+
+/// The value a pointer ends at, from its JSON text.
+fn leaf(text: &str) -> Found<'_> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    Leaf.deserialize(&mut de).unwrap_or(Found::Other)
+}
+
+/// One pointer step: the member named by the token, or the element it numbers.
+struct Step<'t>(&'t str);
+
+impl<'de> DeserializeSeed<'de> for Step<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Step<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        // RFC 6901: an index is `0` or digits without a leading zero.
+        let index = match self.0.parse::<usize>() {
+            Ok(i) if self.0 == "0" || !self.0.starts_with('0') => i,
+            _ => return Ok(None),
+        };
+        let mut i = 0;
+        while i < index {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(None);
+            }
+            i += 1;
+        }
+        let found = seq.next_element::<&RawValue>()?;
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(found)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = access.next_key_seed(Key)? {
+            // Keys are unique (checked), so the first match is the only one.
+            if found.is_none() && key == self.0 {
+                found = Some(access.next_value::<&RawValue>()?);
+            } else {
+                access.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A pointer's final value, classified.
+struct Leaf;
+
+impl<'de> DeserializeSeed<'de> for Leaf {
+    type Value = Found<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Leaf {
+    type Value = Found<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Found::Other)
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(Found::Integer(n.to_string()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Found::Integer(n.to_string()))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Found::Other)
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Found::Text(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Found::Text(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Found::Nothing)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Found::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        while access.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Found::Other)
     }
 }
 
@@ -206,7 +452,7 @@ pub fn extract(
     field: &FieldRef,
     what: &'static str,
     headers: &HeaderMap,
-    body: &Value,
+    body: &impl Document,
     verified: &Verified,
 ) -> Result<String, ExtractError> {
     let missing = || ExtractError::Missing {
@@ -219,12 +465,12 @@ pub fn extract(
         reason,
     };
     let value = match field {
-        FieldRef::Pointer(pointer) => match body.pointer(pointer) {
-            None | Some(Value::Null) => return Err(missing()),
-            Some(Value::String(s)) => s.clone(),
+        FieldRef::Pointer(pointer) => match body.at(pointer) {
+            Found::Nothing => return Err(missing()),
+            Found::Text(s) => s.into_owned(),
             // Some providers number their events; the decimal text is the id.
-            Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
-            Some(_) => return Err(invalid("is not a string or an integer")),
+            Found::Integer(n) => n,
+            Found::Other => return Err(invalid("is not a string or an integer")),
         },
         FieldRef::Header(name) => {
             let mut values = headers.get_all(name).iter();
@@ -310,6 +556,14 @@ mod tests {
             parse_body(br#"[{"x":{"k":1,"k":1}}]"#),
             Err(JsonError::DuplicateKey(_))
         ));
+        // Past 32 keys an object's keys are kept in a set: a repeat is still found.
+        let wide: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        assert!(parse_body(format!("{{{}}}", wide.join(",")).as_bytes()).is_ok());
+        for again in ["k3", "k39"] {
+            let text = format!(r#"{{{},"{again}":0}}"#, wide.join(","));
+            let err = parse_body(text.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(&format!("duplicate key \"{again}\"")), "{err}");
+        }
         let long = format!(r#"{{"{k}":1,"{k}":2}}"#, k = "k".repeat(100));
         let err = parse_body(long.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("duplicate key of 100 bytes"), "{err}");
@@ -323,6 +577,44 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         let err = parse_body(deep.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("recursion limit"), "{err}");
+    }
+
+    #[test]
+    fn checked_bodies_find_what_values_find() {
+        let text = r#"{"id":"e","n":[1,-2,3.5,"x",{"a/b":{"m~n":"deep"}}],"big":18446744073709551615,"neg":-7,"t":true,"z":null,"esc":"\u00e9\"","o":{}}"#;
+        let checked = check_body(text.as_bytes()).unwrap();
+        let value: Value = serde_json::from_str(text).unwrap();
+        for pointer in [
+            "",
+            "/id",
+            "/n",
+            "/n/0",
+            "/n/1",
+            "/n/2",
+            "/n/3",
+            "/n/4/a~1b/m~0n",
+            "/n/5",
+            "/n/01",
+            "/n/-",
+            "/big",
+            "/neg",
+            "/t",
+            "/z",
+            "/esc",
+            "/o",
+            "/o/x",
+            "/missing",
+            "/id/x",
+            "id",
+        ] {
+            assert_eq!(checked.at(pointer), value.at(pointer), "{pointer}");
+        }
+        assert_eq!(checked.at("/esc"), Found::Text("é\"".into()));
+        assert_eq!(
+            checked.at("/big"),
+            Found::Integer("18446744073709551615".into())
+        );
+        assert_eq!(checked.at("/n/4/a~1b/m~0n"), Found::Text("deep".into()));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::listener::client_ip::{client_ip, is_in};
 use crate::listener::config::{ListenerConfig, Provider};
 use crate::listener::dedupe::{Admission, Dedupe};
 use crate::listener::error::{RequestError, json_response};
-use crate::listener::extract::{extract, parse_body};
+use crate::listener::extract::{check_body, extract};
 use crate::listener::spool::{Spool, SpoolError};
 use crate::telemetry::{self, ErrorChain, ListenerMetrics};
 
@@ -250,7 +250,7 @@ impl<H: Handoff> Handler<H> {
             })?;
 
         // Parsed only after the signature holds: forged input never reaches the parser.
-        let json = parse_body(&body)?;
+        let json = check_body(&body)?;
         let id = extract(
             &provider.event_id,
             "event id",
@@ -266,7 +266,6 @@ impl<H: Handoff> Handler<H> {
             &json,
             &verified,
         )?;
-        drop(json);
         let envelope = Envelope::new(
             &provider.name,
             id.clone(),
