@@ -1,21 +1,24 @@
 //! Remembering event ids: a bounded set of 128-bit digests of (provider, event id), kept in
 //! arrival order and forgotten oldest first, at capacity or after the ttl. Concurrent
-//! requests with one id are coalesced into one handoff by a moka cache of the ids being
-//! handed off right now; an id is remembered only after its handoff succeeded, so a
-//! provider's retry after a failure goes through.
+//! requests with one id are coalesced into one handoff by a map of the ids being handed off
+//! right now, where the others wait for its outcome; an id is remembered only after its
+//! handoff succeeded, so a provider's retry after a failure goes through.
 //!
-//! Why not every id in moka: its bookkeeping costs about 330 bytes per entry (1 000 000 ids:
+//! Why not a cache crate: moka's bookkeeping costs about 330 bytes per entry (1 000 000 ids:
 //! 333 MiB); a digest in a hash set plus its place in the arrival queue costs 45 to 90
-//! ([`BYTES_PER_ENTRY`]), and the newest ids, the ones a
-//! provider's retry needs, are the ones oldest-first keeps.
+//! ([`BYTES_PER_ENTRY`]), and the newest ids, the ones a provider's retry needs, are the ones
+//! oldest-first keeps. moka also held the in-flight ids until issue 14: its insert-once
+//! machinery (waiter map, write log, housekeeping) was 8 % of the listener's CPU under load
+//! for a map that holds a few dozen entries at a time.
 
-use std::collections::{HashSet, VecDeque};
+use std::any::Any;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use moka::future::Cache;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 // tokio's clock, not std's: under `tokio::time::pause()` tests move it, and the ttl with it.
 use tokio::time::Instant;
 
@@ -41,18 +44,41 @@ pub struct Dedupe {
 
 struct Inner {
     seen: Mutex<Seen>,
-    /// Ids whose handoff is running, so that concurrent requests wait for it; each entry is
-    /// removed as soon as its id is in `seen`.
-    in_flight: Cache<u128, Handed>,
+    /// Ids whose handoff is running, each with the outcome its waiters watch for; an entry
+    /// is removed once its id is in `seen` (or its handoff failed).
+    in_flight: Mutex<HashMap<u128, watch::Receiver<Option<Outcome>>>>,
 }
 
-/// How the handoff of an in-flight id ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Handed {
-    /// It ran and succeeded.
-    Now,
-    /// It was not needed: the id was remembered by then.
-    Before,
+/// How a handoff ended, as its waiters see it: the error is the caller's own type, erased
+/// so that one map serves any (each `admit` caller of one listener uses the same).
+type Outcome = Result<(), Arc<dyn Any + Send + Sync>>;
+
+/// What a request does about an id that is not remembered.
+enum Next {
+    /// Wait for the running handoff of the id.
+    Wait(watch::Receiver<Option<Outcome>>),
+    /// Run the handoff and tell the waiters.
+    Lead(watch::Sender<Option<Outcome>>),
+    /// Remembered after all.
+    Known,
+}
+
+/// Takes an in-flight id out of the map when its handoff ends, however it ends: dropped
+/// half-way (the runtime shutting down), its waiters see the sender go and try again.
+struct Flight<'a> {
+    inner: &'a Inner,
+    key: u128,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.in_flight).remove(&self.key);
+    }
+}
+
+/// A lock whose data stays usable after a panic elsewhere (a set is still a set).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Remembered digests, in arrival order, with when each arrived (ms since `epoch`).
@@ -76,18 +102,10 @@ impl Dedupe {
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             epoch: Instant::now(),
         };
-        // No capacity bound: it holds only the handoffs running right now (each entry leaves
-        // as its handoff ends), and a bound would bring moka's admission policy, which may
-        // refuse to keep an entry, and with it the coalescing of its concurrent requests.
-        let in_flight = Cache::builder()
-            // A safety net only. moka keeps its own clock, which paused tokio time does not
-            // move: this ttl cannot be driven by tests, and nothing here depends on it.
-            .time_to_live(ttl.min(Duration::from_secs(3600)))
-            .build();
         Self {
             inner: Arc::new(Inner {
                 seen: Mutex::new(seen),
-                in_flight,
+                in_flight: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -108,41 +126,55 @@ impl Dedupe {
         E: Send + Sync + 'static,
     {
         let key = key(provider, event_id);
-        if self.inner.remembers(key) {
-            return Ok(Admission::Duplicate);
-        }
-        let inner = &self.inner;
-        let entry = inner
-            .in_flight
-            .entry(key)
-            .or_try_insert_with(async move {
-                // A handoff of this id that ended after the check above has remembered it
-                // before leaving `in_flight`: look again before publishing a second copy.
-                if inner.remembers(key) {
-                    return Ok(Handed::Before);
+        let inner = &*self.inner;
+        let mut handoff = Some(handoff);
+        loop {
+            if inner.remembers(key) {
+                return Ok(Admission::Duplicate);
+            }
+            // Decided under the lock, acted on after it: a guard must not live across an await.
+            let next = {
+                let mut flights = lock(&inner.in_flight);
+                if let Some(running) = flights.get(&key) {
+                    Next::Wait(running.clone())
+                } else if inner.remembers(key) {
+                    // A handoff of this id that ended since the check above remembered it
+                    // before leaving the map: no second copy.
+                    Next::Known
+                } else {
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(key, rx);
+                    Next::Lead(tx)
                 }
-                handoff.await?;
-                inner.remember(key);
-                Ok(Handed::Now)
-            })
-            .await?;
-        if entry.is_fresh() {
-            // The id is in `seen` now, which answers every later request.
-            inner.in_flight.invalidate(&key).await;
+            };
+            match next {
+                Next::Known => return Ok(Admission::Duplicate),
+                Next::Lead(tx) => {
+                    let Some(handoff) = handoff.take() else {
+                        // Only this arm takes it, and it returns.
+                        return Ok(Admission::Duplicate);
+                    };
+                    return lead(inner, key, tx, handoff).await;
+                }
+                Next::Wait(mut running) => {
+                    match running.wait_for(Option::is_some).await.as_deref() {
+                        Ok(Some(Ok(()))) => return Ok(Admission::Duplicate),
+                        Ok(Some(Err(err))) => {
+                            if let Ok(err) = Arc::clone(err).downcast::<E>() {
+                                return Err(err);
+                            }
+                        }
+                        // The handoff was dropped before it ended: try again.
+                        Ok(None) | Err(_) => {}
+                    }
+                }
+            }
         }
-        Ok(if entry.is_fresh() && *entry.value() == Handed::Now {
-            Admission::Accepted
-        } else {
-            Admission::Duplicate
-        })
     }
 
     /// Ids currently remembered.
     pub fn len(&self) -> u64 {
-        self.inner
-            .seen
-            .lock()
-            .map_or(0, |seen| seen.ids.len() as u64)
+        lock(&self.inner.seen).ids.len() as u64
     }
 
     /// True when no id is remembered.
@@ -156,22 +188,42 @@ impl Dedupe {
     }
 }
 
+/// Runs the one handoff of `key` and tells its waiters how it ended.
+async fn lead<F, E>(
+    inner: &Inner,
+    key: u128,
+    tx: watch::Sender<Option<Outcome>>,
+    handoff: F,
+) -> Result<Admission, Arc<E>>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Send + Sync + 'static,
+{
+    let flight = Flight { inner, key };
+    let result = handoff.await.map_err(Arc::new);
+    if result.is_ok() {
+        // Remembered before the id leaves the map, so no request finds it in neither.
+        inner.remember(key);
+    }
+    drop(flight);
+    let outcome: Outcome = match &result {
+        Ok(()) => Ok(()),
+        Err(err) => Err(Arc::clone(err) as Arc<dyn Any + Send + Sync>),
+    };
+    // No receiver left is fine: nobody was waiting.
+    let _ = tx.send(Some(outcome));
+    result.map(|()| Admission::Accepted)
+}
+
 impl Inner {
     fn remembers(&self, key: u128) -> bool {
-        // A poisoned lock only means a panic elsewhere mid-update; the set is still a set.
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = lock(&self.seen);
         seen.expire();
         seen.ids.contains(&key)
     }
 
     fn remember(&self, key: u128) {
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = lock(&self.seen);
         seen.expire();
         if seen.ids.insert(key) {
             let now = seen.now_ms();
@@ -385,6 +437,31 @@ mod tests {
             Ok(Admission::Accepted)
         );
         assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handoff_dropped_half_way_hands_its_waiters_the_turn() {
+        let dedupe = Dedupe::new(100, Duration::from_secs(60));
+        let leader = tokio::spawn({
+            let dedupe = dedupe.clone();
+            async move {
+                dedupe
+                    .admit("p", "evt", std::future::pending::<Result<(), ()>>())
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let waiter = tokio::spawn({
+            let dedupe = dedupe.clone();
+            async move { dedupe.admit("p", "evt", async { Ok::<(), ()>(()) }).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiter.is_finished(), "it waits for the running handoff");
+        // The runtime drops the leader's task (as at shutdown) before its handoff ends.
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        assert_eq!(waiter.await.unwrap(), Ok(Admission::Accepted));
+        assert!(dedupe.contains("p", "evt"));
     }
 
     #[tokio::test]
