@@ -150,11 +150,13 @@ impl Dedupe {
             match next {
                 Next::Known => return Ok(Admission::Duplicate),
                 Next::Lead(tx) => {
-                    let Some(handoff) = handoff.take() else {
-                        // Only this arm takes it, and it returns.
-                        return Ok(Admission::Duplicate);
+                    // From here the entry leaves the map however this ends.
+                    let flight = Flight { inner, key };
+                    return match handoff.take() {
+                        Some(handoff) => lead(flight, tx, handoff).await,
+                        // Only this arm takes it, and it returns: never reached.
+                        None => Ok(Admission::Duplicate),
                     };
-                    return lead(inner, key, tx, handoff).await;
                 }
                 Next::Wait(mut running) => {
                     match running.wait_for(Option::is_some).await.as_deref() {
@@ -190,8 +192,7 @@ impl Dedupe {
 
 /// Runs the one handoff of `key` and tells its waiters how it ended.
 async fn lead<F, E>(
-    inner: &Inner,
-    key: u128,
+    flight: Flight<'_>,
     tx: watch::Sender<Option<Outcome>>,
     handoff: F,
 ) -> Result<Admission, Arc<E>>
@@ -199,11 +200,10 @@ where
     F: Future<Output = Result<(), E>>,
     E: Send + Sync + 'static,
 {
-    let flight = Flight { inner, key };
     let result = handoff.await.map_err(Arc::new);
     if result.is_ok() {
         // Remembered before the id leaves the map, so no request finds it in neither.
-        inner.remember(key);
+        flight.inner.remember(flight.key);
     }
     drop(flight);
     let outcome: Outcome = match &result {

@@ -10,7 +10,6 @@ use std::fmt;
 use http::{HeaderMap, HeaderName};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use crate::scheme::Verified;
 
@@ -282,108 +281,109 @@ impl Document for Value {
 
 impl Document for Checked<'_> {
     fn at(&self, pointer: &str) -> Found<'_> {
-        // The text is known to be valid, so a step that fails to parse finds nothing.
-        let Some(path) = pointer.strip_prefix('/') else {
-            return if pointer.is_empty() {
-                leaf(self.0)
-            } else {
-                Found::Nothing
-            };
+        let tokens: Vec<Cow<'_, str>> = match pointer.strip_prefix('/') {
+            Some(path) => path
+                .split('/')
+                .map(|token| {
+                    if token.contains('~') {
+                        Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+                    } else {
+                        Cow::Borrowed(token)
+                    }
+                })
+                .collect(),
+            None if pointer.is_empty() => Vec::new(),
+            None => return Found::Nothing,
         };
-        let mut here: &str = self.0;
-        for token in path.split('/') {
-            let token: Cow<'_, str> = if token.contains('~') {
-                Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
-            } else {
-                Cow::Borrowed(token)
-            };
-            let mut de = serde_json::Deserializer::from_str(here);
-            match Step(&token).deserialize(&mut de) {
-                Ok(Some(raw)) => here = raw.get(),
-                _ => return Found::Nothing,
-            }
-        }
-        leaf(here)
+        // One pass over the text, down the pointer's path. The text is known to be valid, so
+        // it cannot fail to parse.
+        let mut de = serde_json::Deserializer::from_str(self.0);
+        Path(&tokens).deserialize(&mut de).unwrap_or(Found::Nothing)
     }
 }
 
-/// The value a pointer ends at, from its JSON text.
-fn leaf(text: &str) -> Found<'_> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    Leaf.deserialize(&mut de).unwrap_or(Found::Other)
-}
+/// The rest of a pointer's path: the value it ends at, skipping everything beside the path.
+struct Path<'p, 't>(&'p [Cow<'t, str>]);
 
-/// One pointer step: the member named by the token, or the element it numbers.
-struct Step<'t>(&'t str);
-
-impl<'de> DeserializeSeed<'de> for Step<'_> {
-    type Value = Option<&'de RawValue>;
+impl<'de> DeserializeSeed<'de> for Path<'_, '_> {
+    type Value = Found<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
+        if self.0.is_empty() {
+            deserializer.deserialize_any(Leaf)
+        } else {
+            deserializer.deserialize_any(self)
+        }
     }
 }
 
-impl<'de> Visitor<'de> for Step<'_> {
-    type Value = Option<&'de RawValue>;
+impl<'de> Visitor<'de> for Path<'_, '_> {
+    type Value = Found<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Found::Nothing)
     }
 
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Found::Nothing)
     }
 
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Found::Nothing)
     }
 
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Found::Nothing)
     }
 
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Found::Nothing)
     }
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(Found::Nothing)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        // RFC 6901: an index is `0` or digits without a leading zero.
-        let index = match self.0.parse::<usize>() {
-            Ok(i) if self.0 == "0" || !self.0.starts_with('0') => i,
-            _ => return Ok(None),
+        let (token, rest) = (&self.0[0], &self.0[1..]);
+        // RFC 6901 as serde_json reads it: digits only (no sign), no leading zero but `0`.
+        let index = if token.bytes().all(|b| b.is_ascii_digit())
+            && (token.as_ref() == "0" || !token.starts_with('0'))
+        {
+            token.parse::<usize>().ok()
+        } else {
+            None
         };
-        let mut i = 0;
-        while i < index {
-            if seq.next_element::<IgnoredAny>()?.is_none() {
-                return Ok(None);
+        let mut found = Found::Nothing;
+        if let Some(index) = index {
+            let mut skipped = 0;
+            while skipped < index && seq.next_element::<IgnoredAny>()?.is_some() {
+                skipped += 1;
             }
-            i += 1;
+            if skipped == index {
+                found = seq.next_element_seed(Path(rest))?.unwrap_or(Found::Nothing);
+            }
         }
-        let found = seq.next_element::<&RawValue>()?;
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(found)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let (token, rest) = (&self.0[0], &self.0[1..]);
         let mut found = None;
         while let Some(key) = access.next_key_seed(Key)? {
             // Keys are unique (checked), so the first match is the only one.
-            if found.is_none() && key == self.0 {
-                found = Some(access.next_value::<&RawValue>()?);
+            if found.is_none() && key == *token {
+                found = Some(access.next_value_seed(Path(rest))?);
             } else {
                 access.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(found)
+        Ok(found.unwrap_or(Found::Nothing))
     }
 }
 
@@ -615,6 +615,14 @@ mod tests {
             Found::Integer("18446744073709551615".into())
         );
         assert_eq!(checked.at("/n/4/a~1b/m~0n"), Found::Text("deep".into()));
+        // A key serde_json's `raw_value` feature would treat as its own marker is a key like
+        // any other (the feature is off, so the worker's parser agrees).
+        let marker = r#"{"$serde_json::private::RawValue":"{\"id\":\"x\"}","k":2}"#;
+        let checked = check_body(marker.as_bytes()).unwrap();
+        let value = parse_body(marker.as_bytes()).unwrap();
+        assert_eq!(checked.at("/id"), Found::Nothing);
+        assert_eq!(value.at("/k"), Found::Integer("2".into()));
+        assert_eq!(checked.at("/k"), value.at("/k"));
     }
 
     #[test]

@@ -155,12 +155,10 @@ where
 
     let mut line = Vec::with_capacity(320);
     line.extend_from_slice(b"{\"timestamp\":\"");
-    // tracing-subscriber's own format: RFC 3339, UTC, microseconds.
-    let _ = write!(
-        line,
-        "{}",
-        humantime::format_rfc3339_micros(std::time::SystemTime::now())
-    );
+    // tracing-subscriber's own format: RFC 3339, UTC, microseconds. humantime panics on a
+    // time before 1970, which a clock set wrong can read: such lines say 1970.
+    let now = std::time::SystemTime::now().max(std::time::UNIX_EPOCH);
+    let _ = write!(line, "{}", humantime::format_rfc3339_micros(now));
     line.extend_from_slice(b"\",\"level\":\"");
     line.extend_from_slice(meta.level().as_str().as_bytes());
     line.extend_from_slice(b"\",");
