@@ -62,7 +62,7 @@ async fn run(
         .with_context(|| format!("binding server.admin_listen {}", config.server.admin_listen))?;
     let grace = config.server.shutdown_grace;
     let shutdown = CancellationToken::new();
-    let running = hookwarden::worker::start(config, admin, shutdown.clone())?;
+    let running = hookwarden::worker::start(config, admin, shutdown.clone()).await?;
     tracing::info!(rules = %path.display(), "worker started");
     let _watchdog = hookwarden::systemd::spawn_watchdog();
     let consuming = running.consuming.clone();

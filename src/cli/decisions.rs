@@ -8,9 +8,9 @@ use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args};
 use serde_json::Value;
 
-use crate::worker::config::WorkerConfig;
+use crate::worker::config::{Backend, WorkerConfig};
 use crate::worker::decide;
-use crate::worker::state::{DecisionRecord, SqliteStore, Store};
+use crate::worker::state::{self, DecisionRecord};
 
 /// Arguments of `hookwarden decisions`.
 #[derive(Args)]
@@ -70,25 +70,29 @@ impl DecisionsArgs {
     }
 }
 
-/// Reads the records; the state file must exist (opening creates a missing one, which
-/// would only hide a wrong `[state] path`).
+/// Reads the records from the store `[state]` names; an embedded store's file must exist
+/// (opening creates a missing one, which would only hide a wrong `[state] path`).
 ///
 /// # Errors
-/// No state file at `[state] path`, or the store cannot be read.
+/// No state file at `[state] path`, or the store cannot be opened or read.
 pub fn read(
     config: &WorkerConfig,
     query: &Query,
     limit: usize,
 ) -> anyhow::Result<Vec<DecisionRecord>> {
-    let path = &config.state.path;
-    if !path.exists() {
+    if let Backend::Sqlite(path) = &config.state.backend
+        && !path.exists()
+    {
         bail!(
             "no state file at {} ([state] path): has the worker run with these rules here?",
             path.display()
         );
     }
-    let store = SqliteStore::open(path)
-        .with_context(|| format!("cannot open the state file {}", path.display()))?;
+    // The PostgreSQL store runs its queries on the runtime it was opened on.
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let store = runtime
+        .block_on(state::open(&config.state))
+        .with_context(|| format!("cannot open the state store {}", config.state.describe()))?;
     Ok(store.decisions(query.0.as_deref(), query.1.as_deref(), limit)?)
 }
 

@@ -17,7 +17,9 @@ use crate::worker::action::{ActionOutcome, Runner, idempotency_key};
 use crate::worker::config::WorkerConfig;
 use crate::worker::decide::{self, Event, EventOutcome, Sighting, SubjectDecision, Verdict};
 use crate::worker::rules::{Mode, Rules};
-use crate::worker::state::{Batch, DecisionRecord, Store, StoreError, SubjectState, now_ms};
+use crate::worker::state::{
+    Batch, DecisionRecord, Store, StoreError, SubjectLock, SubjectState, now_ms,
+};
 use crate::worker::subject::SubjectRead;
 
 /// A delivery as the batch sees it.
@@ -68,6 +70,8 @@ pub struct Outcome {
     pub fates: Vec<Fate>,
     /// State and decisions to commit before acking.
     pub commit: Batch,
+    /// The batch's subjects, locked until its commit is done.
+    pub lock: SubjectLock,
 }
 
 fn text_header(props: &BasicProperties, name: &str) -> Option<String> {
@@ -159,6 +163,7 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
     let mut outcome = Outcome {
         fates: vec![Fate::Handled; items.len()],
         commit: Batch::default(),
+        lock: SubjectLock::none(),
     };
     let now = now_ms();
     let mut events = Vec::new();
@@ -172,26 +177,47 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
         }
     }
     let rules = &ctx.config.rules;
-    let keys: Vec<String> = events.iter().map(|(_, e)| e.key.clone()).collect();
-    let candidates = action_keys(rules, events.iter().map(|(_, e)| e));
+    // Who each event is about comes first: the batch's subjects are locked before anything is
+    // read, so what it reads next (decided events, completed actions, subject state) is what
+    // the last batch to hold them committed, in this worker or another one on the same store.
+    let sighted: Vec<(usize, Event, Sighting)> = events
+        .into_iter()
+        .map(|(i, event)| {
+            let sighting = decide::sight(rules, &event);
+            (i, event, sighting)
+        })
+        .collect();
+    let mut locked: Vec<String> = sighted
+        .iter()
+        .filter_map(|(_, event, sighting)| match sighting {
+            Sighting::Subject(subject) => Some(subject_key(event, subject)),
+            _ => None,
+        })
+        .collect();
+    locked.sort_unstable();
+    locked.dedup();
+    let keys: Vec<String> = sighted.iter().map(|(_, e, _)| e.key.clone()).collect();
+    let candidates = action_keys(rules, sighted.iter().map(|(_, e, _)| e));
     // One trip to the store for the whole batch: which events were decided before, and which
     // of the actions the rules could run have completed before (a replay or redelivery).
     let store = ctx.store.clone();
-    let (decided, done) = tokio::task::spawn_blocking(move || {
-        Ok::<_, StoreError>((store.decided(&keys)?, store.done_among(&candidates)?))
+    let (lock, decided, done) = tokio::task::spawn_blocking(move || {
+        let lock = store.lock_subjects(&locked)?;
+        Ok::<_, StoreError>((lock, store.decided(&keys)?, store.done_among(&candidates)?))
     })
     .await
     .map_err(|_| StoreError::Poisoned)??;
+    outcome.lock = lock;
 
     // Group by subject, keeping delivery order inside each group.
     let mut groups: Vec<(String, Vec<Pending>)> = Vec::new();
     let mut group_of: HashMap<String, usize> = HashMap::new();
-    for (i, event) in events {
+    for (i, event, sighting) in sighted {
         if decided.contains(&event.key) {
             ctx.metrics.event(EventOutcome::Duplicate.as_str());
             continue;
         }
-        match decide::sight(rules, &event) {
+        match sighting {
             Sighting::NoSubject => {
                 ctx.metrics.event(EventOutcome::NoSubject.as_str());
                 outcome.commit.decisions.push(DecisionRecord {
@@ -203,7 +229,7 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
                 });
             }
             Sighting::Subject(subject) => {
-                let key = format!("{}/{}", event.provider, subject.id);
+                let key = subject_key(&event, &subject);
                 let g = *group_of.entry(key.clone()).or_insert_with(|| {
                     groups.push((key, Vec::new()));
                     groups.len() - 1
@@ -312,6 +338,11 @@ async fn handle_subject(
         }
     }
     (key, changed.then_some(state), results)
+}
+
+/// The key a subject's state and lock are stored under: `provider/subject`.
+fn subject_key(event: &Event, subject: &SubjectRead) -> String {
+    format!("{}/{}", event.provider, subject.id)
 }
 
 /// The span of one delivery's rules and actions: the lines logged inside it (a condition

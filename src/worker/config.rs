@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::amqp::AmqpConfig;
+use crate::config::amqp::{AmqpConfig, redact};
 use crate::config::log::LogConfig;
 use crate::config::{ConfigError, ConfigKind, Document, Problem};
 use crate::worker::rules::Rules;
+use crate::worker::state::PgOptions;
 
 /// The whole validated worker config.
 pub struct WorkerConfig {
@@ -46,16 +47,117 @@ fn default_grace() -> Duration {
     Duration::from_secs(30)
 }
 
-/// `[state]`.
+/// `[state]`: where the worker keeps its state, parsed into the backend it names.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawState")]
 pub struct StateConfig {
-    /// SQLite file of per-subject state, done-marks and decisions.
-    #[serde(default = "default_state_path")]
-    pub path: PathBuf,
+    /// The embedded SQLite file, or a PostgreSQL database.
+    pub backend: Backend,
     /// How long decision records and done-marks are kept.
-    #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// `path`: the embedded store, one worker.
+    Sqlite(PathBuf),
+    /// `url`: PostgreSQL, shared by any number of workers.
+    Postgres(PgOptions),
+}
+
+impl StateConfig {
+    /// The file's path, or the URL with its password hidden.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(path) => path.display().to_string(),
+            Backend::Postgres(options) => redact_postgres(&options.url),
+        }
+    }
+}
+
+/// `[state]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    path: Option<PathBuf>,
+    url: Option<String>,
+    pool_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    statement_timeout: Option<Duration>,
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    retention: Duration,
+}
+
+impl TryFrom<RawState> for StateConfig {
+    type Error = String;
+
+    fn try_from(raw: RawState) -> Result<Self, String> {
+        let backend = match (raw.path, raw.url) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "give either path (the embedded SQLite file) or url (PostgreSQL), \
+                            not both"
+                        .to_owned(),
+                );
+            }
+            (path, None) => {
+                if raw.pool_size.is_some() || raw.statement_timeout.is_some() {
+                    return Err(
+                        "pool_size and statement_timeout apply to url (PostgreSQL) only".to_owned(),
+                    );
+                }
+                Backend::Sqlite(path.unwrap_or_else(default_state_path))
+            }
+            (None, Some(url)) => {
+                if let Err(err) = url.parse::<tokio_postgres::Config>() {
+                    return Err(format!(
+                        "url {} is not a PostgreSQL URL: {err}",
+                        redact_postgres(&url)
+                    ));
+                }
+                let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+                if pool_size == 0 {
+                    return Err("pool_size must be at least 1".to_owned());
+                }
+                let statement_timeout = raw.statement_timeout.unwrap_or(DEFAULT_STATEMENT_TIMEOUT);
+                if statement_timeout.is_zero() {
+                    return Err("statement_timeout must be more than 0s".to_owned());
+                }
+                Backend::Postgres(PgOptions {
+                    url,
+                    pool_size,
+                    statement_timeout,
+                })
+            }
+        };
+        Ok(Self {
+            backend,
+            retention: raw.retention,
+        })
+    }
+}
+
+/// A batch holds a connection for its subjects' lock, and the done-mark writer and the
+/// commit need one each meanwhile: three is the fewest that never waits on itself.
+const DEFAULT_POOL_SIZE: usize = 4;
+const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The URL with its password hidden, in the userinfo or in a `password=` parameter.
+pub fn redact_postgres(url: &str) -> String {
+    let userinfo = redact(url);
+    let mut out = String::with_capacity(userinfo.len());
+    let mut rest = userinfo.as_str();
+    while let Some(at) = rest.find("password=") {
+        let value = at + "password=".len();
+        out.push_str(&rest[..value]);
+        out.push_str("***");
+        rest = &rest[value..];
+        let end = rest.find(['&', ' ']).unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn default_state_path() -> PathBuf {
@@ -117,7 +219,7 @@ impl WorkerConfig {
             self.amqp.redacted_url(),
             self.amqp.queue,
             self.amqp.prefetch,
-            self.state.path.display(),
+            self.state.describe(),
             humantime::format_duration(self.state.retention),
             self.rules.summary()
         )
@@ -169,6 +271,72 @@ scores = { humanity = "/data/humanity" }
         assert!(bad.starts_with("rules.toml:8: state.retention: "), "{bad}");
         let env = problems("", &[("HOOKWARDEN__STATE__RETENTION", "soon")]);
         assert!(env.contains("HOOKWARDEN__STATE__RETENTION"), "{env}");
+    }
+
+    #[test]
+    fn state_is_a_file_or_a_postgresql_url_never_both() {
+        let config = |text: &str| {
+            WorkerConfig::parse("rules.toml", &format!("{SUBJECTS}{text}"), &HashMap::new())
+        };
+        let pg = config("[state]\nurl = \"postgres://hw:pw@db/hw?sslmode=require\"\n")
+            .unwrap_or_else(|err| panic!("{err}"));
+        match &pg.state.backend {
+            Backend::Postgres(options) => {
+                assert_eq!(
+                    (options.pool_size, options.statement_timeout),
+                    (4, Duration::from_secs(30))
+                );
+            }
+            Backend::Sqlite(path) => panic!("a url gave the file {}", path.display()),
+        }
+        // The password never reaches --check's summary.
+        assert!(
+            pg.summary()
+                .contains("state postgres://hw:***@db/hw?sslmode=require"),
+            "{}",
+            pg.summary()
+        );
+        assert!(matches!(
+            config("[state]\n").map(|c| c.state.backend),
+            Ok(Backend::Sqlite(path)) if path == default_state_path()
+        ));
+
+        let both = problems(
+            "[state]\npath = \"/tmp/w.db\"\nurl = \"postgres://db/hw\"\n",
+            &[],
+        );
+        assert!(
+            both.starts_with("rules.toml:7: state: give either path"),
+            "{both}"
+        );
+        let bad = problems("[state]\nurl = \"mysql://root:pw@db\"\n", &[]);
+        assert!(
+            bad.contains("state: url mysql://root:***@db is not a PostgreSQL URL"),
+            "{bad}"
+        );
+        let stray = problems("[state]\npool_size = 3\n", &[]);
+        assert!(
+            stray.contains("pool_size and statement_timeout apply to url"),
+            "{stray}"
+        );
+        let zero = problems("[state]\nurl = \"postgres://db/hw\"\npool_size = 0\n", &[]);
+        assert!(zero.contains("pool_size must be at least 1"), "{zero}");
+    }
+
+    #[test]
+    fn postgresql_passwords_are_hidden_wherever_they_are_written() {
+        assert_eq!(
+            redact_postgres("postgres://hw:pw@db:5432/hw"),
+            "postgres://hw:***@db:5432/hw"
+        );
+        assert_eq!(
+            redact_postgres("postgres://db/hw?user=hw&password=pw&sslmode=require"),
+            "postgres://db/hw?user=hw&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_postgres("host=db password=pw user=hw"),
+            "host=db password=*** user=hw"
+        );
     }
 
     #[test]

@@ -24,9 +24,9 @@ use crate::envelope::{
 use crate::telemetry::WorkerMetrics;
 use crate::worker::action::Runner;
 use crate::worker::batch::{self, Fate, Item};
-use crate::worker::config::WorkerConfig;
+use crate::worker::config::{Backend, WorkerConfig};
 use crate::worker::marks::{DoneMarks, MarksError};
-use crate::worker::state::{SqliteStore, Store, StoreError};
+use crate::worker::state::{self, Store, StoreError};
 
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -50,7 +50,7 @@ impl Running {
         if let Ok(mut slot) = self.config.write() {
             if slot.amqp.url != next.amqp.url
                 || slot.amqp.queue != next.amqp.queue
-                || slot.state.path != next.state.path
+                || slot.state.describe() != next.state.describe()
             {
                 tracing::warn!("[amqp] and [state] changes take effect at the next restart");
             }
@@ -86,7 +86,7 @@ pub enum StartError {
     /// The state store cannot be opened.
     #[error("opening the state store {path}: {source}")]
     Store {
-        /// Its path.
+        /// Its path, or its URL without the password.
         path: String,
         /// Why.
         source: StoreError,
@@ -104,20 +104,28 @@ pub enum StartError {
 ///
 /// # Errors
 /// The store or HTTP client cannot be set up.
-pub fn start(
+pub async fn start(
     config: WorkerConfig,
     admin_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state.path).map_err(
-        |source| StartError::Store {
-            path: config.state.path.display().to_string(),
+    let described = config.state.describe();
+    let store = state::open(&config.state)
+        .await
+        .map_err(|source| StartError::Store {
+            path: described.clone(),
             source,
-        },
-    )?);
+        })?;
     // Opening creates the file and its directory when missing: say where, so a worker run by
     // hand without `[state] path` set does not quietly keep its state in the service's place.
-    tracing::info!(path = %config.state.path.display(), "state store opened");
+    match &config.state.backend {
+        Backend::Sqlite(path) => tracing::info!(path = %path.display(), "state store opened"),
+        Backend::Postgres(_) => tracing::info!(
+            url = %described,
+            schema_version = state::schema_version(),
+            "state store opened"
+        ),
+    }
     let http = crate::worker::http::client().map_err(StartError::Http)?;
     let marks = DoneMarks::start(store.clone()).map_err(StartError::Thread)?;
     let metrics = Arc::new(WorkerMetrics::new());
@@ -284,10 +292,13 @@ impl consumer::Handler for Batches {
         self.marks.flush().await.map_err(BatchError::Marks)?;
         let store = self.store.clone();
         let commit = outcome.commit;
-        tokio::task::spawn_blocking(move || store.commit(&commit))
+        let committed = tokio::task::spawn_blocking(move || store.commit(&commit))
             .await
             .map_err(BatchError::CommitTask)?
-            .map_err(BatchError::Commit)
+            .map_err(BatchError::Commit);
+        // Only now may another worker's batch read these subjects.
+        drop(outcome.lock);
+        committed
     }
 }
 

@@ -5,6 +5,8 @@
 
 #[path = "../it/harness.rs"]
 mod harness;
+#[path = "../it/pg.rs"]
+mod pg;
 mod pipeline;
 #[path = "../it/sink.rs"]
 mod sink;

@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hookwarden::worker::state::Store;
-
 use crate::harness::{signal, spawn_logged, tempdir, terminate, wait_for, wait_for_file};
 use crate::sink::Sink;
 use crate::worker_harness::{WorkerHarness, dregs};
@@ -88,14 +86,13 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_repeats_only_under_the_same
     wait_for(
         "every event decided after the restart",
         Duration::from_secs(60),
-        || {
-            let decided = w.store.decided(&keys).map(|s| s.len()).unwrap_or(0);
-            let verdict = if decided == keys.len() {
+        || async {
+            let decided = w.decided(&keys).await;
+            if decided == keys.len() {
                 Ok(())
             } else {
                 Err(format!("{decided} of {} decided", keys.len()))
-            };
-            async move { verdict }
+            }
         },
     )
     .await;

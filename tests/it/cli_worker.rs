@@ -6,7 +6,7 @@
 
 use std::process::Output;
 
-use hookwarden::worker::state::{DecisionRecord, Store};
+use hookwarden::worker::state::DecisionRecord;
 
 use crate::harness::{BROKER_TIMEOUT, explain, run_cli as run, tempdir, wait_for};
 use crate::sink::Sink;
@@ -207,18 +207,14 @@ async fn dead_letters_are_listed_without_loss_and_replayed_into_the_worker() {
 async fn eventually_acted(w: &TestWorker, id: &str) -> DecisionRecord {
     let key = format!("dregs/{id}");
     wait_for(&format!("{key} acted"), BROKER_TIMEOUT, || {
-        let record = w
-            .store
-            .decisions(Some(&key), None, 1)
-            .unwrap()
-            .into_iter()
-            .next();
-        let verdict = match record {
-            Some(d) if d.outcome == "acted" => Ok(d),
-            Some(d) => Err(format!("outcome {}", d.outcome)),
-            None => Err("no record".to_owned()),
-        };
-        async move { verdict }
+        let key = key.clone();
+        async move {
+            match w.decisions(Some(&key), None, 1).await.into_iter().next() {
+                Some(d) if d.outcome == "acted" => Ok(d),
+                Some(d) => Err(format!("outcome {}", d.outcome)),
+                None => Err("no record".to_owned()),
+            }
+        }
     })
     .await
 }

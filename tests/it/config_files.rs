@@ -367,7 +367,8 @@ fn environment_problems_name_the_variable_not_a_line_of_the_file() {
     assert_eq!(
         err.to_string(),
         "environment variable HOOKWARDEN__STATE__PAHT: names no key of the worker rules file \
-         (unknown field `paht`, expected `path` or `retention`)"
+         (unknown field `paht`, expected one of `path`, `url`, `pool_size`, `statement_timeout`, \
+         `retention`)"
     );
     // An unknown key written in the file is still the file's, with its line.
     let e = env(&[("HOOKWARDEN__SERVER__LISTN", "x"), ("P_SECRET", "x")]);

@@ -3,6 +3,7 @@
 //! Prerequisite: RabbitMQ running (`.ci/run` starts it).
 
 mod harness;
+mod pg;
 mod sink;
 mod worker_harness;
 
@@ -19,5 +20,6 @@ mod logs;
 mod readme;
 mod schemes;
 mod spool;
+mod state;
 mod systemd;
 mod worker;

@@ -10,19 +10,23 @@ use bytes::Bytes;
 use hookwarden::broker::publisher::publish_confirmed;
 use hookwarden::envelope::Envelope;
 use hookwarden::worker::config::WorkerConfig;
-use hookwarden::worker::state::{DecisionRecord, SqliteStore, Store};
+use std::sync::Arc;
+
+use hookwarden::worker::state::{DecisionRecord, Store};
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{BROKER_TIMEOUT, Broker, Names, amqp_url, tempdir, wait_for};
+use crate::pg::{Schema, worker_state_in_postgres};
 
 /// A rules file for one test; `{SINK}` in it becomes the sink's base URL.
 pub struct WorkerHarness {
     rules: String,
     amqp: Vec<(String, String)>,
     url: Option<String>,
+    postgres: bool,
 }
 
 /// The `[[subjects]]` entry for Dregs test events (see [`dregs`]).
@@ -46,6 +50,7 @@ impl WorkerHarness {
             rules: rules.to_owned(),
             amqp: Vec::new(),
             url: None,
+            postgres: false,
         }
     }
 
@@ -55,12 +60,25 @@ impl WorkerHarness {
         self
     }
 
+    /// Keeps the worker's state in a PostgreSQL schema of its own (as every worker started
+    /// here does when `HOOKWARDEN_TEST_STATE=postgres`).
+    pub fn postgres(mut self) -> Self {
+        self.postgres = true;
+        self
+    }
+
     pub fn amqp(mut self, key: &str, value: &str) -> Self {
         self.amqp.push((key.to_owned(), value.to_owned()));
         self
     }
 
+    /// The rules file, its state in the SQLite file `state`.
     pub fn text(&self, names: &Names, state: &std::path::Path, sink: &str) -> String {
+        self.text_with_state(names, &format!("path = \"{}\"\n", state.display()), sink)
+    }
+
+    /// The rules file with `state` as the body of its `[state]` section.
+    pub fn text_with_state(&self, names: &Names, state: &str, sink: &str) -> String {
         let mut text = format!(
             "[amqp]\nurl = \"{}\"\nexchange = \"{}\"\nqueue = \"{}\"\ndead_letter_exchange = \"{}\"\ndead_letter_queue = \"{}\"\nreview_queue = \"{}\"\n",
             self.url.clone().unwrap_or_else(amqp_url),
@@ -74,8 +92,7 @@ impl WorkerHarness {
             text.push_str(&format!("{k} = {v}\n"));
         }
         text.push_str(&format!(
-            "[server]\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\n[state]\npath = \"{}\"\n",
-            state.display()
+            "[server]\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\n[state]\n{state}"
         ));
         text.push_str(&self.rules.replace("{SINK}", sink));
         text
@@ -88,14 +105,25 @@ impl WorkerHarness {
     /// Starts on the given topology (e.g. a listener's).
     pub async fn start_with_names(self, sink: &str, names: Names) -> TestWorker {
         let dir = tempdir::Dir::new();
-        let state = dir.path.join("worker.db");
-        let text = self.text(&names, &state, sink);
+        let schema = if self.postgres || worker_state_in_postgres() {
+            Some(Schema::new().await)
+        } else {
+            None
+        };
+        let state = match &schema {
+            Some(schema) => format!("url = \"{}\"\n", schema.url()),
+            None => format!("path = \"{}\"\n", dir.path.join("worker.db").display()),
+        };
+        let text = self.text_with_state(&names, &state, sink);
         let config = WorkerConfig::parse("rules.toml", &text, &HashMap::new())
             .unwrap_or_else(|e| panic!("test rules invalid:\n{e}"));
+        let state = config.state.clone();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let running = hookwarden::worker::start(config, admin, shutdown.clone()).unwrap();
+        let running = hookwarden::worker::start(config, admin, shutdown.clone())
+            .await
+            .unwrap();
         wait_for("the worker consuming", BROKER_TIMEOUT, || {
             let consuming = running.consuming.load(std::sync::atomic::Ordering::Relaxed);
             async move {
@@ -113,7 +141,7 @@ impl WorkerHarness {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        let store = SqliteStore::open(&state).unwrap();
+        let store = hookwarden::worker::state::open(&state).await.unwrap();
         TestWorker {
             admin: admin_url,
             names,
@@ -124,6 +152,7 @@ impl WorkerHarness {
             broker,
             publisher,
             store,
+            schema,
         }
     }
 }
@@ -138,7 +167,9 @@ pub struct TestWorker {
     pub running: Option<hookwarden::worker::Running>,
     pub broker: Broker,
     publisher: Channel,
-    pub store: SqliteStore,
+    pub store: Arc<dyn Store>,
+    /// The PostgreSQL schema of its state, dropped after everything else.
+    schema: Option<Schema>,
 }
 
 impl TestWorker {
@@ -194,21 +225,55 @@ impl TestWorker {
             &format!("the decision for {key}"),
             Duration::from_secs(20),
             || {
-                let found = self.store.decisions(Some(&key), None, 1).unwrap();
-                let verdict = found.into_iter().next().ok_or_else(|| {
-                    let latest: Vec<String> = self
-                        .store
-                        .decisions(None, None, 5)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|d| format!("{} {}", d.event_key, d.outcome))
-                        .collect();
-                    format!("no record for it; the latest: {latest:?}")
-                });
-                async move { verdict }
+                let key = key.clone();
+                async move {
+                    let found = self.decisions(Some(&key), None, 1).await;
+                    match found.into_iter().next() {
+                        Some(d) => Ok(d),
+                        None => {
+                            let latest: Vec<String> = self
+                                .decisions(None, None, 5)
+                                .await
+                                .into_iter()
+                                .map(|d| format!("{} {}", d.event_key, d.outcome))
+                                .collect();
+                            Err(format!("no record for it; the latest: {latest:?}"))
+                        }
+                    }
+                }
             },
         )
         .await
+    }
+
+    /// Decision records of an event or a subject, newest first, read as `hookwarden
+    /// decisions` reads them (the store's calls block: off the test's runtime).
+    pub async fn decisions(
+        &self,
+        event: Option<&str>,
+        subject: Option<&str>,
+        limit: usize,
+    ) -> Vec<DecisionRecord> {
+        let (store, event, subject) = (
+            self.store.clone(),
+            event.map(str::to_owned),
+            subject.map(str::to_owned),
+        );
+        tokio::task::spawn_blocking(move || {
+            store.decisions(event.as_deref(), subject.as_deref(), limit)
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    }
+
+    /// How many of `keys` have a final decision.
+    pub async fn decided(&self, keys: &[String]) -> usize {
+        let (store, keys) = (self.store.clone(), keys.to_vec());
+        tokio::task::spawn_blocking(move || store.decided(&keys).map(|d| d.len()))
+            .await
+            .unwrap()
+            .unwrap_or(0)
     }
 
     pub fn metrics(&self) -> String {

@@ -1,108 +1,13 @@
-//! The worker's state behind one interface: per subject its last version, scores and time;
-//! per (subject, rule) when it last fired; per action key a done-mark; per event a decision
-//! record. [`SqliteStore`] is the embedded implementation (SQLite in WAL mode).
+//! [`SqliteStore`]: the embedded store, SQLite in WAL mode, for one worker on one host.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-/// A store failure; the worker does not ack what it could not record.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite said no.
-    #[error("state store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// Stored JSON could not be read back.
-    #[error("state store: corrupt record: {0}")]
-    Corrupt(#[from] serde_json::Error),
-    /// The store's lock was poisoned by a panic elsewhere.
-    #[error("state store: lock poisoned")]
-    Poisoned,
-}
-
-/// What the worker knows about one subject before an event.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SubjectState {
-    /// Last accepted version (integer, or RFC 3339 as Unix nanoseconds).
-    pub version: Option<i64>,
-    /// Scores of the last event.
-    pub scores: BTreeMap<String, f64>,
-    /// When the last event was handled, Unix milliseconds.
-    pub at_ms: Option<i64>,
-    /// Per rule, when it last fired, Unix milliseconds.
-    pub fired_ms: BTreeMap<String, i64>,
-}
-
-/// A decision to record for one event.
-#[derive(Debug, Clone)]
-pub struct DecisionRecord {
-    /// `provider/event_id`.
-    pub event_key: String,
-    /// Subject key (`provider/subject`), when the event had one.
-    pub subject_key: Option<String>,
-    /// `acted`, `no_match`, `stale`, `duplicate`, `dead_lettered`, `no_subject`, ...
-    pub outcome: String,
-    /// The whole record as JSON (rules, actions, attempts, errors, latencies).
-    pub record: serde_json::Value,
-    /// Unix milliseconds.
-    pub at_ms: i64,
-}
-
-/// Everything one batch changes, committed in one transaction before its acks.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// New state per subject key.
-    pub subjects: HashMap<String, SubjectState>,
-    /// Decision records.
-    pub decisions: Vec<DecisionRecord>,
-}
-
-/// The worker's state. Calls block; async callers use `spawn_blocking`.
-pub trait Store: Send + Sync + 'static {
-    /// State of each of `keys` that has been seen.
-    ///
-    /// # Errors
-    /// Store failure.
-    fn load_subjects(&self, keys: &[String]) -> Result<HashMap<String, SubjectState>, StoreError>;
-    /// Which of `event_keys` already have a final decision.
-    ///
-    /// # Errors
-    /// Store failure.
-    fn decided(&self, event_keys: &[String]) -> Result<HashSet<String>, StoreError>;
-    /// Which of these action keys have a done-mark (their action completed before).
-    ///
-    /// # Errors
-    /// Store failure.
-    fn done_among(&self, keys: &[String]) -> Result<HashSet<String>, StoreError>;
-    /// Records, in one transaction, that the actions with these keys completed.
-    ///
-    /// # Errors
-    /// Store failure.
-    fn mark_done(&self, keys: &[String]) -> Result<(), StoreError>;
-    /// Commits a batch atomically.
-    ///
-    /// # Errors
-    /// Store failure; nothing of the batch is kept.
-    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
-    /// Decision records of an event or a subject, newest first.
-    ///
-    /// # Errors
-    /// Store failure.
-    fn decisions(
-        &self,
-        event_key: Option<&str>,
-        subject_key: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<DecisionRecord>, StoreError>;
-    /// Deletes decision records and done-marks older than `retention`; returns rows removed.
-    ///
-    /// # Errors
-    /// Store failure.
-    fn prune(&self, retention: Duration) -> Result<usize, StoreError>;
-}
+use super::{Batch, DecisionRecord, FINAL, Store, StoreError, SubjectLock, SubjectState, now_ms};
 
 /// SQLite in WAL mode with `synchronous=NORMAL`: a commit survives a killed process (the
 /// WAL is in the OS page cache); a power loss can lose the last commits, which redelivery
@@ -142,10 +47,6 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_subject ON decisions (subject_key, at_ms);
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at_ms);
 ";
-
-/// Outcomes after which a redelivered event is not handled again. A dead-lettered event is
-/// not final: replaying it from the dead-letter queue must run what did not complete.
-const FINAL: &str = "outcome <> 'dead_lettered'";
 
 impl SqliteStore {
     /// Opens (creating) the store at `path`.
@@ -196,15 +97,12 @@ impl SqliteStore {
     }
 }
 
-/// Now as Unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 impl Store for SqliteStore {
+    fn lock_subjects(&self, _keys: &[String]) -> Result<SubjectLock, StoreError> {
+        // One worker per file: its batches run one at a time, nothing to wait for.
+        Ok(SubjectLock::none())
+    }
+
     fn load_subjects(&self, keys: &[String]) -> Result<HashMap<String, SubjectState>, StoreError> {
         self.read(|c| {
             let mut out = HashMap::new();

@@ -1,0 +1,114 @@
+//! The PostgreSQL schema's versions: each migration a numbered SQL file under
+//! `migrations/postgres/`, applied in order at the worker's start and recorded in
+//! `hookwarden_schema` with a checksum of its text. A worker refuses a schema newer than it
+//! knows (a newer worker migrated it; this one would misread it) and a migration whose text
+//! changed since it was applied.
+
+use deadpool_postgres::Object;
+use sha2::{Digest, Sha256};
+
+use super::StoreError;
+
+/// One migration: its version, name and SQL.
+struct Migration {
+    version: i32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// Every migration this build knows, oldest first; a new one is appended, never edited.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../../../migrations/postgres/0001_initial.sql"),
+}];
+
+/// The advisory lock two workers starting at once take before looking at the schema, so one
+/// migrates and the other then finds it done. (Any constant no other application uses.)
+const MIGRATION_LOCK: i64 = 0x686f_6f6b_7761_7264; // "hookward"
+
+/// The newest schema version this build knows.
+pub fn known_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+fn checksum(sql: &str) -> String {
+    hex::encode(Sha256::digest(sql.as_bytes()))
+}
+
+/// Brings the schema of the connection's `search_path` up to this build's version.
+///
+/// # Errors
+/// The database refused a statement, the schema is newer than this build, or an applied
+/// migration's text differs from this build's.
+pub async fn run(client: &mut Object) -> Result<(), StoreError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = apply(client).await;
+    // On error the connection may be mid-transaction; dropping it from the pool releases
+    // the lock in any case, and the next start tries again.
+    match client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+    {
+        Ok(_) => result,
+        Err(err) => result.and(Err(StoreError::Postgres(err))),
+    }
+}
+
+async fn apply(client: &mut Object) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS hookwarden_schema (
+                version INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                checksum TEXT NOT NULL,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+    let applied = client
+        .query(
+            "SELECT version, checksum FROM hookwarden_schema ORDER BY version",
+            &[],
+        )
+        .await?;
+    let known = known_version();
+    let mut newest = 0;
+    for row in &applied {
+        let version: i32 = row.try_get(0)?;
+        let stored: String = row.try_get(1)?;
+        newest = newest.max(version);
+        if version > known {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known,
+            });
+        }
+        let ours = MIGRATIONS.iter().find(|m| m.version == version);
+        if ours.is_none_or(|m| checksum(m.sql) != stored) {
+            return Err(StoreError::SchemaChanged { version });
+        }
+    }
+    for migration in MIGRATIONS.iter().filter(|m| m.version > newest) {
+        let tx = client.transaction().await?;
+        tx.batch_execute(migration.sql).await?;
+        tx.execute(
+            "INSERT INTO hookwarden_schema (version, name, checksum) VALUES ($1, $2, $3)",
+            &[
+                &migration.version,
+                &migration.name,
+                &checksum(migration.sql),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "state schema migrated"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The worker's state behind one interface: per subject its last version, scores and time;
+//! per (subject, rule) when it last fired; per action key a done-mark; per event a decision
+//! record. Two implementations: [`SqliteStore`] embedded (one worker, one host) and
+//! [`PgStore`] in PostgreSQL (several workers); [`open`] picks the one `[state]` names.
+
+mod migrate;
+mod postgres;
+mod sqlite;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use migrate::known_version as schema_version;
+pub use postgres::{PgOptions, PgStore};
+pub use sqlite::SqliteStore;
+
+use crate::worker::config::{Backend, StateConfig};
+
+/// A store failure; the worker does not ack what it could not record.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("state store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL said no, or could not be reached.
+    #[error("state store: {}", postgres_reason(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No pooled PostgreSQL connection (none free in time, or none could be made).
+    #[error("state store: {0}")]
+    Pool(String),
+    /// The database's schema was migrated by a newer hookwarden.
+    #[error(
+        "state store: the database's schema is version {found}, newer than this build's {known}; \
+         run the hookwarden that migrated it, or a newer one"
+    )]
+    SchemaTooNew {
+        /// The version found.
+        found: i32,
+        /// The newest this build knows.
+        known: i32,
+    },
+    /// A migration applied earlier reads differently in this build.
+    #[error(
+        "state store: schema migration {version} differs from the one applied to the database \
+         (hookwarden_schema checksum); this build does not match the database's history"
+    )]
+    SchemaChanged {
+        /// The migration.
+        version: i32,
+    },
+    /// Stored JSON could not be read back.
+    #[error("state store: corrupt record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// The store's lock was poisoned by a panic elsewhere.
+    #[error("state store: lock poisoned")]
+    Poisoned,
+}
+
+/// What the worker knows about one subject before an event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubjectState {
+    /// Last accepted version (integer, or RFC 3339 as Unix nanoseconds).
+    pub version: Option<i64>,
+    /// Scores of the last event.
+    pub scores: BTreeMap<String, f64>,
+    /// When the last event was handled, Unix milliseconds.
+    pub at_ms: Option<i64>,
+    /// Per rule, when it last fired, Unix milliseconds.
+    pub fired_ms: BTreeMap<String, i64>,
+}
+
+/// A decision to record for one event.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    /// `provider/event_id`.
+    pub event_key: String,
+    /// Subject key (`provider/subject`), when the event had one.
+    pub subject_key: Option<String>,
+    /// `acted`, `no_match`, `stale`, `duplicate`, `dead_lettered`, `no_subject`, ...
+    pub outcome: String,
+    /// The whole record as JSON (rules, actions, attempts, errors, latencies).
+    pub record: serde_json::Value,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// Everything one batch changes, committed in one transaction before its acks.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// New state per subject key.
+    pub subjects: HashMap<String, SubjectState>,
+    /// Decision records.
+    pub decisions: Vec<DecisionRecord>,
+}
+
+/// Held while a batch reads, decides and commits its subjects' events: another worker's
+/// batch with one of those subjects waits until it is dropped. Dropping it releases.
+#[must_use = "the subjects are unlocked when this is dropped"]
+pub struct SubjectLock(Option<Box<dyn Send>>);
+
+impl SubjectLock {
+    /// Nothing held (one worker: nothing to wait for).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Holds `guard` until dropped.
+    pub fn held(guard: impl Send + 'static) -> Self {
+        Self(Some(Box::new(guard)))
+    }
+}
+
+impl Default for SubjectLock {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+impl std::fmt::Debug for SubjectLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SubjectLock(held)"
+        } else {
+            "SubjectLock(none)"
+        })
+    }
+}
+
+/// The worker's state. Calls block; async callers use `spawn_blocking`.
+pub trait Store: Send + Sync + 'static {
+    /// Serialises the handling of these subjects with every other worker on the same store,
+    /// until the returned lock is dropped (after the batch's commit).
+    ///
+    /// # Errors
+    /// Store failure.
+    fn lock_subjects(&self, keys: &[String]) -> Result<SubjectLock, StoreError>;
+    /// State of each of `keys` that has been seen.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn load_subjects(&self, keys: &[String]) -> Result<HashMap<String, SubjectState>, StoreError>;
+    /// Which of `event_keys` already have a final decision.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn decided(&self, event_keys: &[String]) -> Result<HashSet<String>, StoreError>;
+    /// Which of these action keys have a done-mark (their action completed before).
+    ///
+    /// # Errors
+    /// Store failure.
+    fn done_among(&self, keys: &[String]) -> Result<HashSet<String>, StoreError>;
+    /// Records, in one transaction, that the actions with these keys completed.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn mark_done(&self, keys: &[String]) -> Result<(), StoreError>;
+    /// Commits a batch atomically.
+    ///
+    /// # Errors
+    /// Store failure; nothing of the batch is kept.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Decision records of an event or a subject, newest first.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn decisions(
+        &self,
+        event_key: Option<&str>,
+        subject_key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRecord>, StoreError>;
+    /// Deletes decision records and done-marks older than `retention`; returns rows removed.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn prune(&self, retention: Duration) -> Result<usize, StoreError>;
+}
+
+/// Outcomes after which a redelivered event is not handled again. A dead-lettered event is
+/// not final: replaying it from the dead-letter queue must run what did not complete.
+const FINAL: &str = "outcome <> 'dead_lettered'";
+
+/// Now as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Opens the store `[state]` names: the SQLite file (created if missing), or the PostgreSQL
+/// database (connected, its schema created or migrated).
+///
+/// # Errors
+/// The store cannot be opened.
+pub async fn open(config: &StateConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.backend {
+        Backend::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        Backend::Postgres(options) => Arc::new(PgStore::open(options).await?),
+    })
+}
+
+/// tokio-postgres says "db error" for every error the server sent; the server's own message
+/// (and its detail) is what an operator needs.
+fn postgres_reason(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.code().code(), db.message()),
+            None => format!("{}: {}", db.code().code(), db.message()),
+        },
+        None => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
+}

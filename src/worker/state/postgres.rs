@@ -1,0 +1,384 @@
+//! [`PgStore`]: the worker's state in PostgreSQL, for several workers sharing one database.
+//! The tables are the embedded store's; the schema is created and migrated at start
+//! ([`super::migrate`]). Calls block like the embedded store's (the worker makes them from
+//! `spawn_blocking`): each runs its queries on the runtime the store was opened on.
+//!
+//! Per-subject order across workers: a batch takes a session advisory lock per subject key
+//! ([`Store::lock_subjects`]) before it reads what was decided and the subjects' state, and
+//! holds it until its decisions are committed; another worker's batch with one of those
+//! subjects waits. Locks are taken in key-hash order, so two batches never wait on each other.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+use tokio_postgres::Row;
+
+use super::{
+    Batch, DecisionRecord, FINAL, Store, StoreError, SubjectLock, SubjectState, migrate, now_ms,
+};
+
+/// How the store reaches PostgreSQL (`[state] url`, `pool_size`, `statement_timeout`).
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// libpq URL or key=value string.
+    pub url: String,
+    /// Connections kept at most.
+    pub pool_size: usize,
+    /// Longest a statement may run, and a connection attempt or a wait for a pooled
+    /// connection may take.
+    pub statement_timeout: Duration,
+}
+
+/// Worker state in PostgreSQL.
+pub struct PgStore {
+    pool: Pool,
+    handle: Handle,
+}
+
+impl PgStore {
+    /// Connects, and creates or migrates the schema.
+    ///
+    /// # Errors
+    /// The URL does not parse, the database cannot be reached, or its schema is newer than
+    /// this build knows.
+    pub async fn open(options: &PgOptions) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config =
+            options.url.parse().map_err(StoreError::Postgres)?;
+        let timeout = options.statement_timeout;
+        let millis = timeout.as_millis();
+        // A statement timeout set at connection start holds for every statement on it,
+        // added to whatever options the URL already carries (a search_path, say).
+        let mut startup = config.get_options().unwrap_or_default().to_owned();
+        startup.push_str(&format!(" -c statement_timeout={millis}"));
+        config.options(startup.trim());
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(timeout);
+        }
+        let manager = Manager::from_config(
+            config,
+            tls()?,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|err| StoreError::Pool(err.to_string()))?;
+        let mut client = pool.get().await?;
+        migrate::run(&mut client).await?;
+        Ok(Self {
+            pool,
+            handle: Handle::current(),
+        })
+    }
+
+    /// Runs `f` with a pooled connection, on the store's runtime.
+    fn run<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Object) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.handle.block_on(async {
+            let mut client = self.pool.get().await?;
+            f(&mut client).await
+        })
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            // The database's own refusal (or an unreachable host) reads as the driver says it.
+            deadpool_postgres::PoolError::Backend(err) => Self::Postgres(err),
+            other => Self::Pool(format!("no PostgreSQL connection: {other}")),
+        }
+    }
+}
+
+/// TLS for `sslmode=prefer|require`, verified against the system's roots like the worker's
+/// HTTP client; `sslmode=disable` never uses it.
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls_platform_verifier::BuilderVerifierExt as _;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_platform_verifier())
+        .map_err(|err| StoreError::Pool(format!("TLS setup: {err}")))?
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The advisory lock key of a subject: 64 bits of its SHA-256, the same in every worker.
+fn lock_key(subject: &str) -> i64 {
+    let digest = Sha256::digest(subject.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// A pooled connection holding advisory locks; dropping it unlocks and returns it to the pool.
+struct Held {
+    client: Option<Object>,
+    handle: Handle,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.handle.spawn(async move {
+                if client
+                    .batch_execute("SELECT pg_advisory_unlock_all()")
+                    .await
+                    .is_err()
+                {
+                    // Never back into the pool with locks possibly held: closing the
+                    // connection releases them.
+                    drop(Object::take(client));
+                }
+            });
+        }
+    }
+}
+
+fn texts(rows: &[Row]) -> Result<HashSet<String>, StoreError> {
+    rows.iter()
+        .map(|r| r.try_get::<_, String>(0).map_err(StoreError::Postgres))
+        .collect()
+}
+
+impl Store for PgStore {
+    fn lock_subjects(&self, keys: &[String]) -> Result<SubjectLock, StoreError> {
+        if keys.is_empty() {
+            return Ok(SubjectLock::none());
+        }
+        let mut hashes: Vec<i64> = keys.iter().map(|k| lock_key(k)).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        let client = self.handle.block_on(async {
+            let client = self.pool.get().await?;
+            // unnest yields the array in order: the locks are taken in ascending order.
+            let statement = client
+                .prepare_cached("SELECT pg_advisory_lock(k) FROM unnest($1::int8[]) AS k")
+                .await?;
+            match client.execute(&statement, &[&hashes]).await {
+                Ok(_) => Ok(client),
+                Err(err) => {
+                    // Some locks may be held: this connection must not be reused.
+                    drop(Object::take(client));
+                    Err(StoreError::Postgres(err))
+                }
+            }
+        })?;
+        Ok(SubjectLock::held(Held {
+            client: Some(client),
+            handle: self.handle.clone(),
+        }))
+    }
+
+    fn load_subjects(&self, keys: &[String]) -> Result<HashMap<String, SubjectState>, StoreError> {
+        self.run(async |c| {
+            let subjects = c
+                .prepare_cached(
+                    "SELECT key, version, scores, at_ms FROM subjects WHERE key = ANY($1)",
+                )
+                .await?;
+            let fired = c
+                .prepare_cached("SELECT subject, rule, at_ms FROM fired WHERE subject = ANY($1)")
+                .await?;
+            let mut out: HashMap<String, SubjectState> = HashMap::new();
+            for row in c.query(&subjects, &[&keys]).await? {
+                let scores: String = row.try_get(2)?;
+                out.insert(
+                    row.try_get(0)?,
+                    SubjectState {
+                        version: row.try_get(1)?,
+                        scores: serde_json::from_str(&scores)?,
+                        at_ms: row.try_get(3)?,
+                        fired_ms: Default::default(),
+                    },
+                );
+            }
+            for row in c.query(&fired, &[&keys]).await? {
+                let subject: String = row.try_get(0)?;
+                out.entry(subject)
+                    .or_default()
+                    .fired_ms
+                    .insert(row.try_get(1)?, row.try_get(2)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn decided(&self, event_keys: &[String]) -> Result<HashSet<String>, StoreError> {
+        self.run(async |c| {
+            let statement = c
+                .prepare_cached(&format!(
+                    "SELECT event_key FROM decisions WHERE event_key = ANY($1) AND {FINAL}"
+                ))
+                .await?;
+            texts(&c.query(&statement, &[&event_keys]).await?)
+        })
+    }
+
+    fn done_among(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+        self.run(async |c| {
+            let statement = c
+                .prepare_cached("SELECT key FROM done WHERE key = ANY($1)")
+                .await?;
+            texts(&c.query(&statement, &[&keys]).await?)
+        })
+    }
+
+    fn mark_done(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.run(async |c| {
+            let statement = c
+                .prepare_cached(
+                    "INSERT INTO done (key, at_ms) SELECT k, $2 FROM unnest($1::text[]) AS k
+                     ON CONFLICT (key) DO NOTHING",
+                )
+                .await?;
+            c.execute(&statement, &[&keys, &now_ms()]).await?;
+            Ok(())
+        })
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        // Column arrays for one statement per table. One event twice in a batch (no subject,
+        // so no per-subject duplicate check) is recorded once: an upsert may not touch a row
+        // twice in one statement.
+        let mut seen = HashSet::new();
+        let mut decisions: Vec<&DecisionRecord> = Vec::new();
+        for d in batch.decisions.iter().rev() {
+            if seen.insert(d.event_key.as_str()) {
+                decisions.push(d);
+            }
+        }
+        let event_keys: Vec<&str> = decisions.iter().map(|d| d.event_key.as_str()).collect();
+        let subject_keys: Vec<Option<&str>> =
+            decisions.iter().map(|d| d.subject_key.as_deref()).collect();
+        let outcomes: Vec<&str> = decisions.iter().map(|d| d.outcome.as_str()).collect();
+        let records: Vec<String> = decisions.iter().map(|d| d.record.to_string()).collect();
+        let at: Vec<i64> = decisions.iter().map(|d| d.at_ms).collect();
+
+        let keys: Vec<&str> = batch.subjects.keys().map(String::as_str).collect();
+        let versions: Vec<Option<i64>> = batch.subjects.values().map(|s| s.version).collect();
+        let scores = batch
+            .subjects
+            .values()
+            .map(|s| serde_json::to_string(&s.scores))
+            .collect::<Result<Vec<String>, _>>()?;
+        let subject_at: Vec<Option<i64>> = batch.subjects.values().map(|s| s.at_ms).collect();
+        let (mut fired_subject, mut fired_rule, mut fired_at) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for (key, state) in &batch.subjects {
+            for (rule, at) in &state.fired_ms {
+                fired_subject.push(key.as_str());
+                fired_rule.push(rule.as_str());
+                fired_at.push(*at);
+            }
+        }
+
+        self.run(async |c| {
+            let tx = c.transaction().await?;
+            let subjects = tx
+                .prepare_cached(
+                    "INSERT INTO subjects (key, version, scores, at_ms)
+                     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[])
+                     ON CONFLICT (key) DO UPDATE SET version = excluded.version,
+                       scores = excluded.scores, at_ms = excluded.at_ms",
+                )
+                .await?;
+            let fired = tx
+                .prepare_cached(
+                    "INSERT INTO fired (subject, rule, at_ms)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
+                     ON CONFLICT (subject, rule) DO UPDATE SET at_ms = excluded.at_ms",
+                )
+                .await?;
+            let decided = tx
+                .prepare_cached(
+                    "INSERT INTO decisions (event_key, subject_key, outcome, record, at_ms)
+                     SELECT e, s, o, r, a
+                       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
+                         AS t(e, s, o, r, a)
+                     ON CONFLICT (event_key) DO UPDATE SET subject_key = excluded.subject_key,
+                       outcome = excluded.outcome, record = excluded.record, at_ms = excluded.at_ms
+                     WHERE decisions.outcome = 'dead_lettered'",
+                )
+                .await?;
+            if !keys.is_empty() {
+                tx.execute(&subjects, &[&keys, &versions, &scores, &subject_at])
+                    .await?;
+            }
+            if !fired_subject.is_empty() {
+                tx.execute(&fired, &[&fired_subject, &fired_rule, &fired_at])
+                    .await?;
+            }
+            if !event_keys.is_empty() {
+                tx.execute(
+                    &decided,
+                    &[&event_keys, &subject_keys, &outcomes, &records, &at],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn decisions(
+        &self,
+        event_key: Option<&str>,
+        subject_key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(async |c| {
+            let statement = c
+                .prepare_cached(
+                    "SELECT event_key, subject_key, outcome, record, at_ms FROM decisions
+                     WHERE ($1::text IS NULL OR event_key = $1)
+                       AND ($2::text IS NULL OR subject_key = $2)
+                     ORDER BY at_ms DESC LIMIT $3",
+                )
+                .await?;
+            let mut out = Vec::new();
+            for row in c
+                .query(&statement, &[&event_key, &subject_key, &limit])
+                .await?
+            {
+                let record: String = row.try_get(3)?;
+                out.push(DecisionRecord {
+                    event_key: row.try_get(0)?,
+                    subject_key: row.try_get(1)?,
+                    outcome: row.try_get(2)?,
+                    record: serde_json::from_str(&record)?,
+                    at_ms: row.try_get(4)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn prune(&self, retention: Duration) -> Result<usize, StoreError> {
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        self.run(async |c| {
+            let decisions = c
+                .execute("DELETE FROM decisions WHERE at_ms < $1", &[&cutoff])
+                .await?;
+            let done = c
+                .execute("DELETE FROM done WHERE at_ms < $1", &[&cutoff])
+                .await?;
+            Ok(usize::try_from(decisions + done).unwrap_or(usize::MAX))
+        })
+    }
+}
