@@ -5,7 +5,7 @@
 //! batch in hand.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -21,7 +21,7 @@ use crate::broker::topology;
 use crate::envelope::{
     HEADER_DEAD_ACTION, HEADER_DEAD_ERROR, HEADER_DEAD_ROUTING_KEY, HEADER_DEAD_RULE,
 };
-use crate::telemetry::WorkerMetrics;
+use crate::telemetry::{ErrorChain, WorkerMetrics};
 use crate::worker::action::Runner;
 use crate::worker::batch::{self, Fate, Item};
 use crate::worker::config::{Backend, WorkerConfig};
@@ -62,11 +62,18 @@ impl Running {
 /// `/readyz` and `/metrics` of the worker.
 struct Readiness {
     consumer: ConsumerStatus,
+    store: StoreHealth,
     metrics: Arc<WorkerMetrics>,
 }
 
 impl admin::Status for Readiness {
     fn readiness(&self) -> Result<(), NotReady> {
+        if let Some(cause) = self.store.down() {
+            return Err(NotReady::Failed {
+                what: "state store unavailable",
+                cause,
+            });
+        }
         if self.consumer.is_consuming() {
             return Ok(());
         }
@@ -136,8 +143,10 @@ pub async fn start(
     let consuming = status.consuming_flag();
     let initial = Arc::new(config);
     let config = Arc::new(RwLock::new(initial.clone()));
+    let store_health = StoreHealth::default();
     let readiness = Arc::new(Readiness {
         consumer: status.clone(),
+        store: store_health.clone(),
         metrics: metrics.clone(),
     });
     let admin_shutdown = CancellationToken::new();
@@ -154,6 +163,8 @@ pub async fn start(
         http,
         metrics: metrics.clone(),
         dead_letter_exchange: topology::name(&initial.amqp.dead_letter_exchange),
+        store_health,
+        shutdown: shutdown.clone(),
     };
     let consumer = Consumer::new(&initial.amqp, batches, status, shutdown);
     let done = tokio::spawn(async move {
@@ -226,18 +237,52 @@ struct Batches {
     http: reqwest::Client,
     metrics: Arc<WorkerMetrics>,
     dead_letter_exchange: ShortString,
+    store_health: StoreHealth,
+    shutdown: CancellationToken,
+}
+
+/// The state store's last failure while it is unavailable; `/readyz` reports it.
+#[derive(Clone, Default)]
+struct StoreHealth(Arc<Mutex<Option<Arc<dyn std::error::Error + Send + Sync>>>>);
+
+impl StoreHealth {
+    fn down(&self) -> Option<Arc<dyn std::error::Error + Send + Sync>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, cause: Option<Arc<dyn std::error::Error + Send + Sync>>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = cause;
+    }
+}
+
+/// How long a batch waits before trying again while the store is unavailable: doubling from
+/// the first to the last.
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(250);
+const STORE_RETRY_LAST: Duration = Duration::from_secs(10);
+
+impl BatchError {
+    /// The store is unreachable or overloaded for now: nothing is wrong with the batch.
+    fn store_unavailable(&self) -> bool {
+        match self {
+            Self::Decide(err) | Self::Commit(err) => err.is_unavailable(),
+            Self::Marks(MarksError::Write(err)) => err.is_unavailable(),
+            Self::Marks(MarksError::Stopped) | Self::DeadLetter(_) | Self::CommitTask(_) => false,
+        }
+    }
 }
 
 impl consumer::Handler for Batches {
     type Error = BatchError;
 
+    /// While the store is unavailable the batch is held, unacked, and tried again with a
+    /// growing pause: ending the session instead would have the broker redeliver it, and a
+    /// quorum queue's delivery limit would dead-letter events for an outage of the store.
+    /// Handling a batch again is safe: what was decided or done is skipped, as on a
+    /// redelivery. Shutdown ends the wait; the batch then goes back to the queue.
     async fn handle(&self, deliveries: Vec<Delivery>, publish: &Channel) -> Result<(), BatchError> {
-        // A poisoned lock still holds a whole config: a reload swaps the Arc and nothing else.
-        let rules = self
-            .config
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
         let items: Vec<Item> = deliveries
             .into_iter()
             .map(|d| Item {
@@ -246,6 +291,49 @@ impl consumer::Handler for Batches {
                 routing_key: d.routing_key.to_string(),
             })
             .collect();
+        let mut pause = STORE_RETRY_FIRST;
+        loop {
+            match self.attempt(&items, publish).await {
+                Err(err) if err.store_unavailable() && !self.shutdown.is_cancelled() => {
+                    tracing::warn!(
+                        error = %ErrorChain(&err),
+                        retry_in = ?pause,
+                        events = items.len(),
+                        "state store unavailable; holding the batch"
+                    );
+                    self.store_health
+                        .set(Some(Arc::new(StoreDown(err.to_string()))));
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.shutdown.cancelled() => return Err(err),
+                    }
+                    pause = (pause * 2).min(STORE_RETRY_LAST);
+                }
+                result => {
+                    if self.store_health.down().is_some() && result.is_ok() {
+                        tracing::info!("state store available again");
+                        self.store_health.set(None);
+                    }
+                    return result;
+                }
+            }
+        }
+    }
+}
+
+/// The store's failure as `/readyz` words it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StoreDown(String);
+
+impl Batches {
+    async fn attempt(&self, items: &[Item], publish: &Channel) -> Result<(), BatchError> {
+        // A poisoned lock still holds a whole config: a reload swaps the Arc and nothing else.
+        let rules = self
+            .config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let ctx = batch::Context {
             config: rules,
             runner: Arc::new(Runner {
@@ -256,7 +344,7 @@ impl consumer::Handler for Batches {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
         };
-        let outcome = batch::handle(&ctx, &items)
+        let outcome = batch::handle(&ctx, items)
             .await
             .map_err(BatchError::Decide)?;
         for (item, fate) in items.iter().zip(&outcome.fates) {

@@ -23,3 +23,4 @@ mod spool;
 mod state;
 mod systemd;
 mod worker;
+mod worker_postgres;

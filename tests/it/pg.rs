@@ -33,6 +33,11 @@ impl Schema {
         format!("{}&options=-c%20search_path%3D{}", base_url(), self.name)
     }
 
+    /// The same, through `addr` (a [`crate::harness::Proxy`] in front of the database).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        self.url().replacen("127.0.0.1:5432", &addr.to_string(), 1)
+    }
+
     /// Runs `sql` in this schema.
     pub async fn execute(&self, sql: &str) {
         execute(&format!("SET search_path = {}; {sql}", self.name)).await;

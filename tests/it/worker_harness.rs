@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use hookwarden::broker::publisher::publish_confirmed;
 use hookwarden::envelope::Envelope;
-use hookwarden::worker::config::WorkerConfig;
+use hookwarden::worker::config::{Backend, WorkerConfig};
 use std::sync::Arc;
 
 use hookwarden::worker::state::{DecisionRecord, Store};
@@ -27,6 +27,8 @@ pub struct WorkerHarness {
     amqp: Vec<(String, String)>,
     url: Option<String>,
     postgres: bool,
+    /// A PostgreSQL state of the test's own: the worker's URL, and the one the test reads by.
+    state_urls: Option<(String, String)>,
 }
 
 /// The `[[subjects]]` entry for Dregs test events (see [`dregs`]).
@@ -51,6 +53,7 @@ impl WorkerHarness {
             amqp: Vec::new(),
             url: None,
             postgres: false,
+            state_urls: None,
         }
     }
 
@@ -64,6 +67,13 @@ impl WorkerHarness {
     /// here does when `HOOKWARDEN_TEST_STATE=postgres`).
     pub fn postgres(mut self) -> Self {
         self.postgres = true;
+        self
+    }
+
+    /// Keeps the worker's state in PostgreSQL at `worker` (a schema the test owns, shared by
+    /// several workers, or reached through a proxy); the test reads decisions through `read`.
+    pub fn state_url(mut self, worker: &str, read: &str) -> Self {
+        self.state_urls = Some((worker.to_owned(), read.to_owned()));
         self
     }
 
@@ -105,19 +115,26 @@ impl WorkerHarness {
     /// Starts on the given topology (e.g. a listener's).
     pub async fn start_with_names(self, sink: &str, names: Names) -> TestWorker {
         let dir = tempdir::Dir::new();
-        let schema = if self.postgres || worker_state_in_postgres() {
+        let schema = if self.state_urls.is_none() && (self.postgres || worker_state_in_postgres()) {
             Some(Schema::new().await)
         } else {
             None
         };
-        let state = match &schema {
-            Some(schema) => format!("url = \"{}\"\n", schema.url()),
-            None => format!("path = \"{}\"\n", dir.path.join("worker.db").display()),
+        let (state, read_url) = match (&self.state_urls, &schema) {
+            (Some((worker, read)), _) => (format!("url = \"{worker}\"\n"), Some(read.clone())),
+            (None, Some(schema)) => (format!("url = \"{}\"\n", schema.url()), None),
+            (None, None) => (
+                format!("path = \"{}\"\n", dir.path.join("worker.db").display()),
+                None,
+            ),
         };
         let text = self.text_with_state(&names, &state, sink);
         let config = WorkerConfig::parse("rules.toml", &text, &HashMap::new())
             .unwrap_or_else(|e| panic!("test rules invalid:\n{e}"));
-        let state = config.state.clone();
+        let mut state = config.state.clone();
+        if let (Some(read), Backend::Postgres(options)) = (read_url, &mut state.backend) {
+            options.url = read;
+        }
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let shutdown = CancellationToken::new();

@@ -57,6 +57,44 @@ pub enum StoreError {
     Poisoned,
 }
 
+impl StoreError {
+    /// Whether the store is unreachable or overloaded for now (PostgreSQL down, restarting,
+    /// out of connections, a statement or lock wait over its timeout) rather than refusing
+    /// what it was given: the worker holds its batch and tries again instead of giving it up.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Postgres(err) => match err.as_db_error() {
+                // No answer from the server at all: connection refused, reset, closed.
+                None => true,
+                Some(db) => {
+                    let code = db.code().code();
+                    // 08: connection exception; 57P01-03: shutting down or starting up;
+                    // 53300: too many connections; 57014: statement timeout; 40001 and
+                    // 40P01: serialization failure and deadlock; 55P03: lock not available.
+                    code.starts_with("08")
+                        || matches!(
+                            code,
+                            "57P01"
+                                | "57P02"
+                                | "57P03"
+                                | "53300"
+                                | "57014"
+                                | "40001"
+                                | "40P01"
+                                | "55P03"
+                        )
+                }
+            },
+            Self::Sqlite(_)
+            | Self::Corrupt(_)
+            | Self::Poisoned
+            | Self::SchemaTooNew { .. }
+            | Self::SchemaChanged { .. } => false,
+        }
+    }
+}
+
 /// What the worker knows about one subject before an event.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SubjectState {

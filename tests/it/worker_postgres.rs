@@ -1,0 +1,155 @@
+//! Workers with their state in PostgreSQL, where only PostgreSQL can be tested: the database
+//! lost mid-run (through a proxy the test cuts), and two workers on one queue and one database.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::harness::{Names, Proxy, try_admin_get, wait_for};
+use crate::pg::Schema;
+use crate::sink::Sink;
+use crate::worker_harness::{WorkerHarness, dregs};
+
+const RULES: &str = r#"
+[[rules]]
+name = "quarantine"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 30.0"
+actions = ["quarantine"]
+
+[actions.quarantine]
+kind = "http"
+url = "{SINK}/accounts/{{ subject }}/quarantine/{{ event.id }}"
+retries = 2
+timeout = "2s"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_lost_mid_run_holds_the_batch_unacked_and_resumes_by_itself() {
+    let sink = Sink::start().await;
+    let schema = Schema::new().await;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let w = WorkerHarness::for_dregs(RULES)
+        .state_url(&schema.url_via(proxy.addr), &schema.url())
+        .start(&sink.url())
+        .await;
+    w.publish_dregs("before", "u1", "2026-11-21T10:00:00Z", 10)
+        .await;
+    assert_eq!(w.decision("dregs", "before").await.outcome, "acted");
+
+    // The database goes away: the next event is held, not acked, not dead-lettered.
+    proxy.down();
+    w.publish_dregs("during", "u2", "2026-11-21T10:01:00Z", 10)
+        .await;
+    let why = wait_for(
+        "/readyz to name the store",
+        Duration::from_secs(30),
+        || async {
+            match try_admin_get(&w.admin, "/readyz").await? {
+                (503, why) if why.contains("state store unavailable") => Ok(why),
+                (status, why) => Err(format!("/readyz {status} {why:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(why.contains("state store"), "{why}");
+    // Held for a few retries: nothing dead-lettered meanwhile, the event still in the queue.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(w.broker.get(&w.names.dead_letter_queue).await.is_none());
+    assert_eq!(w.decisions(Some("dregs/during"), None, 1).await.len(), 0);
+
+    // Back: the held batch is handled, acted on once, and the worker is ready again.
+    proxy.up();
+    assert_eq!(w.decision("dregs", "during").await.outcome, "acted");
+    wait_for("/readyz 200", Duration::from_secs(30), || async {
+        match try_admin_get(&w.admin, "/readyz").await? {
+            (200, _) => Ok(()),
+            (status, why) => Err(format!("/readyz {status} {why:?}")),
+        }
+    })
+    .await;
+    let during: Vec<String> = sink
+        .received()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.ends_with("/during"))
+        .collect();
+    // Its action may have run before the store went away mid-batch; a repeat carries the
+    // same Idempotency-Key. Here the database was gone before the event came, so it ran once.
+    assert_eq!(during, ["/accounts/u2/quarantine/during"]);
+    assert!(w.broker.get(&w.names.dead_letter_queue).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_database_decide_each_event_once_whoever_gets_its_copies() {
+    let sink = Sink::start().await;
+    let schema = Schema::new().await;
+    let names = Names::new();
+    // One delivery at a time each, so both take part.
+    let (url, sink_url) = (schema.url(), sink.url());
+    let harness = || {
+        WorkerHarness::for_dregs(RULES)
+            .state_url(&url, &url)
+            .amqp("prefetch", "1")
+    };
+    let first = harness()
+        .start_with_names(&sink_url, names.clone_names())
+        .await;
+    let second = harness().start_with_names(&sink_url, names).await;
+
+    // Every event twice (a provider's retry through two listeners), 30 subjects.
+    let ids: Vec<String> = (0..30).map(|i| format!("twice{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let body = dregs(id, &format!("s{i}"), "2026-11-21T10:00:00Z", 10);
+        first.publish("dregs", "identity.scored", id, &body).await;
+        second.publish("dregs", "identity.scored", id, &body).await;
+    }
+    for id in &ids {
+        assert_eq!(first.decision("dregs", id).await.outcome, "acted");
+    }
+    // Both copies consumed: the queue is empty once the last duplicate is counted.
+    wait_for("every copy consumed", Duration::from_secs(30), || async {
+        let duplicates: f64 = [&first, &second]
+            .iter()
+            .map(|w| {
+                crate::harness::metric(
+                    &w.metrics(),
+                    r#"hookwarden_worker_events_total{outcome="duplicate"}"#,
+                )
+                .unwrap_or(0.0)
+            })
+            .sum();
+        if duplicates >= 30.0 {
+            Ok(())
+        } else {
+            Err(format!("{duplicates} duplicates counted"))
+        }
+    })
+    .await;
+    let mut actions: HashMap<String, usize> = HashMap::new();
+    for r in sink.received() {
+        *actions.entry(r.path).or_default() += 1;
+    }
+    assert_eq!(actions.len(), 30, "{actions:?}");
+    assert!(
+        actions.values().all(|&n| n == 1),
+        "an action ran twice: {actions:?}"
+    );
+    // Both took part: each handled copies, acted on or found decided by the other.
+    let handled = [&first, &second].map(|w| {
+        let text = w.metrics();
+        ["acted", "duplicate"]
+            .iter()
+            .map(|o| {
+                crate::harness::metric(
+                    &text,
+                    &format!(r#"hookwarden_worker_events_total{{outcome="{o}"}}"#),
+                )
+                .unwrap_or(0.0)
+            })
+            .sum::<f64>()
+    });
+    assert!(
+        handled[0] > 0.0 && handled[1] > 0.0 && handled[0] + handled[1] == 60.0,
+        "copies handled per worker: {handled:?}"
+    );
+}
