@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hookwarden::cli::{Cli, Command, dead_letters, decisions, exit, http_client, out, rules, sign};
+use hookwarden::cli::{
+    Cli, Command, dead_letters, decisions, exit, http_client, out, rules, sign, state,
+};
 use hookwarden::config;
 use hookwarden::listener::config::ListenerConfig;
 
@@ -112,6 +114,7 @@ fn main() -> ExitCode {
             command: rules::RulesCommand::Test(args),
         } => rules_test(&args, &env),
         Command::Decisions(args) => decisions(&args, &env),
+        Command::State(args) => state(&args, &env),
         Command::DeadLetters(args) => {
             let config = match rules::load_rules(&args.rules, &env) {
                 Ok(config) => config,
@@ -126,6 +129,41 @@ fn main() -> ExitCode {
                     ExitCode::from(exit::FAILED)
                 }
             }
+        }
+    }
+}
+
+/// `state export|import`: 0 done (the counts on standard error), 1 the store or the file
+/// failed, 64 an unreadable rules file.
+fn state(args: &state::StateArgs, env: &std::collections::HashMap<String, String>) -> ExitCode {
+    let config = match rules::load_rules(&args.rules, env) {
+        Ok(config) => config,
+        Err(err) => return usage(&err),
+    };
+    let moved = match &args.command {
+        state::StateCommand::Export { out } => match out {
+            Some(path) => std::fs::File::create(path)
+                .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", path.display()))
+                .and_then(|mut file| state::export(&config, &mut file)),
+            None => state::export(&config, &mut std::io::stdout().lock()),
+        }
+        .map(|counts| format!("exported {counts}")),
+        state::StateCommand::Import { input } => match input {
+            Some(path) => std::fs::File::open(path)
+                .map_err(|err| anyhow::anyhow!("cannot open {}: {err}", path.display()))
+                .and_then(|mut file| state::import(&config, &mut file)),
+            None => state::import(&config, &mut std::io::stdin().lock()),
+        }
+        .map(|counts| format!("imported {counts} into {}", config.state.describe())),
+    };
+    match moved {
+        Ok(line) => {
+            eprintln!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::FAILED)
         }
     }
 }

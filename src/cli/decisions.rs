@@ -1,5 +1,5 @@
 //! `hookwarden decisions`: the worker's decision records of one subject or one event, newest
-//! first, read from the state file named in its rules file (`[state] path`).
+//! first, read from the store its rules file names (`[state] path` or `url`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use crate::worker::state::{self, DecisionRecord};
 #[derive(Args)]
 #[command(group(ArgGroup::new("which").required(true).args(["subject", "event"])))]
 pub struct DecisionsArgs {
-    /// The worker's rules file (its `[state] path` is read).
+    /// The worker's rules file (the store its `[state]` names is read).
     #[arg(long, default_value = "/etc/hookwarden/rules.toml")]
     pub rules: PathBuf,
     /// Records about one subject: `PROVIDER/SUBJECT`, or `SUBJECT` with --provider.
@@ -91,7 +91,7 @@ pub fn read(
     // The PostgreSQL store runs its queries on the runtime it was opened on.
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let store = runtime
-        .block_on(state::open(&config.state))
+        .block_on(state::open_existing(&config.state))
         .with_context(|| format!("cannot open the state store {}", config.state.describe()))?;
     Ok(store.decisions(query.0.as_deref(), query.1.as_deref(), limit)?)
 }

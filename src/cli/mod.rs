@@ -8,6 +8,7 @@ pub mod http_client;
 pub mod out;
 pub mod rules;
 pub mod sign;
+pub mod state;
 
 use std::path::PathBuf;
 
@@ -105,6 +106,12 @@ pub enum Command {
         after_help = "Example: hookwarden dead-letters --rules /etc/hookwarden/rules.toml list --limit 20"
     )]
     DeadLetters(dead_letters::DeadLettersArgs),
+    /// Export the worker's state (subjects, done-marks, decisions) as JSON lines, or import
+    /// an export into another store: moving from the embedded file to PostgreSQL.
+    #[command(
+        after_help = "Example: hookwarden state --rules old-rules.toml export --out state.jsonl && hookwarden state --rules pg-rules.toml import --in state.jsonl"
+    )]
+    State(state::StateArgs),
 }
 
 /// A provider from a listener config, or a scheme and secret given directly.

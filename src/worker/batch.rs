@@ -111,6 +111,9 @@ pub enum Unreadable {
     /// The body does not parse.
     #[error("body is not JSON: {0}")]
     NotJson(#[source] serde_json::Error),
+    /// The event id or provider contains a NUL character, which no store keeps in a key.
+    #[error("message id or provider contains a NUL character")]
+    Nul,
 }
 
 /// Reads a delivery as an event.
@@ -120,6 +123,9 @@ pub enum Unreadable {
 pub fn read_item(item: &Item) -> Result<Event, Unreadable> {
     let id = item.event_id().ok_or(Unreadable::NoEventId)?;
     let provider = item.provider().ok_or(Unreadable::NoProvider)?;
+    if id.contains('\0') || provider.contains('\0') {
+        return Err(Unreadable::Nul);
+    }
     let event_type = item
         .properties
         .kind()

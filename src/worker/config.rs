@@ -117,8 +117,11 @@ impl TryFrom<RawState> for StateConfig {
                     ));
                 }
                 let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
-                if pool_size == 0 {
-                    return Err("pool_size must be at least 1".to_owned());
+                if pool_size < MIN_POOL_SIZE {
+                    return Err(format!(
+                        "pool_size must be at least {MIN_POOL_SIZE}: a batch's subject lock, \
+                         its reads and the done-mark writer each hold a connection at once"
+                    ));
                 }
                 let statement_timeout = raw.statement_timeout.unwrap_or(DEFAULT_STATEMENT_TIMEOUT);
                 if statement_timeout.is_zero() {
@@ -138,9 +141,11 @@ impl TryFrom<RawState> for StateConfig {
     }
 }
 
-/// A batch holds a connection for its subjects' lock, and the done-mark writer and the
-/// commit need one each meanwhile: three is the fewest that never waits on itself.
+/// A batch holds a connection for its subjects' lock (and commits through it), its reads and
+/// the done-mark writer need one each meanwhile: three is the fewest that never waits on
+/// itself; the fourth serves the hourly prune.
 const DEFAULT_POOL_SIZE: usize = 4;
+const MIN_POOL_SIZE: usize = 3;
 const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The URL with its password hidden, in the userinfo or in a `password=` parameter.
@@ -319,8 +324,8 @@ scores = { humanity = "/data/humanity" }
             stray.contains("pool_size and statement_timeout apply to url"),
             "{stray}"
         );
-        let zero = problems("[state]\nurl = \"postgres://db/hw\"\npool_size = 0\n", &[]);
-        assert!(zero.contains("pool_size must be at least 1"), "{zero}");
+        let small = problems("[state]\nurl = \"postgres://db/hw\"\npool_size = 2\n", &[]);
+        assert!(small.contains("pool_size must be at least 3"), "{small}");
     }
 
     #[test]

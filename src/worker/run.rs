@@ -294,7 +294,13 @@ impl consumer::Handler for Batches {
         let mut pause = STORE_RETRY_FIRST;
         loop {
             match self.attempt(&items, publish).await {
-                Err(err) if err.store_unavailable() && !self.shutdown.is_cancelled() => {
+                // A session the broker closed meanwhile (its consumer_timeout, a lost link)
+                // has given the batch back to the queue: nothing here to hold any more.
+                Err(err)
+                    if err.store_unavailable()
+                        && !self.shutdown.is_cancelled()
+                        && publish.status().connected() =>
+                {
                     tracing::warn!(
                         error = %ErrorChain(&err),
                         retry_in = ?pause,
@@ -310,7 +316,8 @@ impl consumer::Handler for Batches {
                     pause = (pause * 2).min(STORE_RETRY_LAST);
                 }
                 result => {
-                    if self.store_health.down().is_some() && result.is_ok() {
+                    let still_down = result.as_ref().is_err_and(BatchError::store_unavailable);
+                    if !still_down && self.store_health.down().is_some() {
                         tracing::info!("state store available again");
                         self.store_health.set(None);
                     }
@@ -380,13 +387,16 @@ impl Batches {
         self.marks.flush().await.map_err(BatchError::Marks)?;
         let store = self.store.clone();
         let commit = outcome.commit;
-        let committed = tokio::task::spawn_blocking(move || store.commit(&commit))
-            .await
-            .map_err(BatchError::CommitTask)?
-            .map_err(BatchError::Commit);
-        // Only now may another worker's batch read these subjects.
-        drop(outcome.lock);
-        committed
+        let mut lock = outcome.lock;
+        tokio::task::spawn_blocking(move || {
+            let committed = store.commit_locked(&commit, &mut lock);
+            // Only now may another worker's batch read these subjects.
+            drop(lock);
+            committed
+        })
+        .await
+        .map_err(BatchError::CommitTask)?
+        .map_err(BatchError::Commit)
     }
 }
 

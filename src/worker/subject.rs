@@ -30,6 +30,10 @@ pub enum SubjectError {
     /// The subject is neither a non-empty string nor a number.
     #[error("subject at {0} is not a string or a number")]
     NotAnId(String),
+    /// The subject contains a NUL character, which no store keeps in a key (PostgreSQL
+    /// refuses it), so it names nobody the worker could track.
+    #[error("subject at {0} contains a NUL character")]
+    Nul(String),
     /// The version is absent or not an integer or RFC 3339.
     #[error("version at {pointer} {reason}")]
     Version {
@@ -71,6 +75,9 @@ impl SubjectSpec {
     /// A reason naming the pointer: no subject, unusable version, a score that is not a number.
     pub fn read(&self, event: &Value) -> Result<SubjectRead, SubjectError> {
         let id = match event.pointer(&self.subject) {
+            Some(Value::String(s)) if s.contains('\0') => {
+                return Err(SubjectError::Nul(self.subject.clone()));
+            }
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             // An empty string names nobody either.
@@ -187,5 +194,11 @@ mod tests {
         let e =
             json!({"data": {"identity_id": "u", "scored_at": 1, "scores": {"humanity": "high"}}});
         assert!(s.read(&e).unwrap_err().to_string().contains("not a number"));
+        // A NUL names nobody a store can keep: refused (dead-lettered) on either backend.
+        let e = json!({"data": {"identity_id": "u\0v", "scored_at": 1}});
+        assert_eq!(
+            s.read(&e).unwrap_err().to_string(),
+            "subject at /data/identity_id contains a NUL character"
+        );
     }
 }

@@ -43,6 +43,11 @@ impl Schema {
         execute(&format!("SET search_path = {}; {sql}", self.name)).await;
     }
 
+    /// The first column of `sql`'s first row, as an integer (counting rows, say).
+    pub async fn count(&self, sql: &str) -> i64 {
+        connect().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
     /// The first column of `sql`'s rows, as text, in this schema.
     pub async fn texts(&self, sql: &str) -> Vec<String> {
         let client = connect().await;
@@ -62,7 +67,12 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        // A worker being stopped may still hold a table lock for a moment; one that never lets
+        // go leaves the schema behind rather than hanging the test.
+        let sql = format!(
+            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
+            self.name
+        );
         // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
         let _ = std::thread::spawn(move || {
             if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()

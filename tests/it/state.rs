@@ -12,7 +12,7 @@ use hookwarden::worker::state::{
     self, Batch, DecisionRecord, PgOptions, Store, StoreError, SubjectState,
 };
 
-use crate::harness::tempdir;
+use crate::harness::{tempdir, wait_for};
 use crate::pg::Schema;
 
 fn postgres_config(schema: &Schema) -> StateConfig {
@@ -228,7 +228,28 @@ async fn a_subject_locked_by_one_worker_waits_for_its_commit_in_another() {
             drop(lock);
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Seen waiting by the database itself: an advisory lock on u1's key not granted.
+    let key = {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(b"dregs/u1");
+        i64::from_be_bytes(digest[..8].try_into().unwrap())
+    };
+    let (high, low) = ((key as u64 >> 32) as i64, (key as u64 & 0xffff_ffff) as i64);
+    let waiting = format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+           AND classid::int8 = {high} AND objid::int8 = {low}"
+    );
+    wait_for(
+        "the second worker waiting",
+        Duration::from_secs(10),
+        || async {
+            match schema.count(&waiting).await {
+                0 => Err("not waiting yet".to_owned()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
     assert!(
         rx.try_recv().is_err(),
         "granted while another worker held it"
@@ -259,4 +280,122 @@ async fn an_unreachable_database_is_named_without_its_password() {
         config.describe(),
         "postgres://hw:***@127.0.0.1:1/test?sslmode=disable"
     );
+}
+
+/// A rules file whose `[state]` is `state` (the rest does not matter to the store).
+fn rules_with_state(state: &str) -> hookwarden::worker::config::WorkerConfig {
+    let text = format!("[state]\n{state}\n");
+    hookwarden::worker::config::WorkerConfig::parse("rules.toml", &text, &Default::default())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every row of a store, in a stable order.
+fn rows(store: &dyn Store) -> Vec<String> {
+    let mut out = Vec::new();
+    store
+        .export(&mut |row| {
+            out.push(serde_json::to_string(&row).unwrap());
+            Ok(())
+        })
+        .unwrap();
+    out.sort();
+    out
+}
+
+#[test]
+fn state_export_then_import_moves_the_embedded_store_into_postgresql_whole() {
+    use hookwarden::cli::state::{Counts, export, import};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempdir::Dir::new();
+    let file = rules_with_state(&format!(
+        "path = \"{}\"",
+        dir.path.join("worker.db").display()
+    ));
+    let schema = runtime.block_on(Schema::new());
+    let pg = rules_with_state(&format!("url = \"{}\"", schema.url()));
+
+    // A worker's history in the file: two subjects (one with firings), a dead letter
+    // replayed, a done-mark.
+    let sqlite = runtime.block_on(state::open(&file.state)).unwrap();
+    let mut batch = Batch::default();
+    let mut u1 = SubjectState {
+        version: Some(1_763_719_200_000_000_000),
+        at_ms: Some(100),
+        ..SubjectState::default()
+    };
+    u1.scores.insert("humanity".into(), 12.5);
+    u1.fired_ms.insert("quarantine".into(), 100);
+    batch.subjects.insert("dregs/u1".into(), u1);
+    batch
+        .subjects
+        .insert("dregs/u2".into(), SubjectState::default());
+    batch
+        .decisions
+        .push(record("dregs/e1", Some("dregs/u1"), "acted", 100));
+    batch
+        .decisions
+        .push(record("dregs/e2", None, "no_subject", 101));
+    batch
+        .decisions
+        .push(record("dregs/e3", Some("dregs/u2"), "dead_lettered", 102));
+    sqlite.commit(&batch).unwrap();
+    sqlite
+        .restore_done(&[("dregs/e1/quarantine/quarantine".to_owned(), 100)])
+        .unwrap();
+    let before = rows(&*sqlite);
+    drop(sqlite);
+
+    let mut exported = Vec::new();
+    let counts = export(&file, &mut exported).unwrap();
+    let expected = Counts {
+        subjects: 2,
+        done: 1,
+        decisions: 3,
+    };
+    assert_eq!(counts, expected);
+    assert_eq!(String::from_utf8_lossy(&exported).lines().count(), 6);
+    assert_eq!(import(&pg, &mut exported.as_slice()).unwrap(), expected);
+
+    // Row for row the same, and what the worker asks of the store answers the same.
+    let postgres = runtime.block_on(state::open(&pg.state)).unwrap();
+    assert_eq!(rows(&*postgres), before);
+    let keys = ["dregs/e1", "dregs/e2", "dregs/e3"].map(str::to_owned);
+    assert_eq!(
+        postgres.decided(&keys).unwrap(),
+        set(&["dregs/e1", "dregs/e2"])
+    );
+    assert_eq!(
+        postgres
+            .done_among(&["dregs/e1/quarantine/quarantine".to_owned()])
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Into a store that already decided something: refused, nothing written.
+    let again = import(&pg, &mut exported.as_slice())
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("already holds decision records"), "{again}");
+    assert_eq!(rows(&*postgres), before);
+    // A line that is not a row is named, and nothing after it is written.
+    let other = runtime.block_on(Schema::new());
+    let fresh = rules_with_state(&format!("url = \"{}\"", other.url()));
+    let bad = import(
+        &fresh,
+        &mut "{\"kind\":\"done\",\"key\":\"k\",\"at_ms\":1}\nnot json\n".as_bytes(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{bad:#}").contains("line 2: not a row of a hookwarden state export"),
+        "{bad:#}"
+    );
+    let fresh_store = runtime.block_on(state::open(&fresh.state)).unwrap();
+    assert!(
+        rows(&*fresh_store).is_empty(),
+        "nothing of a broken export is written"
+    );
+    drop(fresh_store);
+    drop(postgres);
+    drop(runtime);
 }

@@ -57,6 +57,39 @@ pub async fn run(client: &mut Object) -> Result<(), StoreError> {
     }
 }
 
+/// Checks, without changing anything, that the schema is this build's version: for the
+/// operator's commands, which must not create or migrate a schema the workers share.
+///
+/// # Errors
+/// No hookwarden schema on the connection's `search_path`, or one of another version.
+pub async fn check(client: &Object) -> Result<(), StoreError> {
+    let found: Option<i32> = client
+        .query_one(
+            "SELECT CASE WHEN to_regclass('hookwarden_schema') IS NULL THEN NULL
+                    ELSE (SELECT coalesce(max(version), 0) FROM hookwarden_schema) END",
+            &[],
+        )
+        .await
+        .map_err(StoreError::Postgres)
+        .and_then(|row| row.try_get(0).map_err(StoreError::Postgres))
+        .or_else(|err| match err {
+            // Postgres cannot plan the subquery on a table that is not there: no schema.
+            StoreError::Postgres(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+            {
+                Ok(None)
+            }
+            other => Err(other),
+        })?;
+    let known = known_version();
+    match found {
+        None => Err(StoreError::NoSchema),
+        Some(found) if found > known => Err(StoreError::SchemaTooNew { found, known }),
+        Some(found) if found < known => Err(StoreError::SchemaBehind { found, known }),
+        Some(_) => Ok(()),
+    }
+}
+
 async fn apply(client: &mut Object) -> Result<(), StoreError> {
     client
         .batch_execute(

@@ -40,6 +40,23 @@ pub enum StoreError {
         /// The newest this build knows.
         known: i32,
     },
+    /// No hookwarden tables where the URL points (an operator's command never creates them).
+    #[error(
+        "state store: no hookwarden schema here (no hookwarden_schema table on the search_path); \
+         has a worker run with this url?"
+    )]
+    NoSchema,
+    /// The schema is older than this build: a worker of this version migrates it at start.
+    #[error(
+        "state store: the database's schema is version {found}, older than this build's {known}; \
+         start a worker of this version to migrate it"
+    )]
+    SchemaBehind {
+        /// The version found.
+        found: i32,
+        /// The newest this build knows.
+        known: i32,
+    },
     /// A migration applied earlier reads differently in this build.
     #[error(
         "state store: schema migration {version} differs from the one applied to the database \
@@ -52,6 +69,9 @@ pub enum StoreError {
     /// Stored JSON could not be read back.
     #[error("state store: corrupt record: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// An export could not be written.
+    #[error("state store: writing the export: {0}")]
+    Export(#[source] std::io::Error),
     /// The store's lock was poisoned by a panic elsewhere.
     #[error("state store: lock poisoned")]
     Poisoned,
@@ -65,8 +85,9 @@ impl StoreError {
         match self {
             Self::Pool(_) => true,
             Self::Postgres(err) => match err.as_db_error() {
-                // No answer from the server at all: connection refused, reset, closed.
-                None => true,
+                // No answer from the server: refused, reset, closed, timed out. (Not a value
+                // that would not convert, which no retry mends.)
+                None => err.is_closed() || no_answer(err),
                 Some(db) => {
                     let code = db.code().code();
                     // 08: connection exception; 57P01-03: shutting down or starting up;
@@ -87,16 +108,19 @@ impl StoreError {
                 }
             },
             Self::Sqlite(_)
+            | Self::Export(_)
             | Self::Corrupt(_)
             | Self::Poisoned
             | Self::SchemaTooNew { .. }
+            | Self::SchemaBehind { .. }
+            | Self::NoSchema
             | Self::SchemaChanged { .. } => false,
         }
     }
 }
 
 /// What the worker knows about one subject before an event.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SubjectState {
     /// Last accepted version (integer, or RFC 3339 as Unix nanoseconds).
     pub version: Option<i64>,
@@ -109,7 +133,7 @@ pub struct SubjectState {
 }
 
 /// A decision to record for one event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DecisionRecord {
     /// `provider/event_id`.
     pub event_key: String,
@@ -121,6 +145,30 @@ pub struct DecisionRecord {
     pub record: serde_json::Value,
     /// Unix milliseconds.
     pub at_ms: i64,
+}
+
+/// One row of a store, as `hookwarden state export` writes it (a JSON line each) and
+/// `import` reads it back into another store.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Exported {
+    /// A subject's state and its rules' last firings.
+    Subject {
+        /// `provider/subject`.
+        key: String,
+        /// See [`SubjectState`].
+        #[serde(flatten)]
+        state: SubjectState,
+    },
+    /// An action's done-mark.
+    Done {
+        /// Its Idempotency-Key.
+        key: String,
+        /// When it was marked, Unix milliseconds.
+        at_ms: i64,
+    },
+    /// An event's decision record.
+    Decision(DecisionRecord),
 }
 
 /// Everything one batch changes, committed in one transaction before its acks.
@@ -135,7 +183,7 @@ pub struct Batch {
 /// Held while a batch reads, decides and commits its subjects' events: another worker's
 /// batch with one of those subjects waits until it is dropped. Dropping it releases.
 #[must_use = "the subjects are unlocked when this is dropped"]
-pub struct SubjectLock(Option<Box<dyn Send>>);
+pub struct SubjectLock(Option<Box<dyn std::any::Any + Send>>);
 
 impl SubjectLock {
     /// Nothing held (one worker: nothing to wait for).
@@ -146,6 +194,11 @@ impl SubjectLock {
     /// Holds `guard` until dropped.
     pub fn held(guard: impl Send + 'static) -> Self {
         Self(Some(Box::new(guard)))
+    }
+
+    /// The guard a store put here, for its own commit.
+    fn guard_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.0.as_mut()?.downcast_mut()
     }
 }
 
@@ -198,6 +251,16 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store failure; nothing of the batch is kept.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Commits a batch handled under `lock` ([`Store::lock_subjects`]): where the lock lives
+    /// in a database session, through that session, so a commit whose locks were lost with
+    /// their session (killed, timed out) fails instead of overwriting another worker's.
+    ///
+    /// # Errors
+    /// Store failure; nothing of the batch is kept.
+    fn commit_locked(&self, batch: &Batch, lock: &mut SubjectLock) -> Result<(), StoreError> {
+        let _ = lock;
+        self.commit(batch)
+    }
     /// Decision records of an event or a subject, newest first.
     ///
     /// # Errors
@@ -208,6 +271,20 @@ pub trait Store: Send + Sync + 'static {
         subject_key: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DecisionRecord>, StoreError>;
+    /// Hands every subject, then every done-mark, then every decision record (oldest first)
+    /// to `each`, stopping at its first error.
+    ///
+    /// # Errors
+    /// Store failure, or the first error of `each`.
+    fn export(
+        &self,
+        each: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Writes done-marks with the times they were first made (an import keeps them).
+    ///
+    /// # Errors
+    /// Store failure.
+    fn restore_done(&self, marks: &[(String, i64)]) -> Result<(), StoreError>;
     /// Deletes decision records and done-marks older than `retention`; returns rows removed.
     ///
     /// # Errors
@@ -236,6 +313,36 @@ pub async fn open(config: &StateConfig) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match &config.backend {
         Backend::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
         Backend::Postgres(options) => Arc::new(PgStore::open(options).await?),
+    })
+}
+
+/// Whether a driver error is the server not answering: an I/O error somewhere in its causes,
+/// or the driver's own "error connecting" or "timeout" (which carry no cause to look at).
+fn no_answer(err: &tokio_postgres::Error) -> bool {
+    let text = err.to_string();
+    if text.starts_with("error connecting to server") || text.starts_with("timeout") {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Opens the store `[state]` names for an operator's command: an embedded file as [`open`]
+/// does, a PostgreSQL schema only as it is (never created or migrated, which is the workers'
+/// to do).
+///
+/// # Errors
+/// The store cannot be opened, or its schema is missing or of another version.
+pub async fn open_existing(config: &StateConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.backend {
+        Backend::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        Backend::Postgres(options) => Arc::new(PgStore::open_as_is(options).await?),
     })
 }
 

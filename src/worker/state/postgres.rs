@@ -18,7 +18,8 @@ use tokio::runtime::Handle;
 use tokio_postgres::Row;
 
 use super::{
-    Batch, DecisionRecord, FINAL, Store, StoreError, SubjectLock, SubjectState, migrate, now_ms,
+    Batch, DecisionRecord, Exported, FINAL, Store, StoreError, SubjectLock, SubjectState, migrate,
+    now_ms,
 };
 
 /// How the store reaches PostgreSQL (`[state] url`, `pool_size`, `statement_timeout`).
@@ -37,6 +38,8 @@ pub struct PgOptions {
 pub struct PgStore {
     pool: Pool,
     handle: Handle,
+    /// `statement_timeout`, restored on a connection after a lock wait.
+    statement_timeout_ms: u128,
 }
 
 impl PgStore {
@@ -46,6 +49,24 @@ impl PgStore {
     /// The URL does not parse, the database cannot be reached, or its schema is newer than
     /// this build knows.
     pub async fn open(options: &PgOptions) -> Result<Self, StoreError> {
+        let store = Self::connect(options)?;
+        let mut client = store.pool.get().await?;
+        migrate::run(&mut client).await?;
+        Ok(store)
+    }
+
+    /// Connects to a schema a worker made, leaving it as it is.
+    ///
+    /// # Errors
+    /// The database cannot be reached, or its schema is missing or of another version.
+    pub async fn open_as_is(options: &PgOptions) -> Result<Self, StoreError> {
+        let store = Self::connect(options)?;
+        let client = store.pool.get().await?;
+        migrate::check(&client).await?;
+        Ok(store)
+    }
+
+    fn connect(options: &PgOptions) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config =
             options.url.parse().map_err(StoreError::Postgres)?;
         let timeout = options.statement_timeout;
@@ -53,11 +74,19 @@ impl PgStore {
         // A statement timeout set at connection start holds for every statement on it,
         // added to whatever options the URL already carries (a search_path, say).
         let mut startup = config.get_options().unwrap_or_default().to_owned();
-        startup.push_str(&format!(" -c statement_timeout={millis}"));
+        startup.push_str(&format!(
+            " -c statement_timeout={millis} -c tcp_keepalives_idle=30 \
+             -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+        ));
         config.options(startup.trim());
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(timeout);
         }
+        // A worker whose host dies holds its subjects' locks until its connections are known
+        // dead: keepalives on both ends find that out in about a minute, not TCP's two hours.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
         let manager = Manager::from_config(
             config,
             tls()?,
@@ -73,11 +102,10 @@ impl PgStore {
             .recycle_timeout(Some(timeout))
             .build()
             .map_err(|err| StoreError::Pool(err.to_string()))?;
-        let mut client = pool.get().await?;
-        migrate::run(&mut client).await?;
         Ok(Self {
             pool,
             handle: Handle::current(),
+            statement_timeout_ms: millis,
         })
     }
 
@@ -133,25 +161,175 @@ struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
+            let mut unlocking = Unlocking(Some(client));
             self.handle.spawn(async move {
-                if client
-                    .batch_execute("SELECT pg_advisory_unlock_all()")
-                    .await
-                    .is_err()
+                if let Some(client) = &unlocking.0
+                    && client
+                        .batch_execute("SELECT pg_advisory_unlock_all()")
+                        .await
+                        .is_ok()
                 {
-                    // Never back into the pool with locks possibly held: closing the
-                    // connection releases them.
-                    drop(Object::take(client));
+                    // Unlocked: back into the pool.
+                    drop(unlocking.0.take());
                 }
             });
         }
     }
 }
 
+/// A connection on its way to being unlocked. Whatever stops that (the unlock failed, the task
+/// never ran because the runtime is shutting down) closes the connection instead of returning
+/// it to the pool, and closing it releases its locks.
+struct Unlocking(Option<Object>);
+
+impl Drop for Unlocking {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
+        }
+    }
+}
+
+/// Longest a batch waits for another worker's batch to let go of a subject: far longer than a
+/// batch takes (its actions' timeouts and retries), short enough that a worker stuck holding
+/// locks shows as a failing store rather than a silent stall.
+const LOCK_WAIT_MS: u64 = 600_000;
+
 fn texts(rows: &[Row]) -> Result<HashSet<String>, StoreError> {
     rows.iter()
         .map(|r| r.try_get::<_, String>(0).map_err(StoreError::Postgres))
         .collect()
+}
+
+/// A batch as one column array per field, for one statement per table.
+struct Columns {
+    keys: Vec<String>,
+    versions: Vec<Option<i64>>,
+    scores: Vec<String>,
+    subject_at: Vec<Option<i64>>,
+    fired_subject: Vec<String>,
+    fired_rule: Vec<String>,
+    fired_at: Vec<i64>,
+    event_keys: Vec<String>,
+    subject_keys: Vec<Option<String>>,
+    outcomes: Vec<String>,
+    records: Vec<String>,
+    at: Vec<i64>,
+}
+
+impl Columns {
+    fn of(batch: &Batch) -> Result<Self, StoreError> {
+        // One event twice in a batch (no subject, so no per-subject duplicate check) is
+        // recorded once, as the embedded store does: the first record, unless a later one
+        // replaces a dead letter. An upsert may not touch a row twice in one statement.
+        let mut kept: HashMap<&str, &DecisionRecord> = HashMap::new();
+        for d in &batch.decisions {
+            kept.entry(d.event_key.as_str())
+                .and_modify(|first| {
+                    if first.outcome == "dead_lettered" {
+                        *first = d;
+                    }
+                })
+                .or_insert(d);
+        }
+        // Rows in key order: two workers writing overlapping rows take their row locks in
+        // the same order and never deadlock.
+        let mut decisions: Vec<&DecisionRecord> = kept.into_values().collect();
+        decisions.sort_by(|a, b| a.event_key.cmp(&b.event_key));
+        let mut subjects: Vec<(&String, &SubjectState)> = batch.subjects.iter().collect();
+        subjects.sort_by(|a, b| a.0.cmp(b.0));
+        let mut columns = Self {
+            keys: Vec::new(),
+            versions: Vec::new(),
+            scores: Vec::new(),
+            subject_at: Vec::new(),
+            fired_subject: Vec::new(),
+            fired_rule: Vec::new(),
+            fired_at: Vec::new(),
+            event_keys: Vec::new(),
+            subject_keys: Vec::new(),
+            outcomes: Vec::new(),
+            records: Vec::new(),
+            at: Vec::new(),
+        };
+        for (key, state) in subjects {
+            columns.keys.push(key.clone());
+            columns.versions.push(state.version);
+            columns.scores.push(serde_json::to_string(&state.scores)?);
+            columns.subject_at.push(state.at_ms);
+            for (rule, at) in &state.fired_ms {
+                columns.fired_subject.push(key.clone());
+                columns.fired_rule.push(rule.clone());
+                columns.fired_at.push(*at);
+            }
+        }
+        for d in decisions {
+            columns.event_keys.push(d.event_key.clone());
+            columns.subject_keys.push(d.subject_key.clone());
+            columns.outcomes.push(d.outcome.clone());
+            columns.records.push(d.record.to_string());
+            columns.at.push(d.at_ms);
+        }
+        Ok(columns)
+    }
+
+    /// Writes the batch in one transaction on `c`.
+    async fn commit(&self, c: &mut Object) -> Result<(), StoreError> {
+        let tx = c.transaction().await?;
+        let subjects = tx
+            .prepare_cached(
+                "INSERT INTO subjects (key, version, scores, at_ms)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[])
+                 ON CONFLICT (key) DO UPDATE SET version = excluded.version,
+                   scores = excluded.scores, at_ms = excluded.at_ms",
+            )
+            .await?;
+        let fired = tx
+            .prepare_cached(
+                "INSERT INTO fired (subject, rule, at_ms)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
+                 ON CONFLICT (subject, rule) DO UPDATE SET at_ms = excluded.at_ms",
+            )
+            .await?;
+        let decided = tx
+            .prepare_cached(
+                "INSERT INTO decisions (event_key, subject_key, outcome, record, at_ms)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
+                 ON CONFLICT (event_key) DO UPDATE SET subject_key = excluded.subject_key,
+                   outcome = excluded.outcome, record = excluded.record, at_ms = excluded.at_ms
+                 WHERE decisions.outcome = 'dead_lettered'",
+            )
+            .await?;
+        if !self.keys.is_empty() {
+            tx.execute(
+                &subjects,
+                &[&self.keys, &self.versions, &self.scores, &self.subject_at],
+            )
+            .await?;
+        }
+        if !self.fired_subject.is_empty() {
+            tx.execute(
+                &fired,
+                &[&self.fired_subject, &self.fired_rule, &self.fired_at],
+            )
+            .await?;
+        }
+        if !self.event_keys.is_empty() {
+            tx.execute(
+                &decided,
+                &[
+                    &self.event_keys,
+                    &self.subject_keys,
+                    &self.outcomes,
+                    &self.records,
+                    &self.at,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 impl Store for PgStore {
@@ -162,14 +340,25 @@ impl Store for PgStore {
         let mut hashes: Vec<i64> = keys.iter().map(|k| lock_key(k)).collect();
         hashes.sort_unstable();
         hashes.dedup();
+        // The locks are waited for longer than statement_timeout allows a statement (another
+        // worker's batch runs its actions while holding them); the simple protocol sends the
+        // three statements in one round trip, the keys written out (they are integers).
+        let keys = hashes
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let restore = self.statement_timeout_ms;
+        let sql = format!(
+            "SET statement_timeout = {LOCK_WAIT_MS}; \
+             SELECT pg_advisory_lock(k) FROM unnest('{{{keys}}}'::int8[]) AS k; \
+             SET statement_timeout = {restore}"
+        );
         let client = self.handle.block_on(async {
             let client = self.pool.get().await?;
             // unnest yields the array in order: the locks are taken in ascending order.
-            let statement = client
-                .prepare_cached("SELECT pg_advisory_lock(k) FROM unnest($1::int8[]) AS k")
-                .await?;
-            match client.execute(&statement, &[&hashes]).await {
-                Ok(_) => Ok(client),
+            match client.batch_execute(&sql).await {
+                Ok(()) => Ok(client),
                 Err(err) => {
                     // Some locks may be held: this connection must not be reused.
                     drop(Object::take(client));
@@ -251,87 +440,19 @@ impl Store for PgStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        // Column arrays for one statement per table. One event twice in a batch (no subject,
-        // so no per-subject duplicate check) is recorded once: an upsert may not touch a row
-        // twice in one statement.
-        let mut seen = HashSet::new();
-        let mut decisions: Vec<&DecisionRecord> = Vec::new();
-        for d in batch.decisions.iter().rev() {
-            if seen.insert(d.event_key.as_str()) {
-                decisions.push(d);
-            }
-        }
-        let event_keys: Vec<&str> = decisions.iter().map(|d| d.event_key.as_str()).collect();
-        let subject_keys: Vec<Option<&str>> =
-            decisions.iter().map(|d| d.subject_key.as_deref()).collect();
-        let outcomes: Vec<&str> = decisions.iter().map(|d| d.outcome.as_str()).collect();
-        let records: Vec<String> = decisions.iter().map(|d| d.record.to_string()).collect();
-        let at: Vec<i64> = decisions.iter().map(|d| d.at_ms).collect();
+        let columns = Columns::of(batch)?;
+        self.run(async |c| columns.commit(c).await)
+    }
 
-        let keys: Vec<&str> = batch.subjects.keys().map(String::as_str).collect();
-        let versions: Vec<Option<i64>> = batch.subjects.values().map(|s| s.version).collect();
-        let scores = batch
-            .subjects
-            .values()
-            .map(|s| serde_json::to_string(&s.scores))
-            .collect::<Result<Vec<String>, _>>()?;
-        let subject_at: Vec<Option<i64>> = batch.subjects.values().map(|s| s.at_ms).collect();
-        let (mut fired_subject, mut fired_rule, mut fired_at) =
-            (Vec::new(), Vec::new(), Vec::new());
-        for (key, state) in &batch.subjects {
-            for (rule, at) in &state.fired_ms {
-                fired_subject.push(key.as_str());
-                fired_rule.push(rule.as_str());
-                fired_at.push(*at);
-            }
+    fn commit_locked(&self, batch: &Batch, lock: &mut SubjectLock) -> Result<(), StoreError> {
+        let columns = Columns::of(batch)?;
+        match lock
+            .guard_mut::<Held>()
+            .and_then(|held| held.client.as_mut())
+        {
+            Some(client) => self.handle.block_on(columns.commit(client)),
+            None => self.run(async |c| columns.commit(c).await),
         }
-
-        self.run(async |c| {
-            let tx = c.transaction().await?;
-            let subjects = tx
-                .prepare_cached(
-                    "INSERT INTO subjects (key, version, scores, at_ms)
-                     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[])
-                     ON CONFLICT (key) DO UPDATE SET version = excluded.version,
-                       scores = excluded.scores, at_ms = excluded.at_ms",
-                )
-                .await?;
-            let fired = tx
-                .prepare_cached(
-                    "INSERT INTO fired (subject, rule, at_ms)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
-                     ON CONFLICT (subject, rule) DO UPDATE SET at_ms = excluded.at_ms",
-                )
-                .await?;
-            let decided = tx
-                .prepare_cached(
-                    "INSERT INTO decisions (event_key, subject_key, outcome, record, at_ms)
-                     SELECT e, s, o, r, a
-                       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
-                         AS t(e, s, o, r, a)
-                     ON CONFLICT (event_key) DO UPDATE SET subject_key = excluded.subject_key,
-                       outcome = excluded.outcome, record = excluded.record, at_ms = excluded.at_ms
-                     WHERE decisions.outcome = 'dead_lettered'",
-                )
-                .await?;
-            if !keys.is_empty() {
-                tx.execute(&subjects, &[&keys, &versions, &scores, &subject_at])
-                    .await?;
-            }
-            if !fired_subject.is_empty() {
-                tx.execute(&fired, &[&fired_subject, &fired_rule, &fired_at])
-                    .await?;
-            }
-            if !event_keys.is_empty() {
-                tx.execute(
-                    &decided,
-                    &[&event_keys, &subject_keys, &outcomes, &records, &at],
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
     }
 
     fn decisions(
@@ -365,6 +486,85 @@ impl Store for PgStore {
                 });
             }
             Ok(out)
+        })
+    }
+
+    fn export(
+        &self,
+        each: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.run(async |c| {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let mut fired: HashMap<String, std::collections::BTreeMap<String, i64>> =
+                HashMap::new();
+            for r in tx
+                .query("SELECT subject, rule, at_ms FROM fired", &[])
+                .await?
+            {
+                fired
+                    .entry(r.try_get(0)?)
+                    .or_default()
+                    .insert(r.try_get(1)?, r.try_get(2)?);
+            }
+            for r in tx
+                .query("SELECT key, version, scores, at_ms FROM subjects", &[])
+                .await?
+            {
+                let key: String = r.try_get(0)?;
+                let scores: String = r.try_get(2)?;
+                let state = SubjectState {
+                    version: r.try_get(1)?,
+                    scores: serde_json::from_str(&scores)?,
+                    at_ms: r.try_get(3)?,
+                    fired_ms: fired.remove(&key).unwrap_or_default(),
+                };
+                each(Exported::Subject { key, state })?;
+            }
+            for r in tx.query("SELECT key, at_ms FROM done", &[]).await? {
+                each(Exported::Done {
+                    key: r.try_get(0)?,
+                    at_ms: r.try_get(1)?,
+                })?;
+            }
+            for r in tx
+                .query(
+                    "SELECT event_key, subject_key, outcome, record, at_ms FROM decisions
+                     ORDER BY at_ms, event_key",
+                    &[],
+                )
+                .await?
+            {
+                let record: String = r.try_get(3)?;
+                each(Exported::Decision(DecisionRecord {
+                    event_key: r.try_get(0)?,
+                    subject_key: r.try_get(1)?,
+                    outcome: r.try_get(2)?,
+                    record: serde_json::from_str(&record)?,
+                    at_ms: r.try_get(4)?,
+                }))?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn restore_done(&self, marks: &[(String, i64)]) -> Result<(), StoreError> {
+        let keys: Vec<&str> = marks.iter().map(|(k, _)| k.as_str()).collect();
+        let at: Vec<i64> = marks.iter().map(|(_, at)| *at).collect();
+        self.run(async |c| {
+            let statement = c
+                .prepare_cached(
+                    "INSERT INTO done (key, at_ms) SELECT * FROM unnest($1::text[], $2::int8[])
+                     ON CONFLICT (key) DO NOTHING",
+                )
+                .await?;
+            c.execute(&statement, &[&keys, &at]).await?;
+            Ok(())
         })
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Batch, DecisionRecord, FINAL, Store, StoreError, SubjectLock, SubjectState, now_ms};
+use super::{
+    Batch, DecisionRecord, Exported, FINAL, Store, StoreError, SubjectLock, SubjectState, now_ms,
+};
 
 /// SQLite in WAL mode with `synchronous=NORMAL`: a commit survives a killed process (the
 /// WAL is in the OS page cache); a power loss can lose the last commits, which redelivery
@@ -267,6 +269,76 @@ impl Store for SqliteStore {
                 });
             }
             Ok(out)
+        })
+    }
+
+    fn export(
+        &self,
+        each: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.read(|c| {
+            // A subject's firings are few: gathered first, then handed out with the subject.
+            let mut fired: HashMap<String, BTreeMap<String, i64>> = HashMap::new();
+            let mut stmt = c.prepare("SELECT subject, rule, at_ms FROM fired")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                fired
+                    .entry(r.get(0)?)
+                    .or_default()
+                    .insert(r.get(1)?, r.get(2)?);
+            }
+            let mut stmt = c.prepare("SELECT key, version, scores, at_ms FROM subjects")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let key: String = r.get(0)?;
+                let scores: String = r.get(2)?;
+                let state = SubjectState {
+                    version: r.get(1)?,
+                    scores: serde_json::from_str(&scores)?,
+                    at_ms: r.get(3)?,
+                    fired_ms: fired.remove(&key).unwrap_or_default(),
+                };
+                each(Exported::Subject { key, state })?;
+            }
+            let mut stmt = c.prepare("SELECT key, at_ms FROM done")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                each(Exported::Done {
+                    key: r.get(0)?,
+                    at_ms: r.get(1)?,
+                })?;
+            }
+            let mut stmt = c.prepare(
+                "SELECT event_key, subject_key, outcome, record, at_ms FROM decisions
+                 ORDER BY at_ms, event_key",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let record: String = r.get(3)?;
+                each(Exported::Decision(DecisionRecord {
+                    event_key: r.get(0)?,
+                    subject_key: r.get(1)?,
+                    outcome: r.get(2)?,
+                    record: serde_json::from_str(&record)?,
+                    at_ms: r.get(4)?,
+                }))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn restore_done(&self, marks: &[(String, i64)]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("INSERT OR IGNORE INTO done (key, at_ms) VALUES (?1, ?2)")?;
+                for (key, at) in marks {
+                    stmt.execute(params![key, at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
         })
     }
 
