@@ -113,13 +113,14 @@ async fn load(
     (accepted, statuses)
 }
 
-/// Waits until every accepted id acted at the sink, then checks exactly-once in effect.
+/// Waits until every accepted id acted at the sink, then checks exactly-once in effect;
+/// returns how many actions were repeats under the same Idempotency-Key.
 async fn assert_each_acted_once(
     sink: &Sink,
     accepted: &[String],
     what: &str,
     statuses: &HashMap<u16, usize>,
-) {
+) -> usize {
     let want: HashSet<String> = accepted
         .iter()
         .map(|id| format!("/accounts/{id}/quarantine"))
@@ -157,6 +158,7 @@ async fn assert_each_acted_once(
         accepted.len(),
         want.len()
     );
+    repeated
 }
 
 struct Pipeline {
@@ -348,13 +350,16 @@ async fn broker_stopped_for(seconds: u64, others_busy: bool) {
         .unwrap();
     let (accepted, statuses) = traffic.await.unwrap();
     explain_if_slow(&p);
-    assert_each_acted_once(
+    let repeated = assert_each_acted_once(
         &p.sink,
         &accepted,
         &format!("broker stopped {seconds} s"),
         &statuses,
     )
     .await;
+    // The worker lived through it and its target answered every request at once: nothing
+    // may run twice, not even under the same key.
+    assert_eq!(repeated, 0, "actions repeated with the worker alive");
     assert_eq!(
         statuses.get(&503),
         None,
@@ -369,6 +374,11 @@ async fn broker_stopped_for(seconds: u64, others_busy: bool) {
         assert!(other_messages > 0, "the other clients never got going");
     }
     let _ = &p.worker;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_2s_under_load() {
+    broker_stopped_for(2, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
