@@ -171,7 +171,6 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
         commit: Batch::default(),
         lock: SubjectLock::none(),
     };
-    let now = now_ms();
     let mut events = Vec::new();
     for (i, item) in items.iter().enumerate() {
         match read_item(item) {
@@ -214,6 +213,9 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
     .await
     .map_err(|_| StoreError::Poisoned)??;
     outcome.lock = lock;
+    // The time of the decisions: after the lock, which may have waited for another worker's
+    // batch, so that records and cooldowns follow the order in which subjects were decided.
+    let now = now_ms();
 
     // Group by subject, keeping delivery order inside each group.
     let mut groups: Vec<(String, Vec<Pending>)> = Vec::new();

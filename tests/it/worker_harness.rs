@@ -25,6 +25,7 @@ use crate::pg::{Schema, worker_state_in_postgres};
 pub struct WorkerHarness {
     rules: String,
     amqp: Vec<(String, String)>,
+    /// `[amqp] url` as a TOML value (a string or a list).
     url: Option<String>,
     postgres: bool,
     /// A PostgreSQL state of the test's own: the worker's URL, and the one the test reads by.
@@ -59,7 +60,7 @@ impl WorkerHarness {
 
     /// Connects the worker to `url` (e.g. a [`crate::harness::Proxy`]) instead of the broker.
     pub fn url(mut self, url: &str) -> Self {
-        self.url = Some(url.to_owned());
+        self.url = Some(format!("\"{url}\""));
         self
     }
 
@@ -67,6 +68,13 @@ impl WorkerHarness {
     /// here does when `HOOKWARDEN_TEST_STATE=postgres`).
     pub fn postgres(mut self) -> Self {
         self.postgres = true;
+        self
+    }
+
+    /// Connects the worker to these broker nodes, tried in turn (a cluster).
+    pub fn urls(mut self, urls: &[String]) -> Self {
+        let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        self.url = Some(format!("[{}]", quoted.join(", ")));
         self
     }
 
@@ -90,8 +98,10 @@ impl WorkerHarness {
     /// The rules file with `state` as the body of its `[state]` section.
     pub fn text_with_state(&self, names: &Names, state: &str, sink: &str) -> String {
         let mut text = format!(
-            "[amqp]\nurl = \"{}\"\nexchange = \"{}\"\nqueue = \"{}\"\ndead_letter_exchange = \"{}\"\ndead_letter_queue = \"{}\"\nreview_queue = \"{}\"\n",
-            self.url.clone().unwrap_or_else(amqp_url),
+            "[amqp]\nurl = {}\nexchange = \"{}\"\nqueue = \"{}\"\ndead_letter_exchange = \"{}\"\ndead_letter_queue = \"{}\"\nreview_queue = \"{}\"\n",
+            self.url
+                .clone()
+                .unwrap_or_else(|| format!("\"{}\"", amqp_url())),
             names.exchange,
             names.queue,
             names.dead_letter_exchange,
