@@ -135,5 +135,5 @@ kind = "log"' "url = \"$pg&options=-c%20search_path%3D${tag}_1\""
   echo "== 5. two workers on one queue and one PostgreSQL database, log action"
   rules pg2 '[actions.act]
 kind = "log"' "url = \"$pg&options=-c%20search_path%3D${tag}_2\""
-  [ -n "${ONLY_PG1:-}" ] || run_worker pg2 2
+  run_worker pg2 2
 fi

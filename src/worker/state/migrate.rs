@@ -46,8 +46,8 @@ pub async fn run(client: &mut Object) -> Result<(), StoreError> {
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     let result = apply(client).await;
-    // On error the connection may be mid-transaction; dropping it from the pool releases
-    // the lock in any case, and the next start tries again.
+    // Unlocked whether or not the migration went through; on an error the caller closes the
+    // connection as well, which releases the lock even when this unlock did not go out.
     match client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await

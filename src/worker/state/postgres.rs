@@ -51,7 +51,12 @@ impl PgStore {
     pub async fn open(options: &PgOptions) -> Result<Self, StoreError> {
         let store = Self::connect(options)?;
         let mut client = store.pool.get().await?;
-        migrate::run(&mut client).await?;
+        if let Err(err) = migrate::run(&mut client).await {
+            // Never back into the pool mid-transaction or still holding the migration lock:
+            // closing the connection rolls back and unlocks.
+            drop(Object::take(client));
+            return Err(err);
+        }
         Ok(store)
     }
 
