@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hookwarden::cli::{
-    Cli, Command, dead_letters, decisions, exit, http_client, out, rules, sign, state,
+    Cli, Command, backtest, dead_letters, decisions, exit, http_client, out, rules, sign, state,
 };
 use hookwarden::config;
 use hookwarden::listener::config::ListenerConfig;
@@ -113,6 +113,9 @@ fn main() -> ExitCode {
         Command::Rules {
             command: rules::RulesCommand::Test(args),
         } => rules_test(&args, &env),
+        Command::Rules {
+            command: rules::RulesCommand::Backtest(args),
+        } => backtest(&args, &env),
         Command::Decisions(args) => decisions(&args, &env),
         Command::State(args) => state(&args, &env),
         Command::DeadLetters(args) => {
@@ -159,6 +162,38 @@ fn state(args: &state::StateArgs, env: &std::collections::HashMap<String, String
     match moved {
         Ok(line) => {
             eprintln!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+fn backtest(
+    args: &backtest::BacktestArgs,
+    env: &std::collections::HashMap<String, String>,
+) -> ExitCode {
+    let candidate = match rules::load_rules(&args.rules, env) {
+        Ok(config) => config,
+        Err(err) => return usage(&err),
+    };
+    let baseline = match args.baseline.as_deref().map(|p| rules::load_rules(p, env)) {
+        Some(Err(err)) => return usage(&err),
+        Some(Ok(config)) => Some(config),
+        None => None,
+    };
+    match backtest::run(args, &candidate, baseline.as_ref()) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => out::println(&text),
+                    Err(err) => return usage(&err.into()),
+                }
+            } else {
+                out::print(&report.to_string());
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -1,6 +1,7 @@
 //! The operator's `hookwarden` command: check configs, sign and send test events, dry-run
 //! the worker's rules, read its decisions, list and replay its dead letters.
 
+pub mod backtest;
 pub mod bench;
 pub mod dead_letters;
 pub mod decisions;

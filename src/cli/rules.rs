@@ -45,6 +45,19 @@ Exit status: 0 it ran (whether or not a rule matched), 1 a condition or an actio
 template failed, 64 bad input (rules file, --config, event, --previous)."
     )]
     Test(TestArgs),
+    /// Replay the archived events through CANDIDATE rules and compare, per rule and per
+    /// subject, with the recorded decisions (or with --baseline rules replayed the same way).
+    /// Sends nothing; reads the state store the candidate's [state] names.
+    #[command(
+        after_help = "Example: hookwarden rules backtest --rules candidate.toml --since 7d
+
+Every archived event is replayed in delivery order from the oldest, so drops and crossings
+see the past the worker saw; the window (--since, or --from/--to) says which are compared.
+Cooldowns run on the events' receive times.
+
+Exit status: 0 it ran, 1 the state store failed, 64 bad input (rules files, arguments)."
+    )]
+    Backtest(crate::cli::backtest::BacktestArgs),
 }
 
 /// Arguments of `hookwarden rules test`.

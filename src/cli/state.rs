@@ -50,14 +50,16 @@ pub struct Counts {
     pub done: usize,
     /// Decision records.
     pub decisions: usize,
+    /// Archived events.
+    pub archived: usize,
 }
 
 impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} subjects, {} done-marks, {} decision records",
-            self.subjects, self.done, self.decisions
+            "{} subjects, {} done-marks, {} decision records, {} archived events",
+            self.subjects, self.done, self.decisions, self.archived
         )
     }
 }
@@ -68,6 +70,7 @@ impl Counts {
             Exported::Subject { .. } => self.subjects += 1,
             Exported::Done { .. } => self.done += 1,
             Exported::Decision(_) => self.decisions += 1,
+            Exported::Archived(_) => self.archived += 1,
         }
     }
 }
@@ -158,8 +161,11 @@ pub fn import(config: &WorkerConfig, input: &mut dyn std::io::Read) -> anyhow::R
             }
             Exported::Done { key, at_ms } => done.push((key, at_ms)),
             Exported::Decision(record) => batch.decisions.push(record),
+            Exported::Archived(event) => batch.archive.push(event),
         }
-        if batch.subjects.len() + batch.decisions.len() + done.len() >= IMPORT_BATCH {
+        if batch.subjects.len() + batch.decisions.len() + batch.archive.len() + done.len()
+            >= IMPORT_BATCH
+        {
             flush(&mut batch, &mut done)?;
         }
     }

@@ -43,7 +43,7 @@ impl ConfigKind {
         match self {
             Self::Listener => &["server", "amqp", "dedupe", "log", "spool", "providers"],
             Self::Worker => &[
-                "amqp", "server", "state", "log", "subjects", "rules", "actions",
+                "amqp", "server", "state", "archive", "log", "subjects", "rules", "actions",
             ],
         }
     }
@@ -52,7 +52,7 @@ impl ConfigKind {
     fn own_sections(self) -> &'static [&'static str] {
         match self {
             Self::Listener => &["providers", "dedupe", "spool"],
-            Self::Worker => &["subjects", "rules", "actions", "state"],
+            Self::Worker => &["subjects", "rules", "actions", "state", "archive"],
         }
     }
 

@@ -18,7 +18,7 @@ use crate::worker::config::WorkerConfig;
 use crate::worker::decide::{self, Event, EventOutcome, Sighting, SubjectDecision, Verdict};
 use crate::worker::rules::{Mode, Rules};
 use crate::worker::state::{
-    Batch, DecisionRecord, Store, StoreError, SubjectLock, SubjectState, now_ms,
+    ArchivedEvent, Batch, DecisionRecord, Store, StoreError, SubjectLock, SubjectState, now_ms,
 };
 use crate::worker::subject::SubjectRead;
 
@@ -182,6 +182,8 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
         }
     }
     let rules = &ctx.config.rules;
+    let archiving = ctx.config.archive.enabled;
+    let mut archive: Vec<(usize, ArchivedEvent)> = Vec::new();
     // Who each event is about comes first: the batch's subjects are locked before anything is
     // read, so what it reads next (decided events, completed actions, subject state) is what
     // the last batch to hold them committed, in this worker or another one on the same store.
@@ -235,6 +237,9 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
                     record: serde_json::json!({"provider": event.provider, "type": event.event_type, "event_id": event.id}),
                     at_ms: now,
                 });
+                if archiving {
+                    archive.push((i, archived(&items[i], &event, None, now)));
+                }
             }
             Sighting::Subject(subject) => {
                 let key = subject_key(&event, &subject);
@@ -263,29 +268,62 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
 
     let handled = join_all(groups.into_iter().map(|(key, pending)| {
         let prior = states.remove(&key).unwrap_or_default();
-        handle_subject(ctx, key, pending, prior, now, &done)
+        handle_subject(ctx, items, key, pending, prior, now, &done)
     }))
     .await;
     for (key, state, results) in handled {
         if let Some(state) = state {
-            outcome.commit.subjects.insert(key, state);
+            outcome.commit.subjects.insert(key.clone(), state);
         }
-        for (index, fate, decision) in results {
+        for (index, fate, decision, archived) in results {
+            if let Some(archived) = archived {
+                archive.push((index, archived));
+            }
             outcome.fates[index] = fate;
             outcome.commit.decisions.push(decision);
         }
     }
+    // In delivery order, whatever order the subjects finished in.
+    archive.sort_by_key(|(index, _)| *index);
+    outcome.commit.archive = archive.into_iter().map(|(_, a)| a).collect();
     Ok(outcome)
 }
 
-type Handled = (
-    String,
-    Option<SubjectState>,
-    Vec<(usize, Fate, DecisionRecord)>,
-);
+/// An event as the archive keeps it. Its receive time is the message's `timestamp` (whole
+/// seconds, set by the listener), or the decision's time for a message without one.
+fn archived(
+    item: &Item,
+    event: &Event,
+    subject: Option<(&str, Option<i64>)>,
+    now: i64,
+) -> ArchivedEvent {
+    let received_ms = item
+        .properties
+        .timestamp()
+        .filter(|&secs| secs > 0)
+        .and_then(|secs| i64::try_from(secs).ok())
+        .map_or(now, |secs| secs.saturating_mul(1000));
+    ArchivedEvent {
+        event_key: event.key.clone(),
+        provider: event.provider.clone(),
+        event_type: event.event_type.clone(),
+        event_id: event.id.clone(),
+        subject_key: subject.map(|(key, _)| key.to_owned()),
+        version: subject.and_then(|(_, version)| version),
+        received_ms,
+        // The body parsed as JSON, so it is UTF-8.
+        body: String::from_utf8_lossy(&item.data).into_owned(),
+    }
+}
+
+/// One delivery's index, fate, decision record, and the event to archive.
+type Decided = (usize, Fate, DecisionRecord, Option<ArchivedEvent>);
+
+type Handled = (String, Option<SubjectState>, Vec<Decided>);
 
 async fn handle_subject(
     ctx: &Context,
+    items: &[Item],
     key: String,
     pending: Vec<Pending>,
     mut state: SubjectState,
@@ -311,6 +349,14 @@ async fn handle_subject(
             "provider": event.provider, "type": event.event_type, "event_id": event.id,
             "subject": subject.id, "score": subject.scores,
         });
+        let archived = ctx.config.archive.enabled.then(|| {
+            archived(
+                &items[index],
+                &event,
+                Some((key.as_str(), subject.version)),
+                now,
+            )
+        });
         let evaluation = match decide::decide_for(rules, &event, subject, &state, now) {
             SubjectDecision::Evaluated(evaluation) => evaluation,
             SubjectDecision::Stale(_) => {
@@ -320,6 +366,7 @@ async fn handle_subject(
                     index,
                     Fate::Handled,
                     decision(&event, &key, EventOutcome::Stale, record, now),
+                    archived,
                 ));
                 continue;
             }
@@ -332,7 +379,12 @@ async fn handle_subject(
         match failure {
             Some(fate) => {
                 // State stays as it was: replaying the dead letter must see the same past.
-                results.push((index, fate, decision(&event, &key, outcome, record, now)));
+                results.push((
+                    index,
+                    fate,
+                    decision(&event, &key, outcome, record, now),
+                    archived,
+                ));
             }
             None => {
                 state = evaluation.next;
@@ -341,6 +393,7 @@ async fn handle_subject(
                     index,
                     Fate::Handled,
                     decision(&event, &key, outcome, record, now),
+                    archived,
                 ));
             }
         }

@@ -22,6 +22,8 @@ pub struct WorkerConfig {
     pub server: WorkerServer,
     /// `[state]`: the embedded store.
     pub state: StateConfig,
+    /// `[archive]`: the events kept for backtests.
+    pub archive: ArchiveConfig,
     /// `[log]`.
     pub log: LogConfig,
     /// `[[subjects]]`, `[[rules]]` and `[actions.*]`, compiled.
@@ -141,6 +143,60 @@ impl TryFrom<RawState> for StateConfig {
     }
 }
 
+/// `[archive]`: every event the worker decides, kept in the state store with its raw body for
+/// `hookwarden rules backtest` to replay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Whether events are archived.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long archived events are kept (by receive time).
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// At most this many bytes of bodies; the oldest go first.
+    #[serde(default, deserialize_with = "optional_size")]
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retention: default_retention(),
+            max_bytes: None,
+        }
+    }
+}
+
+impl ArchiveConfig {
+    /// One line for `--check`: whether events are archived, how long and how much.
+    pub fn describe(&self) -> String {
+        if !self.enabled {
+            return "events not archived".to_owned();
+        }
+        match self.max_bytes {
+            Some(max) => format!(
+                "events archived {} up to {}",
+                humantime::format_duration(self.retention),
+                bytesize::ByteSize(max)
+            ),
+            None => format!(
+                "events archived {}",
+                humantime::format_duration(self.retention)
+            ),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn optional_size<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+    crate::config::units::size(de).map(Some)
+}
+
 /// A batch holds a connection for its subjects' lock (and commits through it), its reads and
 /// the done-mark writer need one each meanwhile: three is the fewest that never waits on
 /// itself; the fourth serves the hourly prune.
@@ -187,6 +243,7 @@ impl WorkerConfig {
         let amqp: Option<AmqpConfig> = doc.section("amqp");
         let server: Option<WorkerServer> = doc.section("server");
         let state: Option<StateConfig> = doc.section("state");
+        let archive: Option<ArchiveConfig> = doc.section("archive");
         let log: Option<LogConfig> = doc.section("log");
         if let Some(amqp) = &amqp {
             amqp.validate(&mut doc, "amqp");
@@ -197,11 +254,12 @@ impl WorkerConfig {
             .unwrap_or_default();
         let rules = Rules::compile(&mut doc, env, &review_queue);
         doc.finish()?;
-        match (amqp, server, state, log) {
-            (Some(amqp), Some(server), Some(state), Some(log)) => Ok(WorkerConfig {
+        match (amqp, server, state, archive, log) {
+            (Some(amqp), Some(server), Some(state), Some(archive), Some(log)) => Ok(WorkerConfig {
                 amqp,
                 server,
                 state,
+                archive,
                 log,
                 rules,
             }),
@@ -220,12 +278,13 @@ impl WorkerConfig {
     /// A short human summary for `--check`.
     pub fn summary(&self) -> String {
         format!(
-            "broker {} queue {:?} prefetch {}; state {} (decisions kept {})\n{}",
+            "broker {} queue {:?} prefetch {}; state {} (decisions kept {}; {})\n{}",
             self.amqp.redacted_url(),
             self.amqp.queue,
             self.amqp.prefetch,
             self.state.describe(),
             humantime::format_duration(self.state.retention),
+            self.archive.describe(),
             self.rules.summary()
         )
     }

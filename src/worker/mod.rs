@@ -10,6 +10,7 @@
 //! as the daemon reads it.
 
 pub mod action;
+pub mod backtest;
 pub mod batch;
 pub mod condition;
 pub mod config;

@@ -188,14 +188,26 @@ async fn prune_loop(
     shutdown: CancellationToken,
 ) {
     loop {
-        let retention = config
-            .read()
-            .map(|c| c.state.retention)
-            .unwrap_or(Duration::MAX);
+        let Ok(current) = config.read().map(|c| c.clone()) else {
+            return;
+        };
         let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.prune(retention)).await {
-            Ok(Ok(n)) if n > 0 => {
-                tracing::info!(removed = n, "pruned old decisions and done-marks")
+        let pruned = tokio::task::spawn_blocking(move || {
+            let removed = s.prune(current.state.retention)?;
+            // Kept by its own limits even when archiving is off: what was archived before
+            // still ages out.
+            let archive = &current.archive;
+            let archived = s.prune_archive(archive.retention, archive.max_bytes)?;
+            Ok::<_, StoreError>((removed, archived))
+        })
+        .await;
+        match pruned {
+            Ok(Ok((removed, archived))) if removed + archived > 0 => {
+                tracing::info!(
+                    removed,
+                    archived,
+                    "pruned old decisions, done-marks and archived events"
+                )
             }
             Ok(Err(err)) => tracing::warn!(error = %err, "pruning failed"),
             _ => {}

@@ -23,4 +23,5 @@ mod spool;
 mod state;
 mod systemd;
 mod worker;
+mod worker_backtest;
 mod worker_postgres;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hookwarden::worker::config::{Backend, StateConfig};
 use hookwarden::worker::state::{
-    self, Batch, DecisionRecord, PgOptions, Store, StoreError, SubjectState,
+    self, ArchivedEvent, Batch, DecisionRecord, ReplayQuery, PgOptions, Store, StoreError, SubjectState,
 };
 
 use crate::harness::{tempdir, wait_for};
@@ -173,9 +173,10 @@ async fn postgresql_schema_is_created_once_and_a_newer_one_is_refused() {
     let known = state::schema_version();
     assert_eq!(
         schema
-            .texts("SELECT version::text FROM hookwarden_schema")
+            .texts("SELECT version::text FROM hookwarden_schema ORDER BY version")
             .await,
-        [known.to_string()]
+        (1..=known).map(|v| v.to_string()).collect::<Vec<_>>(),
+        "every migration applied once"
     );
 
     // A newer hookwarden migrated it: this one would misread it, and says which is which.
@@ -338,6 +339,19 @@ fn state_export_then_import_moves_the_embedded_store_into_postgresql_whole() {
     batch
         .decisions
         .push(record("dregs/e3", Some("dregs/u2"), "dead_lettered", 102));
+    // Archived in delivery order: e3 before e1.
+    for (key, subject) in [("dregs/e3", "dregs/u2"), ("dregs/e1", "dregs/u1")] {
+        batch.archive.push(ArchivedEvent {
+            event_key: key.into(),
+            provider: "dregs".into(),
+            event_type: "identity.scored".into(),
+            event_id: key.trim_start_matches("dregs/").into(),
+            subject_key: Some(subject.into()),
+            version: Some(7),
+            received_ms: 99,
+            body: format!("{{\"id\":\"{key}\"}}"),
+        });
+    }
     sqlite.commit(&batch).unwrap();
     sqlite
         .restore_done(&[("dregs/e1/quarantine/quarantine".to_owned(), 100)])
@@ -351,14 +365,34 @@ fn state_export_then_import_moves_the_embedded_store_into_postgresql_whole() {
         subjects: 2,
         done: 1,
         decisions: 3,
+        archived: 2,
     };
     assert_eq!(counts, expected);
-    assert_eq!(String::from_utf8_lossy(&exported).lines().count(), 6);
+    assert_eq!(String::from_utf8_lossy(&exported).lines().count(), 8);
     assert_eq!(import(&pg, &mut exported.as_slice()).unwrap(), expected);
 
     // Row for row the same, and what the worker asks of the store answers the same.
     let postgres = runtime.block_on(state::open(&pg.state)).unwrap();
     assert_eq!(rows(&*postgres), before);
+    // The archive in its delivery order, each event with its record when asked.
+    let mut replayed = Vec::new();
+    let query = ReplayQuery {
+        subject_key: None,
+        recorded_from: Some(0),
+    };
+    postgres
+        .replay(&query, &mut |r| {
+            replayed.push((r.event.event_key, r.recorded.map(|(outcome, _)| outcome)));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        replayed,
+        [
+            ("dregs/e3".to_owned(), Some("dead_lettered".to_owned())),
+            ("dregs/e1".to_owned(), Some("acted".to_owned()))
+        ]
+    );
     let keys = ["dregs/e1", "dregs/e2", "dregs/e3"].map(str::to_owned);
     assert_eq!(
         postgres.decided(&keys).unwrap(),

@@ -17,11 +17,18 @@ struct Migration {
 }
 
 /// Every migration this build knows, oldest first; a new one is appended, never edited.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../../migrations/postgres/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "archive",
+        sql: include_str!("../../../migrations/postgres/0002_archive.sql"),
+    },
+];
 
 /// The advisory lock two workers starting at once take before looking at the schema, so one
 /// migrates and the other then finds it done. (Any constant no other application uses.)

@@ -1,6 +1,7 @@
 //! The worker's state behind one interface: per subject its last version, scores and time;
 //! per (subject, rule) when it last fired; per action key a done-mark; per event a decision
-//! record. Two implementations: [`SqliteStore`] embedded (one worker, one host) and
+//! record; per event decided, when `[archive]` is on, its raw body in delivery order (what
+//! `hookwarden rules backtest` replays). Two implementations: [`SqliteStore`] embedded (one worker, one host) and
 //! [`PgStore`] in PostgreSQL (several workers); [`open`] picks the one `[state]` names.
 
 mod migrate;
@@ -72,6 +73,9 @@ pub enum StoreError {
     /// An export could not be written.
     #[error("state store: writing the export: {0}")]
     Export(#[source] std::io::Error),
+    /// A replay's consumer stopped it (a backtest that failed to decide, say).
+    #[error("{0}")]
+    Stopped(String),
     /// The store's lock was poisoned by a panic elsewhere.
     #[error("state store: lock poisoned")]
     Poisoned,
@@ -109,6 +113,7 @@ impl StoreError {
             },
             Self::Sqlite(_)
             | Self::Export(_)
+            | Self::Stopped(_)
             | Self::Corrupt(_)
             | Self::Poisoned
             | Self::SchemaTooNew { .. }
@@ -169,6 +174,66 @@ pub enum Exported {
     },
     /// An event's decision record.
     Decision(DecisionRecord),
+    /// An archived event, in delivery order.
+    Archived(ArchivedEvent),
+}
+
+/// An event as the archive keeps it: enough to decide it again exactly as it was decided.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ArchivedEvent {
+    /// `provider/event_id`, the key of its decision record.
+    pub event_key: String,
+    /// Provider name.
+    pub provider: String,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Provider's event id.
+    pub event_id: String,
+    /// `provider/subject`, as the rules in force read it; `None` when none read it.
+    pub subject_key: Option<String>,
+    /// Its version as the rules in force read it.
+    pub version: Option<i64>,
+    /// When the listener received it (the message's `timestamp`), Unix milliseconds.
+    pub received_ms: i64,
+    /// The raw body, as signed (a JSON document, so always text).
+    pub body: String,
+}
+
+/// An archived event on its way out of the store, in delivery order, with the decision the
+/// worker recorded for it when one was asked for and is still kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replayed {
+    /// Its place in delivery order.
+    pub seq: i64,
+    /// The event.
+    pub event: ArchivedEvent,
+    /// Its recorded outcome and record (JSON text).
+    pub recorded: Option<(String, String)>,
+}
+
+/// What [`Store::replay`] hands out.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayQuery {
+    /// Only events of this subject: its key (`provider/subject`) or its id, as the worker
+    /// read it.
+    pub subject_key: Option<String>,
+    /// Join each event received at or after this time (Unix milliseconds) with its decision
+    /// record; `None`: no records.
+    pub recorded_from: Option<i64>,
+}
+
+/// How much the archive holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ArchiveSummary {
+    /// Events archived.
+    pub events: u64,
+    /// Bytes of their bodies.
+    pub body_bytes: u64,
+    /// Receive time of the oldest, Unix milliseconds.
+    pub oldest_ms: Option<i64>,
+    /// Receive time of the newest, Unix milliseconds.
+    pub newest_ms: Option<i64>,
 }
 
 /// Everything one batch changes, committed in one transaction before its acks.
@@ -178,6 +243,8 @@ pub struct Batch {
     pub subjects: HashMap<String, SubjectState>,
     /// Decision records.
     pub decisions: Vec<DecisionRecord>,
+    /// Events to archive, in delivery order (one already archived is kept as it was).
+    pub archive: Vec<ArchivedEvent>,
 }
 
 /// Held while a batch reads, decides and commits its subjects' events: another worker's
@@ -271,8 +338,8 @@ pub trait Store: Send + Sync + 'static {
         subject_key: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DecisionRecord>, StoreError>;
-    /// Hands every subject, then every done-mark, then every decision record (oldest first)
-    /// to `each`, stopping at its first error.
+    /// Hands every subject, then every done-mark, then every decision record (oldest first),
+    /// then every archived event (in delivery order) to `each`, stopping at its first error.
     ///
     /// # Errors
     /// Store failure, or the first error of `each`.
@@ -290,6 +357,33 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store failure.
     fn prune(&self, retention: Duration) -> Result<usize, StoreError>;
+    /// Deletes archived events received longer than `retention` ago, then the oldest until
+    /// their bodies take at most `max_bytes`; returns events removed.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn prune_archive(&self, retention: Duration, max_bytes: Option<u64>)
+    -> Result<usize, StoreError>;
+    /// How many events the archive holds, their bytes and time span.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn archive_summary(&self) -> Result<ArchiveSummary, StoreError>;
+    /// Hands the archived events `query` selects to `each` in delivery order, one at a time
+    /// (never all in memory), stopping at its first error.
+    ///
+    /// # Errors
+    /// Store failure, or the first error of `each`.
+    fn replay(
+        &self,
+        query: &ReplayQuery,
+        each: &mut dyn FnMut(Replayed) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+}
+
+/// The receive time before which archived events are pruned.
+fn cutoff(retention: Duration) -> i64 {
+    now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Outcomes after which a redelivered event is not handled again. A dead-lettered event is

@@ -15,11 +15,12 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
+use futures_util::StreamExt as _;
 use tokio_postgres::Row;
 
 use super::{
-    Batch, DecisionRecord, Exported, FINAL, Store, StoreError, SubjectLock, SubjectState, migrate,
-    now_ms,
+    ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, ReplayQuery, Replayed,
+    Store, StoreError, SubjectLock, SubjectState, cutoff, migrate, now_ms,
 };
 
 /// How the store reaches PostgreSQL (`[state] url`, `pool_size`, `statement_timeout`).
@@ -224,6 +225,20 @@ struct Columns {
     outcomes: Vec<String>,
     records: Vec<String>,
     at: Vec<i64>,
+    archive: Archive,
+}
+
+/// The batch's archived events, one column array per field, in delivery order.
+#[derive(Default)]
+struct Archive {
+    event_keys: Vec<String>,
+    providers: Vec<String>,
+    types: Vec<String>,
+    event_ids: Vec<String>,
+    subject_keys: Vec<Option<String>>,
+    versions: Vec<Option<i64>>,
+    received: Vec<i64>,
+    bodies: Vec<String>,
 }
 
 impl Columns {
@@ -260,7 +275,19 @@ impl Columns {
             outcomes: Vec::new(),
             records: Vec::new(),
             at: Vec::new(),
+            archive: Archive::default(),
         };
+        for a in &batch.archive {
+            let archive = &mut columns.archive;
+            archive.event_keys.push(a.event_key.clone());
+            archive.providers.push(a.provider.clone());
+            archive.types.push(a.event_type.clone());
+            archive.event_ids.push(a.event_id.clone());
+            archive.subject_keys.push(a.subject_key.clone());
+            archive.versions.push(a.version);
+            archive.received.push(a.received_ms);
+            archive.bodies.push(a.body.clone());
+        }
         for (key, state) in subjects {
             columns.keys.push(key.clone());
             columns.versions.push(state.version);
@@ -332,6 +359,35 @@ impl Columns {
                     &self.outcomes,
                     &self.records,
                     &self.at,
+                ],
+            )
+            .await?;
+        }
+        if !self.archive.event_keys.is_empty() {
+            // Numbered in the order given (the ordinality), which is delivery order.
+            let archive = tx
+                .prepare_cached(
+                    "INSERT INTO archive (event_key, provider, type, event_id, subject_key,
+                       version, received_ms, body)
+                     SELECT k, p, t, i, s, v, r, b FROM unnest($1::text[], $2::text[],
+                       $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::text[])
+                       WITH ORDINALITY AS u(k, p, t, i, s, v, r, b, n)
+                     ORDER BY n
+                     ON CONFLICT (event_key) DO NOTHING",
+                )
+                .await?;
+            let a = &self.archive;
+            tx.execute(
+                &archive,
+                &[
+                    &a.event_keys,
+                    &a.providers,
+                    &a.types,
+                    &a.event_ids,
+                    &a.subject_keys,
+                    &a.versions,
+                    &a.received,
+                    &a.bodies,
                 ],
             )
             .await?;
@@ -557,6 +613,18 @@ impl Store for PgStore {
                     at_ms: r.try_get(4)?,
                 }))?;
             }
+            // Streamed: the archive is the one table that may not fit in memory.
+            let rows = tx
+                .query_raw(
+                    "SELECT event_key, provider, type, event_id, subject_key, version,
+                       received_ms, body FROM archive ORDER BY seq",
+                    std::iter::empty::<i64>(),
+                )
+                .await?;
+            let mut rows = std::pin::pin!(rows);
+            while let Some(row) = rows.next().await {
+                each(Exported::Archived(archived(&row?, 0)?))?;
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -590,4 +658,120 @@ impl Store for PgStore {
             Ok(usize::try_from(decisions + done).unwrap_or(usize::MAX))
         })
     }
+
+    fn prune_archive(
+        &self,
+        retention: Duration,
+        max_bytes: Option<u64>,
+    ) -> Result<usize, StoreError> {
+        let cutoff = cutoff(retention);
+        let max = max_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        self.run(async |c| {
+            // As the embedded store: everything before the first event young enough, then the
+            // oldest beyond max_bytes.
+            let mut removed = c
+                .execute(
+                    "DELETE FROM archive WHERE seq < coalesce(
+                       (SELECT seq FROM archive WHERE received_ms >= $1 ORDER BY seq LIMIT 1),
+                       (SELECT max(seq) + 1 FROM archive))",
+                    &[&cutoff],
+                )
+                .await?;
+            if let Some(max) = max {
+                removed += c
+                    .execute(
+                        "DELETE FROM archive WHERE seq <= (
+                           SELECT seq FROM (
+                             SELECT seq, sum(octet_length(body)) OVER (ORDER BY seq DESC)
+                               AS newer FROM archive) AS sized
+                           WHERE newer > $1 ORDER BY seq DESC LIMIT 1)",
+                        &[&max],
+                    )
+                    .await?;
+            }
+            Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+        })
+    }
+
+    fn archive_summary(&self) -> Result<ArchiveSummary, StoreError> {
+        self.run(async |c| {
+            let row = c
+                .query_one(
+                    "SELECT count(*), coalesce(sum(octet_length(body)), 0)::int8,
+                       min(received_ms), max(received_ms) FROM archive",
+                    &[],
+                )
+                .await?;
+            let events: i64 = row.try_get(0)?;
+            let bytes: i64 = row.try_get(1)?;
+            Ok(ArchiveSummary {
+                events: u64::try_from(events).unwrap_or(0),
+                body_bytes: u64::try_from(bytes).unwrap_or(0),
+                oldest_ms: row.try_get(2)?,
+                newest_ms: row.try_get(3)?,
+            })
+        })
+    }
+
+    fn replay(
+        &self,
+        query: &ReplayQuery,
+        each: &mut dyn FnMut(Replayed) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.run(async |c| {
+            // One statement, streamed: rows arrive as they are read, never all at once. The
+            // snapshot of a read-only transaction keeps it consistent while workers write.
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            // No statement timeout here: a backtest over a month's events reads for a while.
+            tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
+            let subject = query.subject_key.as_deref();
+            let rows = tx
+                .query_raw(
+                    "SELECT a.event_key, a.provider, a.type, a.event_id, a.subject_key,
+                       a.version, a.received_ms, a.body, d.outcome, d.record, a.seq
+                     FROM archive a LEFT JOIN decisions d
+                       ON $2::int8 IS NOT NULL AND a.received_ms >= $2 AND d.event_key = a.event_key
+                     WHERE $1::text IS NULL OR a.subject_key = $1
+                       OR a.subject_key = a.provider || '/' || $1
+                     ORDER BY a.seq",
+                    [
+                        &subject as &(dyn tokio_postgres::types::ToSql + Sync),
+                        &query.recorded_from,
+                    ],
+                )
+                .await?;
+            let mut rows = std::pin::pin!(rows);
+            while let Some(row) = rows.next().await {
+                let row = row?;
+                let outcome: Option<String> = row.try_get(8)?;
+                let record: Option<String> = row.try_get(9)?;
+                each(Replayed {
+                    seq: row.try_get(10)?,
+                    event: archived(&row, 0)?,
+                    recorded: outcome.zip(record),
+                })?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
+
+/// The archived event in the eight columns of `row` from `at` on.
+fn archived(row: &Row, at: usize) -> Result<ArchivedEvent, StoreError> {
+    Ok(ArchivedEvent {
+        event_key: row.try_get(at)?,
+        provider: row.try_get(at + 1)?,
+        event_type: row.try_get(at + 2)?,
+        event_id: row.try_get(at + 3)?,
+        subject_key: row.try_get(at + 4)?,
+        version: row.try_get(at + 5)?,
+        received_ms: row.try_get(at + 6)?,
+        body: row.try_get(at + 7)?,
+    })
 }

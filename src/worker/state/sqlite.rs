@@ -8,7 +8,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Batch, DecisionRecord, Exported, FINAL, Store, StoreError, SubjectLock, SubjectState, now_ms,
+    ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, ReplayQuery, Replayed,
+    Store, StoreError, SubjectLock, SubjectState, cutoff, now_ms,
 };
 
 /// SQLite in WAL mode with `synchronous=NORMAL`: a commit survives a killed process (the
@@ -48,6 +49,17 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_subject ON decisions (subject_key, at_ms);
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at_ms);
+CREATE TABLE IF NOT EXISTS archive (
+    seq INTEGER PRIMARY KEY,
+    event_key TEXT NOT NULL UNIQUE,
+    provider TEXT NOT NULL,
+    type TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    subject_key TEXT,
+    version INTEGER,
+    received_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
 ";
 
 impl SqliteStore {
@@ -229,6 +241,25 @@ impl Store for SqliteStore {
                         d.at_ms
                     ])?;
                 }
+                if !batch.archive.is_empty() {
+                    let mut archive = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO archive (event_key, provider, type, event_id,
+                           subject_key, version, received_ms, body)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?;
+                    for a in &batch.archive {
+                        archive.execute(params![
+                            a.event_key,
+                            a.provider,
+                            a.event_type,
+                            a.event_id,
+                            a.subject_key,
+                            a.version,
+                            a.received_ms,
+                            a.body
+                        ])?;
+                    }
+                }
             }
             tx.commit()?;
             Ok(())
@@ -323,6 +354,11 @@ impl Store for SqliteStore {
                     at_ms: r.get(4)?,
                 }))?;
             }
+            let mut stmt = c.prepare(&format!("{ARCHIVE_ROW} ORDER BY seq"))?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                each(Exported::Archived(archived(r)?))?;
+            }
             Ok(())
         })
     }
@@ -352,6 +388,116 @@ impl Store for SqliteStore {
             Ok(removed)
         })
     }
+
+    fn prune_archive(
+        &self,
+        retention: Duration,
+        max_bytes: Option<u64>,
+    ) -> Result<usize, StoreError> {
+        let cutoff = cutoff(retention);
+        self.with(|c| {
+            // Receive times follow delivery order closely but not exactly (several listeners,
+            // clocks in seconds): everything before the first event young enough goes.
+            let mut removed = c.execute(
+                "DELETE FROM archive WHERE seq < coalesce(
+                   (SELECT seq FROM archive WHERE received_ms >= ?1 ORDER BY seq LIMIT 1),
+                   (SELECT max(seq) + 1 FROM archive))",
+                params![cutoff],
+            )?;
+            if let Some(max) = max_bytes {
+                let max = i64::try_from(max).unwrap_or(i64::MAX);
+                // The newest events whose bodies fit in max_bytes stay.
+                removed += c.execute(
+                    "DELETE FROM archive WHERE seq <= (
+                       SELECT seq FROM (
+                         SELECT seq, sum(length(CAST(body AS BLOB))) OVER (ORDER BY seq DESC)
+                           AS newer FROM archive)
+                       WHERE newer > ?1 ORDER BY seq DESC LIMIT 1)",
+                    params![max],
+                )?;
+            }
+            Ok(removed)
+        })
+    }
+
+    fn archive_summary(&self) -> Result<ArchiveSummary, StoreError> {
+        self.read(|c| {
+            let (events, bytes, oldest, newest) = c.query_row(
+                "SELECT count(*), coalesce(sum(length(CAST(body AS BLOB))), 0), min(received_ms),
+                   max(received_ms) FROM archive",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                    ))
+                },
+            )?;
+            Ok(ArchiveSummary {
+                events: u64::try_from(events).unwrap_or(0),
+                body_bytes: u64::try_from(bytes).unwrap_or(0),
+                oldest_ms: oldest,
+                newest_ms: newest,
+            })
+        })
+    }
+
+    fn replay(
+        &self,
+        query: &ReplayQuery,
+        each: &mut dyn FnMut(Replayed) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.read(|c| {
+            // Records only where asked for: outside the window only the events matter.
+            let mut stmt = c.prepare(
+                "SELECT a.seq, a.event_key, a.provider, a.type, a.event_id, a.subject_key,
+                   a.version, a.received_ms, a.body, d.outcome, d.record
+                 FROM archive a LEFT JOIN decisions d
+                   ON ?2 IS NOT NULL AND a.received_ms >= ?2 AND d.event_key = a.event_key
+                 WHERE ?1 IS NULL OR a.subject_key = ?1 OR a.subject_key = a.provider || '/' || ?1
+                 ORDER BY a.seq",
+            )?;
+            let mut rows = stmt.query(params![query.subject_key, query.recorded_from])?;
+            while let Some(r) = rows.next()? {
+                let outcome: Option<String> = r.get(9)?;
+                let record: Option<String> = r.get(10)?;
+                each(Replayed {
+                    seq: r.get(0)?,
+                    event: ArchivedEvent {
+                        event_key: r.get(1)?,
+                        provider: r.get(2)?,
+                        event_type: r.get(3)?,
+                        event_id: r.get(4)?,
+                        subject_key: r.get(5)?,
+                        version: r.get(6)?,
+                        received_ms: r.get(7)?,
+                        body: r.get(8)?,
+                    },
+                    recorded: outcome.zip(record),
+                })?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The columns of an archived event, for [`archived`].
+const ARCHIVE_ROW: &str = "SELECT event_key, provider, type, event_id, subject_key, version,
+    received_ms, body FROM archive";
+
+fn archived(r: &rusqlite::Row<'_>) -> Result<ArchivedEvent, StoreError> {
+    Ok(ArchivedEvent {
+        event_key: r.get(0)?,
+        provider: r.get(1)?,
+        event_type: r.get(2)?,
+        event_id: r.get(3)?,
+        subject_key: r.get(4)?,
+        version: r.get(5)?,
+        received_ms: r.get(6)?,
+        body: r.get(7)?,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,475 @@
+//! Backtests: the archived events decided again, in delivery order, by candidate rules, and
+//! compared with what was decided before: the decisions the worker recorded, or a baseline
+//! set of rules replayed the same way. Each side rebuilds every subject's state from the
+//! archive's oldest event, so drops and crossings see the past the worker saw, and its
+//! cooldowns run on the events' receive times. Pure: the caller streams the archive in
+//! ([`Backtest::feed`]); nothing is sent and nothing stored. Memory grows with subjects (their
+//! states, the set of subjects that changed), never with events.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::worker::decide::{self, Event, Sighting, SubjectDecision, Verdict, rfc3339_ms};
+use crate::worker::rules::{Mode, Rules};
+use crate::worker::state::{Replayed, SubjectState};
+
+/// How many subjects whose actions change the report lists, unless told otherwise.
+pub const CHANGES_LISTED: usize = 20;
+
+/// Which receive times are compared (every event is replayed: those before the window build
+/// the subjects' states).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// From this time on (Unix milliseconds); `None`: from the oldest event.
+    pub from_ms: Option<i64>,
+    /// Up to this time (Unix milliseconds, included); `None`: to the newest.
+    pub to_ms: Option<i64>,
+}
+
+impl Window {
+    /// Whether an event received at `at_ms` is compared.
+    pub fn contains(&self, at_ms: i64) -> bool {
+        self.from_ms.is_none_or(|from| at_ms >= from) && self.to_ms.is_none_or(|to| at_ms <= to)
+    }
+}
+
+/// The subjects' states as one set of rules rebuilds them, event by event.
+pub struct Replay<'r> {
+    rules: &'r Rules,
+    states: HashMap<String, SubjectState>,
+}
+
+/// What one rule made of one event, on one side.
+#[derive(Debug, Clone, PartialEq)]
+struct Marked {
+    rule: String,
+    matched: bool,
+    /// Its actions run (enforce) or would (shadow).
+    fires: bool,
+    error: bool,
+    /// For a firing rule, its actions and whether they run (enforce) rather than only being
+    /// recorded (shadow).
+    actions: Vec<String>,
+    enforced: bool,
+}
+
+/// What one side made of one event.
+#[derive(Debug, Default)]
+struct Sided {
+    /// No `[[subjects]]` entry reads it, or its subject could not be read, or it was stale:
+    /// nothing was evaluated.
+    evaluated: bool,
+    rules: Vec<Marked>,
+}
+
+impl Sided {
+    fn fires(&self, rule: &str) -> bool {
+        self.rules.iter().any(|m| m.rule == rule && m.fires)
+    }
+}
+
+impl<'r> Replay<'r> {
+    /// A replay from no state at all.
+    pub fn new(rules: &'r Rules) -> Self {
+        Self {
+            rules,
+            states: HashMap::new(),
+        }
+    }
+
+    /// Subjects seen so far.
+    pub fn subjects(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Decides `event` at `at_ms` against its subject's state as replayed so far, and moves
+    /// that state on as the worker would commit it (its actions taken to succeed). Returns
+    /// the subject key, its scores before the event, and what the rules made of it.
+    fn decide(&mut self, event: &Event, at_ms: i64) -> (Option<Subject>, Sided) {
+        let read = match decide::sight(self.rules, event) {
+            Sighting::Subject(read) => read,
+            Sighting::NoSubject | Sighting::Unreadable(_) => return (None, Sided::default()),
+        };
+        let key = format!("{}/{}", event.provider, read.id);
+        let scores = read.scores.clone();
+        let prior = self.states.get(&key);
+        let empty = SubjectState::default();
+        let decided = decide::decide_for(self.rules, event, read, prior.unwrap_or(&empty), at_ms);
+        let subject = Subject {
+            key: key.clone(),
+            scores,
+            previous: prior.map(|p| p.scores.clone()).unwrap_or_default(),
+        };
+        let evaluation = match decided {
+            SubjectDecision::Stale(_) => return (Some(subject), Sided::default()),
+            SubjectDecision::Evaluated(evaluation) => evaluation,
+        };
+        let rules = evaluation
+            .rules
+            .iter()
+            .map(|d| {
+                let rule = &self.rules.rules[d.rule];
+                Marked {
+                    rule: rule.name.clone(),
+                    matched: d.verdict.matched(),
+                    fires: d.verdict.fires(),
+                    error: matches!(d.verdict, Verdict::Error(_)),
+                    actions: match d.verdict.fires() {
+                        true => d.actions.iter().map(|a| a.action.clone()).collect(),
+                        false => Vec::new(),
+                    },
+                    enforced: d.verdict == Verdict::Acts,
+                }
+            })
+            .collect();
+        self.states.insert(key, evaluation.next);
+        (
+            Some(subject),
+            Sided {
+                evaluated: true,
+                rules,
+            },
+        )
+    }
+}
+
+/// Who an event is about, as the candidate reads it.
+struct Subject {
+    key: String,
+    scores: BTreeMap<String, f64>,
+    previous: BTreeMap<String, f64>,
+}
+
+/// A decision record as the worker wrote it: only what a comparison reads.
+#[derive(Deserialize)]
+struct Recorded {
+    #[serde(default)]
+    rules: Vec<RecordedRule>,
+}
+
+#[derive(Deserialize)]
+struct RecordedRule {
+    rule: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    matched: bool,
+    #[serde(default)]
+    cooldown: bool,
+    #[serde(default)]
+    tripped: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    actions: Vec<RecordedAction>,
+}
+
+#[derive(Deserialize)]
+struct RecordedAction {
+    action: String,
+}
+
+impl Recorded {
+    /// The record's rules as a side of the comparison. A rule fired when it matched and was
+    /// neither cooling down nor tripped; the actions named are those that ran.
+    fn sided(self, outcome: &str) -> Sided {
+        let evaluated = !matches!(outcome, "stale" | "no_subject" | "duplicate");
+        Sided {
+            evaluated,
+            rules: self
+                .rules
+                .into_iter()
+                .map(|r| {
+                    let fires = r.matched && !r.cooldown && !r.tripped;
+                    Marked {
+                        enforced: fires && r.mode != Mode::Shadow.as_str(),
+                        rule: r.rule,
+                        matched: r.matched,
+                        fires,
+                        error: r.error.is_some(),
+                        actions: r.actions.into_iter().map(|a| a.action).collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Counts of one rule on one side, over the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RuleCounts {
+    /// Events its `events` patterns took.
+    pub evaluated: u64,
+    /// Events its condition held for (cooling down included).
+    pub matched: u64,
+    /// Events it fired for: its actions ran or would have.
+    pub would_act: u64,
+    /// Events its condition could not be evaluated for.
+    pub errors: u64,
+}
+
+/// One rule's line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleLine {
+    /// Its name.
+    pub rule: String,
+    /// Its mode in the candidate; `None` when only the baseline has it.
+    pub mode: Option<&'static str>,
+    /// The baseline's counts.
+    pub baseline: RuleCounts,
+    /// The candidate's counts.
+    pub candidate: RuleCounts,
+    /// Events it fires for in the candidate and not in the baseline.
+    pub new: u64,
+    /// Events it fired for in the baseline and not in the candidate.
+    pub gone: u64,
+}
+
+/// How often one action runs (enforce) or would (shadow), on each side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ActionCounts {
+    /// Baseline: runs by enforcing rules (recorded: the attempts the records list).
+    pub baseline_runs: u64,
+    /// Candidate: runs by enforcing rules.
+    pub candidate_runs: u64,
+    /// Candidate: firings of shadow rules that name it.
+    pub candidate_shadow: u64,
+}
+
+/// A rule whose firing differs on one event.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleChange {
+    /// The rule.
+    pub rule: String,
+    /// Whether it fired in the baseline.
+    pub baseline: bool,
+    /// Whether it fires in the candidate.
+    pub candidate: bool,
+}
+
+/// A subject whose actions change: its first event where they do, and the values that decided.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// `provider/subject`.
+    pub subject: String,
+    /// The event.
+    pub event_id: String,
+    /// When it was received.
+    pub received_at: Option<String>,
+    /// The rules whose firing differs.
+    pub rules: Vec<RuleChange>,
+    /// The event's scores.
+    pub score: BTreeMap<String, f64>,
+    /// The subject's scores before it, as the candidate replayed them.
+    pub previous: BTreeMap<String, f64>,
+}
+
+/// What a backtest found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Events replayed (the window's and those before it).
+    pub replayed: u64,
+    /// Events inside the window.
+    pub compared: u64,
+    /// Events in the window with no decision record to compare with (pruned, or never
+    /// recorded); counted for the candidate, left out of `new` and `gone`.
+    pub unrecorded: u64,
+    /// Events in the window the candidate evaluated no rule for (no subject, stale).
+    pub not_evaluated: u64,
+    /// Archived bodies that are no longer JSON (skipped).
+    pub unreadable: u64,
+    /// Subjects the candidate replay saw.
+    pub subjects: u64,
+    /// Per rule, in the candidate's file order, then the baseline's other rules.
+    pub rules: Vec<RuleLine>,
+    /// Per action name.
+    pub actions: BTreeMap<String, ActionCounts>,
+    /// Subjects whose actions change.
+    pub changed_subjects: u64,
+    /// The first of them ([`CHANGES_LISTED`] unless [`Backtest::list`] says otherwise).
+    pub changes: Vec<Change>,
+}
+
+/// What the candidate is compared with.
+pub enum Baseline<'r> {
+    /// The decisions the worker recorded.
+    Recorded,
+    /// Other rules, replayed the same way.
+    Rules(Replay<'r>),
+}
+
+/// A backtest in progress.
+pub struct Backtest<'r> {
+    candidate: Replay<'r>,
+    baseline: Baseline<'r>,
+    window: Window,
+    report: Report,
+    line_of: HashMap<String, usize>,
+    changed: HashSet<String>,
+    listed: usize,
+}
+
+impl<'r> Backtest<'r> {
+    /// A backtest of `candidate` against `baseline` over `window`.
+    pub fn new(candidate: &'r Rules, baseline: Baseline<'r>, window: Window) -> Self {
+        let mut test = Self {
+            candidate: Replay::new(candidate),
+            baseline,
+            window,
+            report: Report::default(),
+            line_of: HashMap::new(),
+            changed: HashSet::new(),
+            listed: CHANGES_LISTED,
+        };
+        for rule in &candidate.rules {
+            test.line(&rule.name).mode = Some(rule.mode.as_str());
+        }
+        test
+    }
+
+    /// Lists the first `n` subjects whose actions change.
+    pub fn list(mut self, n: usize) -> Self {
+        self.listed = n;
+        self
+    }
+
+    /// The report line of `rule`, added on first sight.
+    fn line(&mut self, rule: &str) -> &mut RuleLine {
+        let index = match self.line_of.get(rule) {
+            Some(&i) => i,
+            None => {
+                self.report.rules.push(RuleLine {
+                    rule: rule.to_owned(),
+                    mode: None,
+                    baseline: RuleCounts::default(),
+                    candidate: RuleCounts::default(),
+                    new: 0,
+                    gone: 0,
+                });
+                self.line_of
+                    .insert(rule.to_owned(), self.report.rules.len() - 1);
+                self.report.rules.len() - 1
+            }
+        };
+        &mut self.report.rules[index]
+    }
+
+    /// Replays one archived event (they come in delivery order).
+    pub fn feed(&mut self, replayed: Replayed) {
+        self.report.replayed += 1;
+        let archived = replayed.event;
+        let json = match serde_json::from_str(&archived.body) {
+            Ok(json) => json,
+            Err(_) => {
+                self.report.unreadable += 1;
+                return;
+            }
+        };
+        let event = Event {
+            key: archived.event_key,
+            provider: archived.provider,
+            id: archived.event_id,
+            event_type: archived.event_type,
+            json,
+        };
+        let at = archived.received_ms;
+        let (subject, candidate) = self.candidate.decide(&event, at);
+        let baseline = match &mut self.baseline {
+            Baseline::Rules(replay) => Some(replay.decide(&event, at).1),
+            Baseline::Recorded => None,
+        };
+        if !self.window.contains(at) {
+            return;
+        }
+        self.report.compared += 1;
+        let baseline = match baseline {
+            Some(sided) => Some(sided),
+            None => replayed.recorded.and_then(|(outcome, record)| {
+                serde_json::from_str::<Recorded>(&record)
+                    .ok()
+                    .map(|r| r.sided(&outcome))
+            }),
+        };
+        if !candidate.evaluated {
+            self.report.not_evaluated += 1;
+        }
+        self.count(&candidate, false);
+        let Some(baseline) = baseline else {
+            self.report.unrecorded += 1;
+            return;
+        };
+        self.count(&baseline, true);
+        let mut changes = Vec::new();
+        for m in candidate.rules.iter().filter(|m| m.fires) {
+            if !baseline.fires(&m.rule) {
+                self.line(&m.rule).new += 1;
+                changes.push(RuleChange {
+                    rule: m.rule.clone(),
+                    baseline: false,
+                    candidate: true,
+                });
+            }
+        }
+        for m in baseline.rules.iter().filter(|m| m.fires) {
+            if !candidate.fires(&m.rule) {
+                self.line(&m.rule).gone += 1;
+                changes.push(RuleChange {
+                    rule: m.rule.clone(),
+                    baseline: true,
+                    candidate: false,
+                });
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let subject = subject.unwrap_or_else(|| Subject {
+            key: archived.subject_key.unwrap_or_default(),
+            scores: BTreeMap::new(),
+            previous: BTreeMap::new(),
+        });
+        if self.changed.insert(subject.key.clone()) && self.report.changes.len() < self.listed
+        {
+            self.report.changes.push(Change {
+                subject: subject.key,
+                event_id: event.id,
+                received_at: rfc3339_ms(at),
+                rules: changes,
+                score: subject.scores,
+                previous: subject.previous,
+            });
+        }
+    }
+
+    /// Adds one side's verdicts on an event to the counts.
+    fn count(&mut self, sided: &Sided, baseline: bool) {
+        for m in &sided.rules {
+            let line = self.line(&m.rule);
+            let counts = match baseline {
+                true => &mut line.baseline,
+                false => &mut line.candidate,
+            };
+            counts.evaluated += 1;
+            counts.matched += u64::from(m.matched);
+            counts.would_act += u64::from(m.fires);
+            counts.errors += u64::from(m.error);
+            for action in &m.actions {
+                let counts = self.report.actions.entry(action.clone()).or_default();
+                match (baseline, m.enforced) {
+                    (true, true) => counts.baseline_runs += 1,
+                    (true, false) => {}
+                    (false, true) => counts.candidate_runs += 1,
+                    (false, false) => counts.candidate_shadow += 1,
+                }
+            }
+        }
+    }
+
+    /// The report, once every event was fed.
+    pub fn finish(mut self) -> Report {
+        self.report.subjects = u64::try_from(self.candidate.subjects()).unwrap_or(u64::MAX);
+        self.report.changed_subjects = u64::try_from(self.changed.len()).unwrap_or(u64::MAX);
+        self.report
+    }
+}
