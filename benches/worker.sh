@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures, in one run on this machine: the raw consume rate of a quorum queue (the ceiling),
-# then the release worker's events/s with state commits and a `log` action, and with an
+# then the release worker's events/s with state commits and a `log` action (with the event
+# archive on, the default, and off), and with an
 # `http` action to a local sink; then with its state in PostgreSQL (`log` action), one worker
 # and two on the same queue and database. Own uniquely named queues and schema, deleted
 # afterwards.
@@ -112,10 +113,16 @@ kill -TERM "$pid"; wait "$pid" 2>/dev/null || true   # it only declared the queu
 bench fill --exchange "$tag.raw" --count "$n" >/dev/null
 bench raw --queue "$tag.raw.events" --count "$n"
 
-echo "== 2. worker, log action (state committed per batch)"
+echo "== 2. worker, log action (state committed per batch, every event archived)"
 rules log '[actions.act]
 kind = "log"'
 run_worker log
+echo "== 2b. worker, log action, archive off"
+rules noarchive '[actions.act]
+kind = "log"
+[archive]
+enabled = false'
+run_worker noarchive
 
 echo "== 3. worker, http action to a local sink"
 bench sink --port 18089 & pids+=($!)

@@ -114,12 +114,7 @@ pub fn run(
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let store = runtime
         .block_on(state::open_existing(&candidate.state))
-        .with_context(|| {
-            format!(
-                "cannot open the state store {}",
-                candidate.state.describe()
-            )
-        })?;
+        .with_context(|| format!("cannot open the state store {}", candidate.state.describe()))?;
     let summary = store.archive_summary()?;
     let progress = progress(args, summary.events);
     let mut test = Backtest::new(
@@ -134,14 +129,16 @@ pub fn run(
     let query = ReplayQuery {
         subject_key: args.subject.clone(),
         // Records are read only inside the window, and only when they are the baseline.
-        recorded_from: baseline.is_none().then(|| window.from_ms.unwrap_or(i64::MIN)),
+        recorded_from: baseline
+            .is_none()
+            .then(|| window.from_ms.unwrap_or(i64::MIN)),
     };
     let started = std::time::Instant::now();
     let mut fed = 0u64;
     store.replay(&query, &mut |replayed| {
         test.feed(replayed);
         fed += 1;
-        if fed % 4096 == 0
+        if fed.is_multiple_of(4096)
             && let Some(bar) = &progress
         {
             bar.set_position(fed);
@@ -195,7 +192,11 @@ fn progress(args: &BacktestArgs, total: u64) -> Option<indicatif::ProgressBar> {
 impl fmt::Display for Backtested {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = &self.report;
-        writeln!(f, "backtest of {} against {}", self.candidate, self.baseline)?;
+        writeln!(
+            f,
+            "backtest of {} against {}",
+            self.candidate, self.baseline
+        )?;
         let span = match (
             self.archive.oldest_ms.and_then(rfc3339_ms),
             self.archive.newest_ms.and_then(rfc3339_ms),
@@ -224,7 +225,11 @@ impl fmt::Display for Backtested {
             r.compared, r.not_evaluated, r.unrecorded
         )?;
         if r.unreadable > 0 {
-            writeln!(f, "skipped: {} archived bodies that are not JSON", r.unreadable)?;
+            writeln!(
+                f,
+                "skipped: {} archived bodies that are not JSON",
+                r.unreadable
+            )?;
         }
         writeln!(f)?;
         let rows: Vec<[String; 7]> = r
@@ -270,7 +275,11 @@ impl fmt::Display for Backtested {
                 .collect();
             table(
                 f,
-                &["action", "runs (baseline → candidate)", "shadow (candidate)"],
+                &[
+                    "action",
+                    "runs (baseline → candidate)",
+                    "shadow (candidate)",
+                ],
                 &rows,
             )?;
         }

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::worker::decide::{self, Event, Sighting, SubjectDecision, Verdict, rfc3339_ms};
+use crate::worker::decide::{
+    self, Event, Rendering, Sighting, SubjectDecision, Verdict, rfc3339_ms,
+};
 use crate::worker::rules::{Mode, Rules};
 use crate::worker::state::{Replayed, SubjectState};
 
@@ -95,7 +97,14 @@ impl<'r> Replay<'r> {
         let scores = read.scores.clone();
         let prior = self.states.get(&key);
         let empty = SubjectState::default();
-        let decided = decide::decide_for(self.rules, event, read, prior.unwrap_or(&empty), at_ms);
+        let decided = decide::decide_rendering(
+            self.rules,
+            event,
+            read,
+            prior.unwrap_or(&empty),
+            at_ms,
+            Rendering::VerdictsOnly,
+        );
         let subject = Subject {
             key: key.clone(),
             scores,
@@ -116,7 +125,11 @@ impl<'r> Replay<'r> {
                     fires: d.verdict.fires(),
                     error: matches!(d.verdict, Verdict::Error(_)),
                     actions: match d.verdict.fires() {
-                        true => d.actions.iter().map(|a| a.action.clone()).collect(),
+                        true => rule
+                            .actions
+                            .iter()
+                            .map(|&a| self.rules.actions[a].name.clone())
+                            .collect(),
                         false => Vec::new(),
                     },
                     enforced: d.verdict == Verdict::Acts,
@@ -429,8 +442,7 @@ impl<'r> Backtest<'r> {
             scores: BTreeMap::new(),
             previous: BTreeMap::new(),
         });
-        if self.changed.insert(subject.key.clone()) && self.report.changes.len() < self.listed
-        {
+        if self.changed.insert(subject.key.clone()) && self.report.changes.len() < self.listed {
             self.report.changes.push(Change {
                 subject: subject.key,
                 event_id: event.id,
@@ -471,5 +483,177 @@ impl<'r> Backtest<'r> {
         self.report.subjects = u64::try_from(self.candidate.subjects()).unwrap_or(u64::MAX);
         self.report.changed_subjects = u64::try_from(self.changed.len()).unwrap_or(u64::MAX);
         self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::worker::config::WorkerConfig;
+    use crate::worker::state::ArchivedEvent;
+
+    /// A crossing rule at `threshold`, with a cooldown of an hour.
+    fn rules(threshold: u32) -> Rules {
+        let text = format!(
+            r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.*"]
+subject = "/data/id"
+scores = {{ humanity = "/data/humanity" }}
+
+[[rules]]
+name = "quarantine"
+events = ["dregs:identity.scored"]
+when = "score.humanity < {threshold}.0 && (!has(previous.score.humanity) || previous.score.humanity >= {threshold}.0)"
+actions = ["note"]
+cooldown = "1h"
+
+[actions.note]
+kind = "log"
+message = "{{{{ subject }}}}"
+"#
+        );
+        match WorkerConfig::parse("rules.toml", &text, &HashMap::new()) {
+            Ok(config) => config.rules,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    const MINUTE: i64 = 60_000;
+
+    /// Event `n` about `subject` with `humanity`, received `n` minutes in, with `recorded`.
+    fn event(n: i64, subject: &str, humanity: u32, recorded: Option<&str>) -> Replayed {
+        Replayed {
+            seq: n,
+            event: ArchivedEvent {
+                event_key: format!("dregs/e{n}"),
+                provider: "dregs".into(),
+                event_type: "identity.scored".into(),
+                event_id: format!("e{n}"),
+                subject_key: Some(format!("dregs/{subject}")),
+                version: None,
+                received_ms: n * MINUTE,
+                body: format!(r#"{{"data":{{"id":"{subject}","humanity":{humanity}}}}}"#),
+            },
+            recorded: recorded.map(|r| ("no_match".to_owned(), r.to_owned())),
+        }
+    }
+
+    fn run(test: Backtest<'_>, events: Vec<Replayed>) -> Report {
+        let mut test = test;
+        for e in events {
+            test.feed(e);
+        }
+        test.finish()
+    }
+
+    #[test]
+    fn state_before_the_window_decides_crossings_inside_it() {
+        let (candidate, baseline) = (rules(40), rules(30));
+        let window = Window {
+            from_ms: Some(2 * MINUTE),
+            to_ms: None,
+        };
+        let test = Backtest::new(&candidate, Baseline::Rules(Replay::new(&baseline)), window);
+        let report = run(
+            test,
+            vec![
+                // Before the window: u1 falls to 35 (the candidate fires, out of sight), u2 is
+                // seen at 90.
+                event(0, "u1", 35, None),
+                event(1, "u2", 90, None),
+                // Inside: u1 falls on to 25, a crossing for the baseline only; u2 falls to 35,
+                // a crossing for the candidate only; u3 is first seen at 20: both fire.
+                event(2, "u1", 25, None),
+                event(3, "u2", 35, None),
+                event(4, "u3", 20, None),
+            ],
+        );
+        assert_eq!((report.replayed, report.compared), (5, 3));
+        let line = &report.rules[0];
+        assert_eq!(line.rule, "quarantine");
+        assert_eq!((line.baseline.would_act, line.candidate.would_act), (2, 2));
+        assert_eq!((line.new, line.gone), (1, 1));
+        assert_eq!(report.changed_subjects, 2);
+        let changes: Vec<(&str, bool, bool)> = report
+            .changes
+            .iter()
+            .map(|c| {
+                (
+                    c.subject.as_str(),
+                    c.rules[0].baseline,
+                    c.rules[0].candidate,
+                )
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            [("dregs/u1", true, false), ("dregs/u2", false, true)]
+        );
+        // The values that decided: the event's score and the one before it.
+        assert_eq!(report.changes[0].score["humanity"], 25.0);
+        assert_eq!(report.changes[0].previous["humanity"], 35.0);
+        assert_eq!(report.actions["note"].candidate_runs, 2);
+        assert_eq!(report.subjects, 3);
+    }
+
+    #[test]
+    fn recorded_decisions_are_the_baseline_where_they_are_kept() {
+        let candidate = rules(30);
+        let fired = r#"{"rules":[{"rule":"quarantine","mode":"enforce","matched":true,
+            "actions":[{"action":"note","outcome":"succeeded"}]}]}"#;
+        let tripped =
+            r#"{"rules":[{"rule":"quarantine","mode":"enforce","matched":true,"tripped":true}]}"#;
+        let test = Backtest::new(&candidate, Baseline::Recorded, Window::default());
+        let report = run(
+            test,
+            vec![
+                // Recorded as acting, and the candidate agrees.
+                event(0, "u1", 10, Some(fired)),
+                // Recorded as tripped (not acting): the candidate, with no breaker, acts.
+                event(1, "u2", 10, Some(tripped)),
+                // No record kept: counted for the candidate, not compared.
+                event(2, "u3", 10, None),
+                // Cooling down after 30 minutes: matched, not acting, as recorded.
+                event(
+                    30,
+                    "u1",
+                    90,
+                    Some(r#"{"rules":[{"rule":"quarantine","matched":false}]}"#),
+                ),
+                event(
+                    31,
+                    "u1",
+                    10,
+                    Some(r#"{"rules":[{"rule":"quarantine","matched":true,"cooldown":true}]}"#),
+                ),
+            ],
+        );
+        let line = &report.rules[0];
+        assert_eq!(report.unrecorded, 1);
+        assert_eq!((line.candidate.matched, line.candidate.would_act), (4, 3));
+        assert_eq!((line.baseline.matched, line.baseline.would_act), (3, 1));
+        assert_eq!((line.new, line.gone), (1, 0));
+        assert_eq!(report.changes.len(), 1);
+        assert_eq!(report.changes[0].subject, "dregs/u2");
+        assert_eq!(report.actions["note"].baseline_runs, 1);
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_counted_and_skipped() {
+        let candidate = rules(30);
+        let mut broken = event(0, "u1", 10, None);
+        broken.event.body = "{".into();
+        let report = run(
+            Backtest::new(&candidate, Baseline::Recorded, Window::default()),
+            vec![broken],
+        );
+        assert_eq!(
+            (report.replayed, report.unreadable, report.compared),
+            (1, 1, 0)
+        );
     }
 }

@@ -204,10 +204,33 @@ pub fn decide_for(
     prior: &SubjectState,
     now_ms: i64,
 ) -> SubjectDecision {
+    decide_rendering(rules, event, subject, prior, now_ms, Rendering::Actions)
+}
+
+/// Whether a decision renders the actions of its firing rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rendering {
+    /// Each action rendered: what the worker sends, what a dry run shows.
+    Actions,
+    /// Verdicts only, [`RuleDecision::actions`] left empty: a replay that counts what would
+    /// run (the rule's actions are [`crate::worker::rules::Rule::actions`]) without building
+    /// requests it never sends; rendering was a third of a backtest's time.
+    VerdictsOnly,
+}
+
+/// [`decide_for`], rendering actions or not.
+pub fn decide_rendering(
+    rules: &Rules,
+    event: &Event,
+    subject: SubjectRead,
+    prior: &SubjectState,
+    now_ms: i64,
+    rendering: Rendering,
+) -> SubjectDecision {
     if is_stale(prior, &subject) {
         return SubjectDecision::Stale(subject);
     }
-    let decided = evaluate(rules, event, &subject, prior, now_ms);
+    let decided = evaluate(rules, event, &subject, prior, now_ms, rendering);
     let fired: Vec<&str> = decided
         .iter()
         .filter(|d| d.verdict.fires())
@@ -228,6 +251,7 @@ fn evaluate(
     subject: &SubjectRead,
     prior: &SubjectState,
     now_ms: i64,
+    rendering: Rendering,
 ) -> Vec<RuleDecision> {
     let previous_at = prior.at_ms.and_then(rfc3339_ms);
     let facts = Facts {
@@ -260,7 +284,7 @@ fn evaluate(
         };
         // Shadow rules are rendered too: the point of shadow mode is to see what enforcing
         // would do before it does it.
-        let actions = match verdict.fires() {
+        let actions = match verdict.fires() && rendering == Rendering::Actions {
             true => {
                 let context = Firing::context(&facts, &rule.name);
                 rule.actions

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use hookwarden::worker::config::{Backend, StateConfig};
 use hookwarden::worker::state::{
-    self, ArchivedEvent, Batch, DecisionRecord, ReplayQuery, PgOptions, Store, StoreError, SubjectState,
+    self, ArchivedEvent, Batch, DecisionRecord, PgOptions, ReplayQuery, Store, StoreError,
+    SubjectState,
 };
 
 use crate::harness::{tempdir, wait_for};

@@ -62,7 +62,10 @@ fn count(fired: &BTreeMap<String, Vec<bool>>) -> u64 {
 }
 
 /// Events that fire in `a` and not in `b`, and the subjects where the two differ at all.
-fn diff(a: &BTreeMap<String, Vec<bool>>, b: &BTreeMap<String, Vec<bool>>) -> (u64, BTreeSet<String>) {
+fn diff(
+    a: &BTreeMap<String, Vec<bool>>,
+    b: &BTreeMap<String, Vec<bool>>,
+) -> (u64, BTreeSet<String>) {
     let mut only_a = 0;
     let mut subjects = BTreeSet::new();
     for (subject, fa) in a {
@@ -120,16 +123,12 @@ async fn backtests_replay_the_archive_and_match_a_hand_computed_expectation() {
         }
     }
     let total = keys.len();
-    wait_for(
-        "every event decided",
-        Duration::from_secs(60),
-        || async {
-            match w.decided(&keys).await {
-                n if n == total => Ok(()),
-                n => Err(format!("{n} of {total}")),
-            }
-        },
-    )
+    wait_for("every event decided", Duration::from_secs(60), || async {
+        match w.decided(&keys).await {
+            n if n == total => Ok(()),
+            n => Err(format!("{n} of {total}")),
+        }
+    })
     .await;
     let running = fires(30);
     let quarantined = count(&running);
@@ -156,11 +155,22 @@ async fn backtests_replay_the_archive_and_match_a_hand_computed_expectation() {
         assert_eq!(report["compared"], total, "{report:#}");
         assert_eq!(report["unrecorded"], 0, "{report:#}");
         assert_eq!(line["baseline"]["would_act"], quarantined, "{report:#}");
-        assert_eq!(line["candidate"]["would_act"], count(&candidate), "{report:#}");
+        assert_eq!(
+            line["candidate"]["would_act"],
+            count(&candidate),
+            "{report:#}"
+        );
         assert_eq!(line["candidate"]["evaluated"], total, "{report:#}");
-        assert_eq!((line["new"].as_u64(), line["gone"].as_u64()), (Some(new), Some(gone)));
+        assert_eq!(
+            (line["new"].as_u64(), line["gone"].as_u64()),
+            (Some(new), Some(gone))
+        );
         assert!(!subjects.is_empty());
-        assert_eq!(report["changed_subjects"], subjects.len(), "threshold {threshold}");
+        assert_eq!(
+            report["changed_subjects"],
+            subjects.len(),
+            "threshold {threshold}"
+        );
         assert_eq!(changed(&report), subjects, "threshold {threshold}");
         let actions = &report["actions"]["quarantine"];
         assert_eq!(actions["baseline_runs"], quarantined);
@@ -175,7 +185,10 @@ async fn backtests_replay_the_archive_and_match_a_hand_computed_expectation() {
         let report = backtest(&args).await;
         let line = rule(&report, "quarantine");
         assert_eq!(report["changed_subjects"], 0, "{args:?}: {report:#}");
-        assert_eq!((line["new"].as_u64(), line["gone"].as_u64()), (Some(0), Some(0)));
+        assert_eq!(
+            (line["new"].as_u64(), line["gone"].as_u64()),
+            (Some(0), Some(0))
+        );
         assert_eq!(line["candidate"]["would_act"], quarantined);
         assert_eq!(line["baseline"]["would_act"], quarantined);
     }

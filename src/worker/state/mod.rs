@@ -362,8 +362,11 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// Store failure.
-    fn prune_archive(&self, retention: Duration, max_bytes: Option<u64>)
-    -> Result<usize, StoreError>;
+    fn prune_archive(
+        &self,
+        retention: Duration,
+        max_bytes: Option<u64>,
+    ) -> Result<usize, StoreError>;
     /// How many events the archive holds, their bytes and time span.
     ///
     /// # Errors
@@ -435,7 +438,7 @@ fn no_answer(err: &tokio_postgres::Error) -> bool {
 /// The store cannot be opened, or its schema is missing or of another version.
 pub async fn open_existing(config: &StateConfig) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match &config.backend {
-        Backend::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        Backend::Sqlite(path) => Arc::new(SqliteStore::open_for_command(path)?),
         Backend::Postgres(options) => Arc::new(PgStore::open_as_is(options).await?),
     })
 }

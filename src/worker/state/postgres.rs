@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt as _;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
-use futures_util::StreamExt as _;
 use tokio_postgres::Row;
 
 use super::{

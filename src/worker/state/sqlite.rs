@@ -68,6 +68,21 @@ impl SqliteStore {
     /// # Errors
     /// The file cannot be opened or is not a hookwarden store.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_sized(path, true)
+    }
+
+    /// Opens the store for an operator's command: as [`SqliteStore::open`], but reading
+    /// through a small page cache and no memory map. A command reads a table once from end
+    /// to end (a backtest, an export), where the worker's map would only have grown the
+    /// command's resident memory by as much of the file as it read.
+    ///
+    /// # Errors
+    /// The file cannot be opened or is not a hookwarden store.
+    pub fn open_for_command(path: &Path) -> Result<Self, StoreError> {
+        Self::open_sized(path, false)
+    }
+
+    fn open_sized(path: &Path, worker: bool) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -78,8 +93,12 @@ impl SqliteStore {
         // `pread` per page: with many subjects the tables outgrow SQLite's default 2 MiB cache,
         // and every lookup and upsert went back to the kernel (about 8 % of the worker's CPU
         // per event in `benches/worker.sh`).
-        connection.pragma_update(None, "cache_size", -32768)?;
-        connection.pragma_update(None, "mmap_size", 268_435_456)?;
+        if worker {
+            connection.pragma_update(None, "cache_size", -32768)?;
+            connection.pragma_update(None, "mmap_size", 268_435_456)?;
+        } else {
+            connection.pragma_update(None, "cache_size", -4096)?;
+        }
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.execute_batch(SCHEMA)?;
         Ok(Self {
