@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hookwarden::cli::{
     Cli, Command, backtest, dead_letters, decisions, exit, http_client, out, rules, sign, state,
+    trips,
 };
 use hookwarden::config;
 use hookwarden::listener::config::ListenerConfig;
@@ -116,6 +117,58 @@ fn main() -> ExitCode {
         Command::Rules {
             command: rules::RulesCommand::Backtest(args),
         } => backtest(&args, &env),
+        Command::Rules {
+            command: rules::RulesCommand::Trips(args),
+        } => {
+            let config = match rules::load_rules(&args.rules, &env) {
+                Ok(config) => config,
+                Err(err) => return usage(&err),
+            };
+            match trips::trips(&config) {
+                Ok(list) if args.json => match serde_json::to_string_pretty(&list) {
+                    Ok(text) => {
+                        out::println(&text);
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => usage(&err.into()),
+                },
+                Ok(list) => {
+                    out::print(&trips::describe(&list));
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(exit::FAILED)
+                }
+            }
+        }
+        Command::Rules {
+            command: rules::RulesCommand::Reset(args),
+        } => {
+            let config = match rules::load_rules(&args.rules, &env) {
+                Ok(config) => config,
+                Err(err) => return usage(&err),
+            };
+            if !config.rules.rules.iter().any(|r| r.name == args.rule) {
+                let names: Vec<&str> = config.rules.rules.iter().map(|r| r.name.as_str()).collect();
+                return usage(&anyhow::anyhow!(
+                    "no rule named {:?} in {}; its rules: {}",
+                    args.rule,
+                    args.rules.display(),
+                    names.join(", ")
+                ));
+            }
+            match trips::reset(&config, &args.rule) {
+                Ok(line) => {
+                    out::println(&line);
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(exit::FAILED)
+                }
+            }
+        }
         Command::Decisions(args) => decisions(&args, &env),
         Command::State(args) => state(&args, &env),
         Command::DeadLetters(args) => {

@@ -58,6 +58,22 @@ Cooldowns run on the events' receive times.
 Exit status: 0 it ran, 1 the state store failed, 64 bad input (rules files, arguments)."
     )]
     Backtest(crate::cli::backtest::BacktestArgs),
+    /// List the rules whose breakers tripped (`limit` in the rules file): when, how many
+    /// firings, the first subjects. They stay tripped until reset.
+    #[command(
+        after_help = "Example: hookwarden rules trips --rules /etc/hookwarden/rules.toml
+
+Exit status: 0 it ran, 1 the state store failed, 64 bad input."
+    )]
+    Trips(crate::cli::trips::TripsArgs),
+    /// Untrip RULE's breaker (and empty its window), through the state store: running
+    /// workers act on its matches again from their next batch.
+    #[command(
+        after_help = "Example: hookwarden rules reset quarantine-low-humanity --rules /etc/hookwarden/rules.toml
+
+Exit status: 0 it ran, 1 the state store failed, 64 bad input (rules file, unknown rule)."
+    )]
+    Reset(crate::cli::trips::ResetArgs),
 }
 
 /// Arguments of `hookwarden rules test`.
@@ -351,7 +367,9 @@ pub fn test(args: &TestArgs, env: &HashMap<String, String>) -> anyhow::Result<Re
         let rule = &rules.rules[decided.rule];
         let (result, error, cooldown_report) = match &decided.verdict {
             decide::Verdict::NotMatched => (Verdict::NotMatched, None, None),
-            decide::Verdict::Acts | decide::Verdict::WouldAct => (Verdict::Matched, None, None),
+            decide::Verdict::Acts | decide::Verdict::WouldAct | decide::Verdict::Tripped => {
+                (Verdict::Matched, None, None)
+            }
             decide::Verdict::CoolingDown { fired_ms } => (
                 Verdict::Cooldown,
                 None,

@@ -1,5 +1,6 @@
 //! The worker's Prometheus metrics (`hookwarden_worker_*`): events by outcome, rule matches,
-//! actions run and how long they took, and whether it is consuming.
+//! actions run and how long they took, and whether it is consuming; and the rule breakers'
+//! state (`hookwarden_rule_tripped`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -33,9 +34,17 @@ pub struct ActionLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a rule's breaker.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TripLabels {
+    /// Rule name.
+    pub rule: String,
+}
+
 /// The worker's metrics.
 pub struct WorkerMetrics {
     registry: Registry,
+    rule_tripped: Family<TripLabels, Gauge>,
     events: Family<OutcomeLabels, Counter>,
     rule_matches: Family<RuleLabels, Counter>,
     actions: Family<ActionLabels, Counter>,
@@ -55,17 +64,18 @@ impl Default for WorkerMetrics {
 impl WorkerMetrics {
     /// Registers every metric under the `hookwarden_worker` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("hookwarden_worker");
+        let mut registry = Registry::with_prefix("hookwarden");
+        let worker = registry.sub_registry_with_prefix("worker");
         let events = Family::<OutcomeLabels, Counter>::default();
-        registry.register("events", "Events handled, by outcome", events.clone());
+        worker.register("events", "Events handled, by outcome", events.clone());
         let rule_matches = Family::<RuleLabels, Counter>::default();
-        registry.register(
+        worker.register(
             "rule_matches",
             "Rule conditions that held, by rule and mode",
             rule_matches.clone(),
         );
         let actions = Family::<ActionLabels, Counter>::default();
-        registry.register(
+        worker.register(
             "actions",
             "Actions run, by action and outcome",
             actions.clone(),
@@ -73,25 +83,32 @@ impl WorkerMetrics {
         let action_seconds = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
         );
-        registry.register(
+        worker.register(
             "action_seconds",
             "Time an action took, retries included",
             action_seconds.clone(),
         );
         let consuming = Gauge::default();
-        registry.register(
+        worker.register(
             "consuming",
             "1 while consuming from the events queue",
             consuming.clone(),
         );
         let queue_depth = Gauge::default();
-        registry.register(
+        worker.register(
             "queue_depth",
             "Messages ready in the events queue at the last connect (consumer lag)",
             queue_depth.clone(),
         );
+        let rule_tripped = Family::<TripLabels, Gauge>::default();
+        registry.register(
+            "rule_tripped",
+            "1 while the rule's breaker is tripped (its matches recorded, never acted on)",
+            rule_tripped.clone(),
+        );
         Self {
             registry,
+            rule_tripped,
             events,
             rule_matches,
             actions,
@@ -104,6 +121,15 @@ impl WorkerMetrics {
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         super::encode(&self.registry)
+    }
+
+    /// Whether `rule`'s breaker is tripped (`hookwarden_rule_tripped`).
+    pub fn rule_tripped(&self, rule: &str, tripped: bool) {
+        self.rule_tripped
+            .get_or_create(&TripLabels {
+                rule: rule.to_owned(),
+            })
+            .set(i64::from(tripped));
     }
 
     /// One event handled with `outcome`.

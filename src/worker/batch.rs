@@ -18,7 +18,8 @@ use crate::worker::config::WorkerConfig;
 use crate::worker::decide::{self, Event, EventOutcome, Sighting, SubjectDecision, Verdict};
 use crate::worker::rules::{Mode, Rules};
 use crate::worker::state::{
-    ArchivedEvent, Batch, DecisionRecord, Store, StoreError, SubjectLock, SubjectState, now_ms,
+    Admission, ArchivedEvent, Batch, DecisionRecord, Store, StoreError, SubjectLock, SubjectState,
+    now_ms,
 };
 use crate::worker::subject::SubjectRead;
 
@@ -208,13 +209,31 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
     // One trip to the store for the whole batch: which events were decided before, and which
     // of the actions the rules could run have completed before (a replay or redelivery).
     let store = ctx.store.clone();
-    let (lock, decided, done) = tokio::task::spawn_blocking(move || {
+    let limited = rules.rules.iter().any(|r| r.limit.is_some());
+    let (lock, decided, done, trips) = tokio::task::spawn_blocking(move || {
         let lock = store.lock_subjects(&locked)?;
-        Ok::<_, StoreError>((lock, store.decided(&keys)?, store.done_among(&candidates)?))
+        // Which breakers have tripped, here or in another worker (or been reset since).
+        let trips = match limited {
+            true => store.trips()?.into_iter().map(|t| t.rule).collect(),
+            false => HashSet::new(),
+        };
+        Ok::<_, StoreError>((
+            lock,
+            store.decided(&keys)?,
+            store.done_among(&candidates)?,
+            trips,
+        ))
     })
     .await
     .map_err(|_| StoreError::Poisoned)??;
     outcome.lock = lock;
+    for rule in rules.rules.iter().filter(|r| r.limit.is_some()) {
+        ctx.metrics
+            .rule_tripped(&rule.name, trips.contains(&rule.name));
+    }
+    let breakers = Breakers {
+        tripped: std::sync::Mutex::new(trips),
+    };
     // The time of the decisions: after the lock, which may have waited for another worker's
     // batch, so that records and cooldowns follow the order in which subjects were decided.
     let now = now_ms();
@@ -268,10 +287,11 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
 
     let handled = join_all(groups.into_iter().map(|(key, pending)| {
         let prior = states.remove(&key).unwrap_or_default();
-        handle_subject(ctx, items, key, pending, prior, now, &done)
+        handle_subject(ctx, items, key, pending, prior, now, &done, &breakers)
     }))
     .await;
-    for (key, state, results) in handled {
+    for handled in handled {
+        let (key, state, results) = handled?;
         if let Some(state) = state {
             outcome.commit.subjects.insert(key.clone(), state);
         }
@@ -321,6 +341,28 @@ type Decided = (usize, Fate, DecisionRecord, Option<ArchivedEvent>);
 
 type Handled = (String, Option<SubjectState>, Vec<Decided>);
 
+/// The rules whose breakers have tripped, as this batch knows them: read from the store at
+/// its start, added to as its own firings trip them.
+struct Breakers {
+    tripped: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Breakers {
+    fn is_tripped(&self, rule: &str) -> bool {
+        self.tripped
+            .lock()
+            .map(|t| t.contains(rule))
+            .unwrap_or(true)
+    }
+
+    fn trip(&self, rule: &str) {
+        if let Ok(mut t) = self.tripped.lock() {
+            t.insert(rule.to_owned());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn handle_subject(
     ctx: &Context,
     items: &[Item],
@@ -329,7 +371,8 @@ async fn handle_subject(
     mut state: SubjectState,
     now: i64,
     done: &HashSet<String>,
-) -> Handled {
+    breakers: &Breakers,
+) -> Result<Handled, StoreError> {
     let rules = &ctx.config.rules;
     let mut changed = false;
     let mut seen = HashSet::new();
@@ -357,7 +400,7 @@ async fn handle_subject(
                 now,
             )
         });
-        let evaluation = match decide::decide_for(rules, &event, subject, &state, now) {
+        let mut evaluation = match decide::decide_for(rules, &event, subject, &state, now) {
             SubjectDecision::Evaluated(evaluation) => evaluation,
             SubjectDecision::Stale(_) => {
                 ctx.metrics.event(EventOutcome::Stale.as_str());
@@ -372,7 +415,16 @@ async fn handle_subject(
             }
         };
         let span = delivery_span(&event, &evaluation.subject.id);
-        let (rules_json, failure, acted) = carry_out(ctx, &evaluation, done).instrument(span).await;
+        let trips = admit(ctx, breakers, &mut evaluation, &event, &key, &state, now)
+            .instrument(span.clone())
+            .await?;
+        let (mut rules_json, failure, acted) =
+            carry_out(ctx, &evaluation, done).instrument(span).await;
+        for (position, results) in trips {
+            if let Some(Value::Object(entry)) = rules_json.get_mut(position) {
+                entry.insert("on_trip".to_owned(), Value::from(results));
+            }
+        }
         record["rules"] = Value::from(rules_json);
         let outcome = evaluation.outcome(acted, failure.is_some());
         ctx.metrics.event(outcome.as_str());
@@ -398,7 +450,83 @@ async fn handle_subject(
             }
         }
     }
-    (key, changed.then_some(state), results)
+    Ok((key, changed.then_some(state), results))
+}
+
+/// Puts each enforcing rule with a limit that would act on `evaluation` past its breaker:
+/// granted, it acts; over the limit (now, or tripped before), its verdict becomes
+/// [`Verdict::Tripped`]. A firing that trips the rule runs its `on_trip` actions, once; their
+/// results come back by the rule's position in `evaluation.rules`, for the decision record.
+async fn admit(
+    ctx: &Context,
+    breakers: &Breakers,
+    evaluation: &mut decide::Evaluation,
+    event: &Event,
+    subject_key: &str,
+    prior: &SubjectState,
+    now: i64,
+) -> Result<Vec<(usize, Vec<Value>)>, StoreError> {
+    let rules = &ctx.config.rules;
+    let mut trips = Vec::new();
+    for (position, decided) in evaluation.rules.iter_mut().enumerate() {
+        let rule = &rules.rules[decided.rule];
+        let Some(limit) = rule.limit.filter(|_| decided.verdict == Verdict::Acts) else {
+            continue;
+        };
+        if breakers.is_tripped(&rule.name) {
+            decided.verdict = Verdict::Tripped;
+            continue;
+        }
+        let (store, name, subject) = (ctx.store.clone(), rule.name.clone(), subject_key.to_owned());
+        let admission =
+            tokio::task::spawn_blocking(move || store.admit(&name, &subject, now, &limit))
+                .await
+                .map_err(|_| StoreError::Poisoned)??;
+        let trip = match admission {
+            Admission::Granted => continue,
+            Admission::Tripped(trip) => trip,
+        };
+        decided.verdict = Verdict::Tripped;
+        breakers.trip(&rule.name);
+        ctx.metrics.rule_tripped(&rule.name, true);
+        let Some(trip) = trip else { continue };
+        tracing::error!(
+            rule = %rule.name,
+            count = trip.count,
+            per = %trip.per(),
+            subjects = ?trip.subjects,
+            "rule tripped its breaker: more than {} firings would have acted within {}; its \
+             matches are recorded and not acted on until `hookwarden rules reset {}`",
+            limit.actions,
+            trip.per(),
+            rule.name
+        );
+        let planned = decide::plan_trip(
+            rules,
+            decided.rule,
+            event,
+            &evaluation.subject,
+            prior,
+            &trip,
+        );
+        let mut results = Vec::new();
+        for action in &planned {
+            let result = ctx.runner.run(action, &HashSet::new()).await;
+            ctx.metrics
+                .action(&result.action, result.outcome.as_str(), result.latency_ms);
+            if result.outcome == ActionOutcome::Failed {
+                tracing::error!(
+                    rule = %rule.name,
+                    action = %result.action,
+                    error = result.error.as_deref().unwrap_or("failed"),
+                    "on_trip action failed"
+                );
+            }
+            results.push(result.to_json());
+        }
+        trips.push((position, results));
+    }
+    Ok(trips)
 }
 
 /// The key a subject's state and lock are stored under: `provider/subject`.

@@ -82,7 +82,9 @@ impl VariableResolver for PreparedInput<'_> {
             Name::Subject => &self.subject,
             Name::Score => &self.score,
             Name::Previous => &self.previous,
-            Name::Rule | Name::EventId | Name::Env => return None,
+            Name::Rule | Name::EventId | Name::Env | Name::Count | Name::Per | Name::Subjects => {
+                return None;
+            }
         };
         Some(CowVal::Borrowed(value))
     }

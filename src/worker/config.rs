@@ -325,6 +325,43 @@ scores = { humanity = "/data/humanity" }
     }
 
     #[test]
+    fn archive_and_breakers_are_checked_at_load() {
+        let config = WorkerConfig::parse(
+            "rules.toml",
+            &format!("{SUBJECTS}[archive]\nmax_bytes = \"1GiB\"\nretention = \"7d\"\n"),
+            &HashMap::new(),
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+        assert!(config.archive.enabled);
+        assert_eq!(config.archive.max_bytes, Some(1 << 30));
+        assert!(config.summary().contains("events archived 7days up to"), "{}", config.summary());
+        let bad = problems("[archive]\nmax_bytes = \"lots\"\n", &[]);
+        assert!(bad.contains("archive.max_bytes: invalid size"), "{bad}");
+
+        let rule = |extra: &str| {
+            format!(
+                "[[rules]]\nname = \"q\"\nevents = [\"dregs:*\"]\nwhen = \"true\"\nactions = [\"n\"]\n{extra}\n\
+                 [actions.n]\nkind = \"log\"\nmessage = \"{{{{ count }}}} in {{{{ per }}}}\"\n"
+            )
+        };
+        assert_eq!(
+            problems(&rule("limit = { actions = 5, per = \"1m\" }\non_trip = [\"n\"]"), &[]),
+            ""
+        );
+        let zero = problems(&rule("limit = { actions = 0, per = \"1m\" }"), &[]);
+        assert!(zero.contains("rules[0].limit: actions and per must be more than 0"), "{zero}");
+        let alone = problems(&rule("on_trip = [\"n\"]"), &[]);
+        assert!(alone.contains("rules[0].on_trip: on_trip runs when"), "{alone}");
+        let unknown = problems(&rule("limit = { actions = 5, per = \"1m\" }\non_trip = [\"page\"]"), &[]);
+        assert!(
+            unknown.contains("rules[0].on_trip[0]: no action named \"page\"; defined: n"),
+            "{unknown}"
+        );
+        let typo = problems(&rule("limit = { actions = 5, pr = \"1m\" }"), &[]);
+        assert!(typo.contains("rules[0].limit"), "{typo}");
+    }
+
+    #[test]
     fn daemon_sections_name_key_and_reason() {
         assert_eq!(
             problems("[server]\nlisten = \"x\"\n", &[]),

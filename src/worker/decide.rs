@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use crate::worker::action::{self, Firing, Request};
 use crate::worker::condition::PreparedInput;
-use crate::worker::facts::Facts;
+use crate::worker::facts::{Facts, Name};
 use crate::worker::rules::{Mode, Rules};
-use crate::worker::state::SubjectState;
+use crate::worker::state::{SubjectState, Trip};
 use crate::worker::subject::{SubjectError, SubjectRead};
 
 /// An event as the worker handles it.
@@ -47,6 +47,8 @@ pub enum EventOutcome {
     Duplicate,
     /// Unreadable, or an action failed: sent to the dead-letter exchange.
     DeadLettered,
+    /// An enforcing rule matched but its breaker has tripped, and no other rule acted.
+    Tripped,
 }
 
 impl EventOutcome {
@@ -60,6 +62,7 @@ impl EventOutcome {
             Self::NoSubject => "no_subject",
             Self::Duplicate => "duplicate",
             Self::DeadLettered => "dead_lettered",
+            Self::Tripped => "tripped",
         }
     }
 }
@@ -138,12 +141,19 @@ pub enum Verdict {
     },
     /// The condition could not be evaluated (recorded; the event goes on).
     Error(String),
+    /// The condition held and the rule enforces, but its breaker has tripped: recorded like a
+    /// shadow rule's firing, its actions never run. (The worker sets it, from the state
+    /// store's breakers; [`decide`] never does.)
+    Tripped,
 }
 
 impl Verdict {
     /// Whether the condition held.
     pub fn matched(&self) -> bool {
-        matches!(self, Self::Acts | Self::WouldAct | Self::CoolingDown { .. })
+        matches!(
+            self,
+            Self::Acts | Self::WouldAct | Self::CoolingDown { .. } | Self::Tripped
+        )
     }
 
     /// Whether the rule fires: its actions run (enforce) or would run (shadow).
@@ -354,6 +364,8 @@ impl Evaluation {
             EventOutcome::DeadLettered
         } else if acted {
             EventOutcome::Acted
+        } else if self.rules.iter().any(|r| r.verdict == Verdict::Tripped) {
+            EventOutcome::Tripped
         } else if self.fires() {
             EventOutcome::Matched
         } else {
@@ -387,6 +399,9 @@ impl RuleDecision {
             Verdict::WouldAct => {
                 m.insert("would_act", Value::from(true));
             }
+            Verdict::Tripped => {
+                m.insert("tripped", Value::from(true));
+            }
             Verdict::NotMatched | Verdict::Acts => {}
         }
         if !actions.is_empty() {
@@ -394,6 +409,67 @@ impl RuleDecision {
         }
         Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
     }
+}
+
+/// The `on_trip` actions of rule `rule` (an index into [`Rules::rules`]), rendered for `trip`:
+/// their templates see the event that tripped it, as the rule's own actions would, and
+/// `count`, `per` and `subjects`. Keyed by the trip (rule and time), so they run once per trip.
+pub fn plan_trip(
+    rules: &Rules,
+    rule: usize,
+    event: &Event,
+    subject: &SubjectRead,
+    prior: &SubjectState,
+    trip: &Trip,
+) -> Vec<PlannedAction> {
+    let rule = &rules.rules[rule];
+    let previous_at = prior.at_ms.and_then(rfc3339_ms);
+    let facts = Facts {
+        event: &event.json,
+        provider: &event.provider,
+        event_type: &event.event_type,
+        event_id: &event.id,
+        subject: &subject.id,
+        score: &subject.scores,
+        previous_score: &prior.scores,
+        previous_at: previous_at.as_deref(),
+        env: &rules.template_env,
+    };
+    let mut context = facts.template_context(&rule.name);
+    if let Value::Object(names) = &mut context {
+        names.insert(Name::Count.as_str().to_owned(), Value::from(trip.count));
+        names.insert(
+            Name::Per.as_str().to_owned(),
+            Value::from(trip.per().to_string()),
+        );
+        names.insert(
+            Name::Subjects.as_str().to_owned(),
+            Value::from(trip.subjects.clone()),
+        );
+    }
+    let context = crate::worker::template::context(std::sync::Arc::new(context));
+    let trip_key = format!("trip/{}/{}", rule.name, trip.at_ms);
+    rule.on_trip
+        .iter()
+        .map(|&index| {
+            let action = &rules.actions[index];
+            let key = action::idempotency_key(&trip_key, &rule.name, &action.name);
+            let request = action.kind.render(&Firing::new(
+                &rules.templates,
+                &facts,
+                &rule.name,
+                &key,
+                context.clone(),
+            ));
+            PlannedAction {
+                index,
+                action: action.name.clone(),
+                kind: action.kind.name(),
+                key,
+                request,
+            }
+        })
+        .collect()
 }
 
 /// Unix milliseconds as RFC 3339.

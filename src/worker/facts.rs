@@ -29,11 +29,19 @@ pub enum Name {
     EventId,
     /// Environment variables a template names as `env.NAME`, read at load (templates only).
     Env,
+    /// On a breaker's trip, the firings that would have acted in its window (templates only;
+    /// null outside an `on_trip` action).
+    Count,
+    /// On a breaker's trip, its window as written (`10m`); null otherwise.
+    Per,
+    /// On a breaker's trip, the first subjects it acted on in its window, and the one that
+    /// tripped it; null otherwise.
+    Subjects,
 }
 
 impl Name {
     /// Every name, in the order messages list them.
-    pub const ALL: [Name; 9] = [
+    pub const ALL: [Name; 12] = [
         Name::Event,
         Name::Provider,
         Name::Type,
@@ -43,6 +51,9 @@ impl Name {
         Name::Rule,
         Name::EventId,
         Name::Env,
+        Name::Count,
+        Name::Per,
+        Name::Subjects,
     ];
 
     /// How rules spell it.
@@ -57,6 +68,9 @@ impl Name {
             Self::Rule => "rule",
             Self::EventId => "event_id",
             Self::Env => "env",
+            Self::Count => "count",
+            Self::Per => "per",
+            Self::Subjects => "subjects",
         }
     }
 
@@ -67,7 +81,10 @@ impl Name {
 
     /// Whether `when` conditions see it (templates see every name).
     pub fn in_conditions(self) -> bool {
-        !matches!(self, Self::Rule | Self::EventId | Self::Env)
+        !matches!(
+            self,
+            Self::Rule | Self::EventId | Self::Env | Self::Count | Self::Per | Self::Subjects
+        )
     }
 
     /// The names conditions see, as spelled.
@@ -134,6 +151,8 @@ impl Facts<'_> {
                     .iter()
                     .map(|(k, v)| (k.clone(), Value::from(v.as_str()))),
             ),
+            // A trip's own: [`crate::worker::decide::plan_trip`] sets them.
+            Name::Count | Name::Per | Name::Subjects => Value::Null,
         }
     }
 

@@ -24,4 +24,5 @@ mod state;
 mod systemd;
 mod worker;
 mod worker_backtest;
+mod worker_breaker;
 mod worker_postgres;

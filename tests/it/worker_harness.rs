@@ -310,6 +310,31 @@ impl TestWorker {
             .unwrap_or_default()
     }
 
+    /// Stops the worker and starts it again on the same rules file, queues and state.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let config = WorkerConfig::parse("rules.toml", &self.text, &HashMap::new())
+            .unwrap_or_else(|e| panic!("test rules invalid:\n{e}"));
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.admin = format!("http://{}", admin.local_addr().unwrap());
+        self.shutdown = CancellationToken::new();
+        let running = hookwarden::worker::start(config, admin, self.shutdown.clone())
+            .await
+            .unwrap();
+        wait_for("the restarted worker consuming", BROKER_TIMEOUT, || {
+            let consuming = running.consuming.load(std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if consuming {
+                    Ok(())
+                } else {
+                    Err("not consuming".to_owned())
+                }
+            }
+        })
+        .await;
+        self.running = Some(running);
+    }
+
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(running) = self.running.take() {

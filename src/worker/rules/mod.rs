@@ -51,6 +51,22 @@ pub struct Rule {
     pub cooldown: Option<Duration>,
     /// Enforce or shadow.
     pub mode: Mode,
+    /// Its breaker: at most this many firings that act in a sliding window, across every
+    /// subject and worker; past it the rule trips.
+    pub limit: Option<Limit>,
+    /// Indexes into [`Rules::actions`]: run once when the rule trips.
+    pub on_trip: Vec<usize>,
+}
+
+/// A rule's breaker (`limit = { actions = 100, per = "10m" }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Firings that act allowed in the window (each runs all the rule's actions).
+    pub actions: u64,
+    /// The sliding window.
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
 }
 
 impl Rule {
@@ -170,6 +186,13 @@ impl Rules {
                 r.cooldown
                     .map(|c| format!(", cooldown {}", humantime::format_duration(c)))
                     .unwrap_or_default()
+                    + &r.limit
+                        .map(|l| format!(
+                            ", at most {} per {}",
+                            l.actions,
+                            humantime::format_duration(l.per)
+                        ))
+                        .unwrap_or_default()
             ));
         }
         out
@@ -197,6 +220,9 @@ struct RawRule {
     #[serde(default, with = "humantime_serde")]
     cooldown: Option<Duration>,
     mode: Option<String>,
+    limit: Option<Limit>,
+    #[serde(default)]
+    on_trip: Vec<String>,
 }
 
 fn build_subjects(doc: &mut Document<'_>, raw: Vec<Option<RawSubject>>) -> Vec<SubjectSpec> {
@@ -282,19 +308,39 @@ fn build_rule(
             None
         }
     };
-    let mut indexes = Vec::new();
-    for (j, name) in raw.actions.iter().enumerate() {
-        match actions.iter().position(|a| &a.name == name) {
-            Some(i) => indexes.push(i),
-            None => {
-                let known: Vec<&str> = actions.iter().map(|a| a.name.as_str()).collect();
-                doc.problem(
-                    &format!("{key}.actions[{j}]"),
-                    format!("no action named {name:?}; defined: {}", known.join(", ")),
-                );
-                ok = false;
-            }
+    let indexes = action_indexes(
+        doc,
+        &format!("{key}.actions"),
+        &raw.actions,
+        actions,
+        &mut ok,
+    );
+    let on_trip = action_indexes(
+        doc,
+        &format!("{key}.on_trip"),
+        &raw.on_trip,
+        actions,
+        &mut ok,
+    );
+    match raw.limit {
+        Some(limit) if limit.actions == 0 || limit.per.is_zero() => {
+            doc.problem(
+                &format!("{key}.limit"),
+                "actions and per must be more than 0 (limit = { actions = 100, per = \"10m\" })"
+                    .to_owned(),
+            );
+            ok = false;
         }
+        None if !raw.on_trip.is_empty() => {
+            doc.problem(
+                &format!("{key}.on_trip"),
+                "on_trip runs when the rule's limit trips: give the rule a limit \
+                 (limit = { actions = 100, per = \"10m\" })"
+                    .to_owned(),
+            );
+            ok = false;
+        }
+        _ => {}
     }
     let mode = match raw.mode.as_deref().unwrap_or("enforce") {
         "enforce" => Mode::Enforce,
@@ -316,9 +362,37 @@ fn build_rule(
             actions: indexes,
             cooldown: raw.cooldown,
             mode,
+            limit: raw.limit,
+            on_trip,
         }),
         _ => None,
     }
+}
+
+/// The indexes of the actions `names` (the list at `key`) name; a name no `[actions.*]` table
+/// defines is reported and clears `ok`.
+fn action_indexes(
+    doc: &mut Document<'_>,
+    key: &str,
+    names: &[String],
+    actions: &[Action],
+    ok: &mut bool,
+) -> Vec<usize> {
+    let mut indexes = Vec::new();
+    for (j, name) in names.iter().enumerate() {
+        match actions.iter().position(|a| &a.name == name) {
+            Some(i) => indexes.push(i),
+            None => {
+                let known: Vec<&str> = actions.iter().map(|a| a.name.as_str()).collect();
+                doc.problem(
+                    &format!("{key}[{j}]"),
+                    format!("no action named {name:?}; defined: {}", known.join(", ")),
+                );
+                *ok = false;
+            }
+        }
+    }
+    indexes
 }
 
 /// Checks every template against the names templates may use and the environment, and

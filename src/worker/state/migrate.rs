@@ -28,6 +28,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "archive",
         sql: include_str!("../../../migrations/postgres/0002_archive.sql"),
     },
+    Migration {
+        version: 3,
+        name: "breakers",
+        sql: include_str!("../../../migrations/postgres/0003_breakers.sql"),
+    },
 ];
 
 /// The advisory lock two workers starting at once take before looking at the schema, so one

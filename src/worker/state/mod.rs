@@ -17,6 +17,7 @@ pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
 use crate::worker::config::{Backend, StateConfig};
+use crate::worker::rules::Limit;
 
 /// A store failure; the worker does not ack what it could not record.
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +224,43 @@ pub struct ReplayQuery {
     pub recorded_from: Option<i64>,
 }
 
+/// A rule whose breaker tripped: it stays so until an operator resets it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Trip {
+    /// The rule.
+    pub rule: String,
+    /// When it tripped, Unix milliseconds.
+    pub at_ms: i64,
+    /// The firings that would have acted in its window, the one that tripped it included.
+    pub count: u64,
+    /// Its window, milliseconds.
+    pub per_ms: i64,
+    /// The first subjects it acted on in the window, then the one that tripped it.
+    pub subjects: Vec<String>,
+}
+
+impl Trip {
+    /// Its window as a duration (`10m`).
+    pub fn per(&self) -> humantime::FormattedDuration {
+        humantime::format_duration(Duration::from_millis(
+            u64::try_from(self.per_ms).unwrap_or(0),
+        ))
+    }
+}
+
+/// How many subjects a trip lists.
+pub const TRIP_SUBJECTS: usize = 10;
+
+/// What a rule's breaker says to one more firing that would act.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Within the limit: it acts (and counts).
+    Granted,
+    /// Over it: the rule is tripped. `Some` when this firing tripped it (its `on_trip` actions
+    /// run, once), `None` when it had tripped before.
+    Tripped(Option<Trip>),
+}
+
 /// How much the archive holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ArchiveSummary {
@@ -367,6 +405,30 @@ pub trait Store: Send + Sync + 'static {
         retention: Duration,
         max_bytes: Option<u64>,
     ) -> Result<usize, StoreError>;
+    /// Counts one more firing of `rule` that would act, for `subject`, at `now_ms`, against its
+    /// breaker `limit`: granted while fewer than `limit.actions` were granted in the last
+    /// `limit.per`; else the rule trips (atomically across every worker on the store) and
+    /// stays tripped until [`Store::reset_trip`].
+    ///
+    /// # Errors
+    /// Store failure.
+    fn admit(
+        &self,
+        rule: &str,
+        subject: &str,
+        now_ms: i64,
+        limit: &Limit,
+    ) -> Result<Admission, StoreError>;
+    /// The tripped rules.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn trips(&self) -> Result<Vec<Trip>, StoreError>;
+    /// Untrips `rule` and forgets its window's firings; whether it was tripped.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn reset_trip(&self, rule: &str) -> Result<bool, StoreError>;
     /// How many events the archive holds, their bytes and time span.
     ///
     /// # Errors
@@ -382,6 +444,11 @@ pub trait Store: Send + Sync + 'static {
         query: &ReplayQuery,
         each: &mut dyn FnMut(Replayed) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
+}
+
+/// The earliest firing time still inside `limit`'s window at `now_ms`.
+fn window_start(now_ms: i64, limit: &Limit) -> i64 {
+    now_ms.saturating_sub(i64::try_from(limit.per.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The receive time before which archived events are pruned.

@@ -19,9 +19,11 @@ use tokio::runtime::Handle;
 use tokio_postgres::Row;
 
 use super::{
-    ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, ReplayQuery, Replayed,
-    Store, StoreError, SubjectLock, SubjectState, cutoff, migrate, now_ms,
+    Admission, ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, ReplayQuery,
+    Replayed, Store, StoreError, SubjectLock, SubjectState, TRIP_SUBJECTS, Trip, cutoff, migrate,
+    now_ms, window_start,
 };
+use crate::worker::rules::Limit;
 
 /// How the store reaches PostgreSQL (`[state] url`, `pool_size`, `statement_timeout`).
 #[derive(Debug, Clone)]
@@ -690,6 +692,129 @@ impl Store for PgStore {
                     .await?;
             }
             Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+        })
+    }
+
+    fn admit(
+        &self,
+        rule: &str,
+        subject: &str,
+        now_ms: i64,
+        limit: &Limit,
+    ) -> Result<Admission, StoreError> {
+        let start = window_start(now_ms, limit);
+        let allowed = i64::try_from(limit.actions).unwrap_or(i64::MAX);
+        let per_ms = i64::try_from(limit.per.as_millis()).unwrap_or(i64::MAX);
+        self.run(async |c| {
+            let tx = c.transaction().await?;
+            // One admission per rule at a time across every worker: a transaction lock on the
+            // rule's key (released at commit), so two workers never both take the last place.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&lock_key(&format!("breaker/{rule}"))],
+            )
+            .await?;
+            let tripped = tx
+                .query_opt("SELECT 1 FROM trips WHERE rule = $1", &[&rule])
+                .await?
+                .is_some();
+            if tripped {
+                tx.commit().await?;
+                return Ok(Admission::Tripped(None));
+            }
+            tx.execute(
+                "DELETE FROM rule_acts WHERE rule = $1 AND at_ms <= $2",
+                &[&rule, &start],
+            )
+            .await?;
+            let count: i64 = tx
+                .query_one("SELECT count(*) FROM rule_acts WHERE rule = $1", &[&rule])
+                .await?
+                .try_get(0)?;
+            let admission = if count < allowed {
+                tx.execute(
+                    "INSERT INTO rule_acts (rule, at_ms, subject) VALUES ($1, $2, $3)",
+                    &[&rule, &now_ms, &subject],
+                )
+                .await?;
+                Admission::Granted
+            } else {
+                let mut subjects: Vec<String> = tx
+                    .query(
+                        "SELECT subject FROM rule_acts WHERE rule = $1 ORDER BY at_ms LIMIT $2",
+                        &[&rule, &(TRIP_SUBJECTS as i64 - 1)],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                subjects.push(subject.to_owned());
+                let trip = Trip {
+                    rule: rule.to_owned(),
+                    at_ms: now_ms,
+                    count: u64::try_from(count).unwrap_or(0) + 1,
+                    per_ms,
+                    subjects,
+                };
+                tx.execute(
+                    "INSERT INTO trips (rule, at_ms, count, per_ms, subjects)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &trip.rule,
+                        &trip.at_ms,
+                        &(count + 1),
+                        &trip.per_ms,
+                        &serde_json::to_string(&trip.subjects)?,
+                    ],
+                )
+                .await?;
+                Admission::Tripped(Some(trip))
+            };
+            tx.commit().await?;
+            Ok(admission)
+        })
+    }
+
+    fn trips(&self) -> Result<Vec<Trip>, StoreError> {
+        self.run(async |c| {
+            let mut out = Vec::new();
+            for r in c
+                .query(
+                    "SELECT rule, at_ms, count, per_ms, subjects FROM trips ORDER BY at_ms, rule",
+                    &[],
+                )
+                .await?
+            {
+                let count: i64 = r.try_get(2)?;
+                let subjects: String = r.try_get(4)?;
+                out.push(Trip {
+                    rule: r.try_get(0)?,
+                    at_ms: r.try_get(1)?,
+                    count: u64::try_from(count).unwrap_or(0),
+                    per_ms: r.try_get(3)?,
+                    subjects: serde_json::from_str(&subjects)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn reset_trip(&self, rule: &str) -> Result<bool, StoreError> {
+        self.run(async |c| {
+            let tx = c.transaction().await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&lock_key(&format!("breaker/{rule}"))],
+            )
+            .await?;
+            let tripped = tx
+                .execute("DELETE FROM trips WHERE rule = $1", &[&rule])
+                .await?
+                > 0;
+            tx.execute("DELETE FROM rule_acts WHERE rule = $1", &[&rule])
+                .await?;
+            tx.commit().await?;
+            Ok(tripped)
         })
     }
 

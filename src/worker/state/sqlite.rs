@@ -8,9 +8,11 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, ReplayQuery, Replayed,
-    Store, StoreError, SubjectLock, SubjectState, cutoff, now_ms,
+    Admission, ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, ReplayQuery,
+    Replayed, Store, StoreError, SubjectLock, SubjectState, TRIP_SUBJECTS, Trip, cutoff, now_ms,
+    window_start,
 };
+use crate::worker::rules::Limit;
 
 /// SQLite in WAL mode with `synchronous=NORMAL`: a commit survives a killed process (the
 /// WAL is in the OS page cache); a power loss can lose the last commits, which redelivery
@@ -59,6 +61,19 @@ CREATE TABLE IF NOT EXISTS archive (
     version INTEGER,
     received_ms INTEGER NOT NULL,
     body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rule_acts (
+    rule TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    subject TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rule_acts_rule ON rule_acts (rule, at_ms);
+CREATE TABLE IF NOT EXISTS trips (
+    rule TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    per_ms INTEGER NOT NULL,
+    subjects TEXT NOT NULL
 );
 ";
 
@@ -436,6 +451,106 @@ impl Store for SqliteStore {
                 )?;
             }
             Ok(removed)
+        })
+    }
+
+    fn admit(
+        &self,
+        rule: &str,
+        subject: &str,
+        now_ms: i64,
+        limit: &Limit,
+    ) -> Result<Admission, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let tripped = tx
+                .prepare_cached("SELECT 1 FROM trips WHERE rule = ?1")?
+                .exists(params![rule])?;
+            if tripped {
+                return Ok(Admission::Tripped(None));
+            }
+            let start = window_start(now_ms, limit);
+            tx.prepare_cached("DELETE FROM rule_acts WHERE rule = ?1 AND at_ms <= ?2")?
+                .execute(params![rule, start])?;
+            let count: i64 = tx
+                .prepare_cached("SELECT count(*) FROM rule_acts WHERE rule = ?1")?
+                .query_row(params![rule], |r| r.get(0))?;
+            let count = u64::try_from(count).unwrap_or(0);
+            let admission = if count < limit.actions {
+                tx.prepare_cached(
+                    "INSERT INTO rule_acts (rule, at_ms, subject) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![rule, now_ms, subject])?;
+                Admission::Granted
+            } else {
+                let mut subjects: Vec<String> = tx
+                    .prepare_cached(
+                        "SELECT subject FROM rule_acts WHERE rule = ?1 ORDER BY at_ms LIMIT ?2",
+                    )?
+                    .query_map(params![rule, TRIP_SUBJECTS as i64 - 1], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                subjects.push(subject.to_owned());
+                let trip = Trip {
+                    rule: rule.to_owned(),
+                    at_ms: now_ms,
+                    count: count + 1,
+                    per_ms: i64::try_from(limit.per.as_millis()).unwrap_or(i64::MAX),
+                    subjects,
+                };
+                tx.execute(
+                    "INSERT INTO trips (rule, at_ms, count, per_ms, subjects)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        trip.rule,
+                        trip.at_ms,
+                        i64::try_from(trip.count).unwrap_or(i64::MAX),
+                        trip.per_ms,
+                        serde_json::to_string(&trip.subjects)?
+                    ],
+                )?;
+                Admission::Tripped(Some(trip))
+            };
+            tx.commit()?;
+            Ok(admission)
+        })
+    }
+
+    fn trips(&self) -> Result<Vec<Trip>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT rule, at_ms, count, per_ms, subjects FROM trips ORDER BY at_ms, rule",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (rule, at_ms, count, per_ms, subjects) = row?;
+                out.push(Trip {
+                    rule,
+                    at_ms,
+                    count: u64::try_from(count).unwrap_or(0),
+                    per_ms,
+                    subjects: serde_json::from_str(&subjects)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn reset_trip(&self, rule: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let tripped = tx.execute("DELETE FROM trips WHERE rule = ?1", params![rule])? > 0;
+            tx.execute("DELETE FROM rule_acts WHERE rule = ?1", params![rule])?;
+            tx.commit()?;
+            Ok(tripped)
         })
     }
 
