@@ -44,6 +44,7 @@ impl ConfigKind {
             Self::Listener => &["server", "amqp", "dedupe", "log", "spool", "providers"],
             Self::Worker => &[
                 "amqp", "server", "state", "archive", "log", "subjects", "rules", "actions",
+                "lists",
             ],
         }
     }
@@ -52,7 +53,7 @@ impl ConfigKind {
     fn own_sections(self) -> &'static [&'static str] {
         match self {
             Self::Listener => &["providers", "dedupe", "spool"],
-            Self::Worker => &["subjects", "rules", "actions", "state", "archive"],
+            Self::Worker => &["subjects", "rules", "actions", "state", "archive", "lists"],
         }
     }
 
@@ -469,6 +470,11 @@ impl<'a> Document<'a> {
             reason,
             variable: Some(variable.to_owned()),
         });
+    }
+
+    /// The file's name as given (paths it names are relative to its directory).
+    pub(crate) fn file(&self) -> &str {
+        &self.file
     }
 
     /// The injected environment (for `env:` secrets and `$CREDENTIALS_DIRECTORY`).

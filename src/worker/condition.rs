@@ -13,6 +13,7 @@ use cel::context::VariableResolver;
 use cel::{Context, Env, ExecutionError, ParseErrors, Value};
 
 use crate::worker::facts::{Facts, Name};
+use crate::worker::lists::{CidrList, cidr_contains};
 
 /// Error messages carry values formatted by the interpreter (a whole event map, say); they
 /// end up in one log line, so they are cut to this many characters.
@@ -43,6 +44,7 @@ pub struct PreparedInput<'a> {
     subject: CelString<'a>,
     score: CelMap<'a>,
     previous: CelMap<'a>,
+    lists: &'a CelMap<'static>,
 }
 
 impl<'a> PreparedInput<'a> {
@@ -67,6 +69,7 @@ impl<'a> PreparedInput<'a> {
             subject: CelString::from(input.subject),
             score: scores_to_map(input.score),
             previous: CelMap::from(previous),
+            lists: input.lists.cel(),
         }
     }
 }
@@ -82,6 +85,7 @@ impl VariableResolver for PreparedInput<'_> {
             Name::Subject => &self.subject,
             Name::Score => &self.score,
             Name::Previous => &self.previous,
+            Name::Lists => self.lists,
             Name::Rule | Name::EventId | Name::Env | Name::Count | Name::Per | Name::Subjects => {
                 return None;
             }
@@ -199,6 +203,14 @@ impl Condition {
         names
     }
 
+    /// The lists the condition names as `lists.NAME` (or `lists["NAME"]`), in order of first
+    /// appearance, for the load-time check that each exists.
+    pub fn list_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        list_names(&self.expr, &mut names);
+        names
+    }
+
     /// Evaluate: `Ok(true/false)`, or `Err(reason)` for evaluation errors and non-bool
     /// results. Never panics.
     pub fn evaluate(&self, input: &Facts<'_>) -> Result<bool, String> {
@@ -302,6 +314,9 @@ fn shared_env() -> Result<&'static Arc<Env>, String> {
             .map_err(|error| format!("CEL strings extension: {error}"))?;
         env.add_extension(cel::extensions::math)
             .map_err(|error| format!("CEL math extension: {error}"))?;
+        cel::add_overload!(env, fn cidr_contains: (CidrList, CelString<'_>) -> Result<CelBool>,
+            name = "cidr_contains")
+        .map_err(|error| format!("cidr_contains: {error}"))?;
         Ok(Arc::new(env))
     })
     .as_ref()
@@ -496,6 +511,46 @@ fn is_declared(env: &Arc<Env>, probe: &str, missing: &str) -> bool {
         Value::resolve_val(&expr, &context).map(|_| ())
     }));
     !matches!(result, Ok(Err(ExecutionError::UndeclaredReference(name))) if name.as_str() == missing)
+}
+
+/// Collects the `NAME` of every `lists.NAME` and `lists["NAME"]` in `expr`.
+fn list_names(expr: &IdedExpr, out: &mut Vec<String>) {
+    let is_lists = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(name) if name == "lists");
+    let mut push = |name: &str| {
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
+        }
+    };
+    match &expr.expr {
+        Expr::Select(select) if is_lists(&select.operand) => push(&select.field),
+        Expr::Call(call)
+            if call.func_name == operators::INDEX
+                && call.args.len() == 2
+                && is_lists(&call.args[0])
+                && string_literal(&call.args[1]).is_some() =>
+        {
+            push(string_literal(&call.args[1]).unwrap_or_default());
+        }
+        _ => {}
+    }
+    let mut children: Vec<&IdedExpr> = Vec::new();
+    match &expr.expr {
+        Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => {}
+        Expr::Select(select) => children.push(&select.operand),
+        Expr::Call(call) => {
+            children.extend(call.target.as_deref());
+            children.extend(&call.args);
+        }
+        Expr::Comprehension(c) => {
+            children.extend([&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]);
+        }
+        Expr::List(list) => children.extend(&list.elements),
+        Expr::Map(map) => children.extend(map.entries.iter().flat_map(entry_parts)),
+        Expr::Struct(literal) => children.extend(literal.entries.iter().flat_map(entry_parts)),
+    }
+    for child in children {
+        list_names(child, out);
+    }
 }
 
 /// Whether `expr` is one of the score maps: `score`, `previous.score` or `previous["score"]`,
@@ -732,7 +787,8 @@ mod tests {
         previous_score: BTreeMap<String, f64>,
         previous_at: Option<String>,
         env: BTreeMap<String, String>,
-    }
+            lists: crate::worker::lists::Lists,
+}
 
     impl Fixture {
         fn new(humanity: f64, previous_humanity: Option<f64>) -> Self {
@@ -758,6 +814,7 @@ mod tests {
                 previous_at: previous_humanity.map(|_| "2024-05-01T12:00:00Z".to_owned()),
                 previous_score,
                 env: BTreeMap::new(),
+                lists: crate::worker::lists::Lists::default(),
             }
         }
 
@@ -772,6 +829,7 @@ mod tests {
                 previous_score: &self.previous_score,
                 previous_at: self.previous_at.as_deref(),
                 env: &self.env,
+                lists: &self.lists,
             }
         }
     }

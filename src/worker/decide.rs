@@ -274,6 +274,7 @@ fn evaluate(
         previous_score: &prior.scores,
         previous_at: previous_at.as_deref(),
         env: &rules.template_env,
+        lists: &rules.lists,
     };
     // Converted to CEL once for all the rules that apply, and only if one does.
     let mut prepared: Option<PreparedInput<'_>> = None;
@@ -434,6 +435,7 @@ pub fn plan_trip(
         previous_score: &prior.scores,
         previous_at: previous_at.as_deref(),
         env: &rules.template_env,
+        lists: &rules.lists,
     };
     let mut context = facts.template_context(&rule.name);
     if let Value::Object(names) = &mut context {

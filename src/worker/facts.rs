@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::worker::lists::Lists;
+
 /// A name rules may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Name {
@@ -29,6 +31,8 @@ pub enum Name {
     EventId,
     /// Environment variables a template names as `env.NAME`, read at load (templates only).
     Env,
+    /// The `[lists.*]` of the rules file (conditions only: `subject in lists.trusted`).
+    Lists,
     /// On a breaker's trip, the firings that would have acted in its window (templates only;
     /// null outside an `on_trip` action).
     Count,
@@ -41,7 +45,7 @@ pub enum Name {
 
 impl Name {
     /// Every name, in the order messages list them.
-    pub const ALL: [Name; 12] = [
+    pub const ALL: [Name; 13] = [
         Name::Event,
         Name::Provider,
         Name::Type,
@@ -51,6 +55,7 @@ impl Name {
         Name::Rule,
         Name::EventId,
         Name::Env,
+        Name::Lists,
         Name::Count,
         Name::Per,
         Name::Subjects,
@@ -68,6 +73,7 @@ impl Name {
             Self::Rule => "rule",
             Self::EventId => "event_id",
             Self::Env => "env",
+            Self::Lists => "lists",
             Self::Count => "count",
             Self::Per => "per",
             Self::Subjects => "subjects",
@@ -95,9 +101,18 @@ impl Name {
             .map(Self::as_str)
     }
 
+    /// Whether templates see it (they see every name but the lists, which can hold a
+    /// million entries).
+    pub fn in_templates(self) -> bool {
+        self != Self::Lists
+    }
+
     /// The names templates see, as spelled.
     pub fn template_names() -> impl Iterator<Item = &'static str> {
-        Self::ALL.into_iter().map(Self::as_str)
+        Self::ALL
+            .into_iter()
+            .filter(|n| n.in_templates())
+            .map(Self::as_str)
     }
 
     /// Whether a condition may use `spelled`.
@@ -129,6 +144,8 @@ pub struct Facts<'a> {
     pub previous_at: Option<&'a str>,
     /// The `env.NAME` values templates reference.
     pub env: &'a BTreeMap<String, String>,
+    /// The rules file's lists.
+    pub lists: &'a Lists,
 }
 
 impl Facts<'_> {
@@ -153,6 +170,8 @@ impl Facts<'_> {
             ),
             // A trip's own: [`crate::worker::decide::plan_trip`] sets them.
             Name::Count | Name::Per | Name::Subjects => Value::Null,
+            // Conditions only (templates never see them).
+            Name::Lists => Value::Null,
         }
     }
 
@@ -161,6 +180,7 @@ impl Facts<'_> {
         Value::Object(
             Name::ALL
                 .into_iter()
+                .filter(|name| name.in_templates())
                 .map(|name| (name.as_str().to_owned(), self.json(name, rule)))
                 .collect(),
         )
@@ -174,6 +194,7 @@ pub struct Sample {
     event: Value,
     scores: BTreeMap<String, f64>,
     env: BTreeMap<String, String>,
+    lists: Lists,
 }
 
 impl Sample {
@@ -189,7 +210,14 @@ impl Sample {
                 .map(|name| (name.to_owned(), 50.0))
                 .collect(),
             env,
+            lists: Lists::default(),
         }
+    }
+
+    /// The sample with the rules file's lists, so that conditions naming them evaluate.
+    pub fn with_lists(mut self, lists: Lists) -> Self {
+        self.lists = lists;
+        self
     }
 
     /// The environment it was given.
@@ -209,6 +237,7 @@ impl Sample {
             previous_score: &self.scores,
             previous_at: Some("2026-01-01T00:00:00Z"),
             env: &self.env,
+            lists: &self.lists,
         }
     }
 }

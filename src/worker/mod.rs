@@ -18,6 +18,7 @@ pub mod decide;
 pub mod exec;
 pub mod facts;
 pub mod http;
+pub mod lists;
 pub mod marks;
 pub mod rules;
 pub mod run;

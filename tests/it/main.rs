@@ -25,4 +25,5 @@ mod systemd;
 mod worker;
 mod worker_backtest;
 mod worker_breaker;
+mod worker_lists;
 mod worker_postgres;

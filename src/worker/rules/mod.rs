@@ -15,6 +15,7 @@ use crate::config::Document;
 use crate::worker::action::{self, Kind};
 use crate::worker::condition::Condition;
 use crate::worker::facts::{Name, Sample};
+use crate::worker::lists::Lists;
 use crate::worker::subject::SubjectSpec;
 use crate::worker::template::Templates;
 
@@ -99,6 +100,8 @@ pub struct Rules {
     pub templates: Templates,
     /// The environment variables templates reference as `env.NAME`, read at load.
     pub template_env: BTreeMap<String, String>,
+    /// `[lists.*]`, read at load.
+    pub lists: Lists,
 }
 
 impl Rules {
@@ -114,6 +117,7 @@ impl Rules {
         let raw_actions: Option<BTreeMap<String, ::config::Value>> = doc.section("actions");
 
         let subjects = build_subjects(doc, raw_subjects);
+        let lists = Lists::load(doc);
         let score_names: BTreeSet<String> = subjects
             .iter()
             .flat_map(|s| s.scores.iter().map(|(n, _)| n.clone()))
@@ -140,7 +144,9 @@ impl Rules {
                     format!("rule {:?} is defined twice", raw.name),
                 );
             }
-            if let Some(rule) = build_rule(doc, &key, raw, &actions, &subjects, &score_names) {
+            if let Some(rule) =
+                build_rule(doc, &key, raw, &actions, &subjects, &score_names, &lists)
+            {
                 rules.push(rule);
             }
         }
@@ -150,6 +156,7 @@ impl Rules {
             actions,
             templates,
             template_env,
+            lists,
         }
     }
 
@@ -273,6 +280,7 @@ fn build_rule(
     actions: &[Action],
     subjects: &[SubjectSpec],
     score_names: &BTreeSet<String>,
+    lists: &Lists,
 ) -> Option<Rule> {
     let mut ok = true;
     let mut events = Vec::new();
@@ -297,10 +305,28 @@ fn build_rule(
         );
         ok = false;
     }
-    let sample = Sample::new(score_names.iter().map(String::as_str), BTreeMap::new());
+    let sample = Sample::new(score_names.iter().map(String::as_str), BTreeMap::new())
+        .with_lists(lists.clone());
     let when = match Condition::compile_checked(&raw.when, &sample.facts()) {
         Ok(c) => {
             scores::check_names(doc, &format!("{key}.when"), &c, &events, subjects);
+            for name in c.list_names() {
+                if lists.get(&name).is_none() {
+                    let known: Vec<&str> = lists.names().collect();
+                    doc.problem(
+                        &format!("{key}.when"),
+                        format!(
+                            "no list named {name:?}; defined: {}",
+                            if known.is_empty() {
+                                "none (add [lists.NAME] file = \"…\")".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                    ok = false;
+                }
+            }
             Some(c)
         }
         Err(reason) => {
