@@ -127,6 +127,7 @@ fn cel(c: &mut Criterion) {
     let score = BTreeMap::from([("humanity".to_owned(), 22.0)]);
     let previous = BTreeMap::from([("humanity".to_owned(), 74.0)]);
     let env = BTreeMap::new();
+    let lists = hookwarden::worker::lists::Lists::default();
     let input = Facts {
         event: &event,
         provider: "dregs",
@@ -137,6 +138,7 @@ fn cel(c: &mut Criterion) {
         previous_score: &previous,
         previous_at: Some("2026-11-21T14:00:00Z"),
         env: &env,
+        lists: &lists,
     };
     // The crossing rule of deploy/rules.toml: below 30 now, at or above it before.
     let rule =

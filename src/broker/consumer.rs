@@ -57,6 +57,12 @@ pub trait Handler: Send + Sync + 'static {
         deliveries: Vec<Delivery>,
         publish: &Channel,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// A session began: `publish` is its confirm-mode channel, for what the handler publishes
+    /// outside a batch (the worker's silence watches). The default ignores it.
+    fn session_started(&self, publish: &Channel) {
+        let _ = publish;
+    }
 }
 
 /// Why the worker is not consuming right now; `/readyz` says it after `not consuming: `.
@@ -322,6 +328,7 @@ impl<H: Handler> Consumer<H> {
         // is in hand (or while nothing arrives) is noticed at once: `consuming` and /readyz
         // turn false, and the loop ends at its next await on the broker.
         self.status.consuming();
+        self.handler.session_started(&publish);
         tracing::info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
         let mut watchdog = AbortOnDrop(tokio::spawn(watch(Watched {
             connection: connection.status().clone(),

@@ -44,7 +44,7 @@ impl ConfigKind {
             Self::Listener => &["server", "amqp", "dedupe", "log", "spool", "providers"],
             Self::Worker => &[
                 "amqp", "server", "state", "archive", "log", "subjects", "rules", "actions",
-                "lists",
+                "lists", "watch",
             ],
         }
     }
@@ -53,7 +53,9 @@ impl ConfigKind {
     fn own_sections(self) -> &'static [&'static str] {
         match self {
             Self::Listener => &["providers", "dedupe", "spool"],
-            Self::Worker => &["subjects", "rules", "actions", "state", "archive", "lists"],
+            Self::Worker => &[
+                "subjects", "rules", "actions", "state", "archive", "lists", "watch",
+            ],
         }
     }
 

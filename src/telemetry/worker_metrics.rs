@@ -41,10 +41,18 @@ pub struct TripLabels {
     pub rule: String,
 }
 
+/// Labels of a provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Provider name.
+    pub provider: String,
+}
+
 /// The worker's metrics.
 pub struct WorkerMetrics {
     registry: Registry,
     rule_tripped: Family<TripLabels, Gauge>,
+    last_event_age: Family<ProviderLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     events: Family<OutcomeLabels, Counter>,
     rule_matches: Family<RuleLabels, Counter>,
     actions: Family<ActionLabels, Counter>,
@@ -106,9 +114,17 @@ impl WorkerMetrics {
             "1 while the rule's breaker is tripped (its matches recorded, never acted on)",
             rule_tripped.clone(),
         );
+        let last_event_age =
+            Family::<ProviderLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "last_event_age_seconds",
+            "Seconds since an event of the provider was last decided, by any worker on the state store",
+            last_event_age.clone(),
+        );
         Self {
             registry,
             rule_tripped,
+            last_event_age,
             events,
             rule_matches,
             actions,
@@ -130,6 +146,16 @@ impl WorkerMetrics {
                 rule: rule.to_owned(),
             })
             .set(i64::from(tripped));
+    }
+
+    /// Seconds since an event of `provider` was last decided
+    /// (`hookwarden_last_event_age_seconds`).
+    pub fn last_event_age(&self, provider: &str, seconds: f64) {
+        self.last_event_age
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
+            })
+            .set(seconds);
     }
 
     /// One event handled with `outcome`.

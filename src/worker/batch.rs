@@ -154,6 +154,8 @@ pub struct Context {
     pub store: Arc<dyn Store>,
     /// Metrics.
     pub metrics: Arc<WorkerMetrics>,
+    /// What the silence watches count: the events decided.
+    pub seen: Arc<crate::worker::watch::Seen>,
 }
 
 struct Pending {
@@ -245,6 +247,10 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
         if decided.contains(&event.key) {
             ctx.metrics.event(EventOutcome::Duplicate.as_str());
             continue;
+        }
+        if !matches!(sighting, Sighting::Unreadable(_)) {
+            ctx.seen
+                .note(rules, &event.provider, &event.event_type, now);
         }
         match sighting {
             Sighting::NoSubject => {

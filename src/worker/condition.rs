@@ -86,7 +86,13 @@ impl VariableResolver for PreparedInput<'_> {
             Name::Score => &self.score,
             Name::Previous => &self.previous,
             Name::Lists => self.lists,
-            Name::Rule | Name::EventId | Name::Env | Name::Count | Name::Per | Name::Subjects => {
+            Name::Rule
+            | Name::EventId
+            | Name::Env
+            | Name::Count
+            | Name::Per
+            | Name::Subjects
+            | Name::Watch => {
                 return None;
             }
         };
@@ -542,7 +548,13 @@ fn list_names(expr: &IdedExpr, out: &mut Vec<String>) {
             children.extend(&call.args);
         }
         Expr::Comprehension(c) => {
-            children.extend([&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]);
+            children.extend([
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ]);
         }
         Expr::List(list) => children.extend(&list.elements),
         Expr::Map(map) => children.extend(map.entries.iter().flat_map(entry_parts)),
@@ -787,8 +799,8 @@ mod tests {
         previous_score: BTreeMap<String, f64>,
         previous_at: Option<String>,
         env: BTreeMap<String, String>,
-            lists: crate::worker::lists::Lists,
-}
+        lists: crate::worker::lists::Lists,
+    }
 
     impl Fixture {
         fn new(humanity: f64, previous_humanity: Option<f64>) -> Self {

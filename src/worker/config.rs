@@ -334,7 +334,11 @@ scores = { humanity = "/data/humanity" }
         .unwrap_or_else(|err| panic!("{err}"));
         assert!(config.archive.enabled);
         assert_eq!(config.archive.max_bytes, Some(1 << 30));
-        assert!(config.summary().contains("events archived 7days up to"), "{}", config.summary());
+        assert!(
+            config.summary().contains("events archived 7days up to"),
+            "{}",
+            config.summary()
+        );
         let bad = problems("[archive]\nmax_bytes = \"lots\"\n", &[]);
         assert!(bad.contains("archive.max_bytes: invalid size"), "{bad}");
 
@@ -345,20 +349,69 @@ scores = { humanity = "/data/humanity" }
             )
         };
         assert_eq!(
-            problems(&rule("limit = { actions = 5, per = \"1m\" }\non_trip = [\"n\"]"), &[]),
+            problems(
+                &rule("limit = { actions = 5, per = \"1m\" }\non_trip = [\"n\"]"),
+                &[]
+            ),
             ""
         );
         let zero = problems(&rule("limit = { actions = 0, per = \"1m\" }"), &[]);
-        assert!(zero.contains("rules[0].limit: actions and per must be more than 0"), "{zero}");
+        assert!(
+            zero.contains("rules[0].limit: actions and per must be more than 0"),
+            "{zero}"
+        );
         let alone = problems(&rule("on_trip = [\"n\"]"), &[]);
-        assert!(alone.contains("rules[0].on_trip: on_trip runs when"), "{alone}");
-        let unknown = problems(&rule("limit = { actions = 5, per = \"1m\" }\non_trip = [\"page\"]"), &[]);
+        assert!(
+            alone.contains("rules[0].on_trip: on_trip runs when"),
+            "{alone}"
+        );
+        let unknown = problems(
+            &rule("limit = { actions = 5, per = \"1m\" }\non_trip = [\"page\"]"),
+            &[],
+        );
         assert!(
             unknown.contains("rules[0].on_trip[0]: no action named \"page\"; defined: n"),
             "{unknown}"
         );
         let typo = problems(&rule("limit = { actions = 5, pr = \"1m\" }"), &[]);
         assert!(typo.contains("rules[0].limit"), "{typo}");
+    }
+
+    #[test]
+    fn watches_are_checked_at_load() {
+        let watch = |extra: &str| {
+            format!(
+                "[[watch]]\nname = \"quiet\"\nprovider = \"dregs\"\n{extra}\n\
+                 [actions.n]\nkind = \"log\"\nmessage = \"{{{{ watch.name }}}} is {{{{ watch.state }}}}\"\n"
+            )
+        };
+        assert_eq!(
+            problems(
+                &watch("silent_for = \"1h\"\nactions = [\"n\"]\non_recover = [\"n\"]"),
+                &[]
+            ),
+            ""
+        );
+        let zero = problems(&watch("silent_for = \"0s\"\nactions = [\"n\"]"), &[]);
+        assert!(
+            zero.contains("watch[0].silent_for: must be more than 0s"),
+            "{zero}"
+        );
+        let none = problems(&watch("silent_for = \"1h\"\nactions = []"), &[]);
+        assert!(
+            none.contains("watch[0].actions: needs at least one action"),
+            "{none}"
+        );
+        let unknown = problems(
+            &watch("silent_for = \"1h\"\nactions = [\"n\"]\non_recover = [\"page\"]"),
+            &[],
+        );
+        assert!(
+            unknown.contains("watch[0].on_recover[0]: no action named \"page\"; defined: n"),
+            "{unknown}"
+        );
+        let missing = problems(&watch("actions = [\"n\"]"), &[]);
+        assert!(missing.contains("watch[0]"), "{missing}");
     }
 
     #[test]

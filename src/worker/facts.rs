@@ -41,11 +41,14 @@ pub enum Name {
     /// On a breaker's trip, the first subjects it acted on in its window, and the one that
     /// tripped it; null otherwise.
     Subjects,
+    /// In a silence watch's actions, the watch (name, provider, state, silent_for,
+    /// last_seen, silent_since); null otherwise.
+    Watch,
 }
 
 impl Name {
     /// Every name, in the order messages list them.
-    pub const ALL: [Name; 13] = [
+    pub const ALL: [Name; 14] = [
         Name::Event,
         Name::Provider,
         Name::Type,
@@ -59,6 +62,7 @@ impl Name {
         Name::Count,
         Name::Per,
         Name::Subjects,
+        Name::Watch,
     ];
 
     /// How rules spell it.
@@ -77,6 +81,7 @@ impl Name {
             Self::Count => "count",
             Self::Per => "per",
             Self::Subjects => "subjects",
+            Self::Watch => "watch",
         }
     }
 
@@ -89,7 +94,13 @@ impl Name {
     pub fn in_conditions(self) -> bool {
         !matches!(
             self,
-            Self::Rule | Self::EventId | Self::Env | Self::Count | Self::Per | Self::Subjects
+            Self::Rule
+                | Self::EventId
+                | Self::Env
+                | Self::Count
+                | Self::Per
+                | Self::Subjects
+                | Self::Watch
         )
     }
 
@@ -169,7 +180,7 @@ impl Facts<'_> {
                     .map(|(k, v)| (k.clone(), Value::from(v.as_str()))),
             ),
             // A trip's own: [`crate::worker::decide::plan_trip`] sets them.
-            Name::Count | Name::Per | Name::Subjects => Value::Null,
+            Name::Count | Name::Per | Name::Subjects | Name::Watch => Value::Null,
             // Conditions only (templates never see them).
             Name::Lists => Value::Null,
         }

@@ -419,10 +419,13 @@ actions = []
         let bad = dir.join("vpn.txt");
         std::fs::write(&bad, "10.0.0.0/8\n# ok\n10.0.0.0/33\n").unwrap();
         let err = read(&bad, ListKind::Cidr).unwrap_err();
-        assert!(err.ends_with(&format!(
-            "vpn.txt:3: \"10.0.0.0/33\" is not an IP network or address (write 10.0.0.0/8, \
-             2001:db8::/32 or 192.0.2.7)"
-        )), "{err}");
+        assert!(
+            err.ends_with(
+                "vpn.txt:3: \"10.0.0.0/33\" is not an IP network or address (write 10.0.0.0/8, \
+                 2001:db8::/32 or 192.0.2.7)"
+            ),
+            "{err}"
+        );
         let missing = read(&dir.join("none.txt"), ListKind::String).unwrap_err();
         assert!(missing.starts_with("cannot read"), "{missing}");
         let _ = std::fs::remove_dir_all(&dir);

@@ -25,5 +25,6 @@ pub mod run;
 pub mod state;
 pub mod subject;
 pub mod template;
+pub mod watch;
 
 pub use run::{Running, start};

@@ -156,6 +156,32 @@ pub async fn start(
         admin_shutdown.clone(),
     ));
     let prune = tokio::spawn(prune_loop(store.clone(), config.clone(), shutdown.clone()));
+    let seen = Arc::new(crate::worker::watch::Seen::default());
+    let session: Arc<Mutex<Option<Channel>>> = Arc::default();
+    let runner = {
+        let (session, http, marks) = (session.clone(), http.clone(), marks.clone());
+        Arc::new(move || {
+            let channel = session
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()?;
+            Some(Runner {
+                http: http.clone(),
+                channel,
+                marks: marks.clone(),
+            })
+        })
+    };
+    let watches = tokio::spawn(crate::worker::watch::run(
+        crate::worker::watch::Watching {
+            config: config.clone(),
+            store: store.clone(),
+            seen: seen.clone(),
+            runner,
+            metrics: metrics.clone(),
+        },
+        shutdown.clone(),
+    ));
     let batches = Batches {
         config: config.clone(),
         store,
@@ -165,11 +191,14 @@ pub async fn start(
         dead_letter_exchange: topology::name(&initial.amqp.dead_letter_exchange),
         store_health,
         shutdown: shutdown.clone(),
+        seen,
+        session,
     };
     let consumer = Consumer::new(&initial.amqp, batches, status, shutdown);
     let done = tokio::spawn(async move {
         consumer.run().await;
         prune.abort();
+        watches.abort();
         admin_shutdown.cancel();
         let _ = admin_task.await;
         tracing::info!("worker stopped");
@@ -251,6 +280,10 @@ struct Batches {
     dead_letter_exchange: ShortString,
     store_health: StoreHealth,
     shutdown: CancellationToken,
+    /// What the silence watches count.
+    seen: Arc<crate::worker::watch::Seen>,
+    /// The current broker session's publishing channel, for the watches' actions.
+    session: Arc<Mutex<Option<Channel>>>,
 }
 
 /// The state store's last failure while it is unavailable; `/readyz` reports it.
@@ -288,6 +321,10 @@ impl BatchError {
 
 impl consumer::Handler for Batches {
     type Error = BatchError;
+
+    fn session_started(&self, publish: &Channel) {
+        *self.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(publish.clone());
+    }
 
     /// While the store is unavailable the batch is held, unacked, and tried again with a
     /// growing pause: ending the session instead would have the broker redeliver it, and a
@@ -362,6 +399,7 @@ impl Batches {
             }),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
+            seen: self.seen.clone(),
         };
         let outcome = batch::handle(&ctx, items)
             .await

@@ -27,3 +27,4 @@ mod worker_backtest;
 mod worker_breaker;
 mod worker_lists;
 mod worker_postgres;
+mod worker_watch;

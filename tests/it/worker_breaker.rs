@@ -105,7 +105,10 @@ async fn a_breaker_stops_a_mass_quarantine_at_its_limit_pages_once_and_holds_unt
         .filter(|d| d.record["rules"][0]["tripped"] == true)
         .count();
     assert_eq!(tripped, 950);
-    assert_eq!(records.iter().filter(|d| d.outcome == "tripped").count(), 949);
+    assert_eq!(
+        records.iter().filter(|d| d.outcome == "tripped").count(),
+        949
+    );
     assert!(
         metrics.contains("hookwarden_worker_events_total{outcome=\"tripped\"} 949"),
         "{metrics}"

@@ -102,6 +102,8 @@ pub struct Rules {
     pub template_env: BTreeMap<String, String>,
     /// `[lists.*]`, read at load.
     pub lists: Lists,
+    /// `[[watch]]`: silence watches.
+    pub watches: Vec<crate::worker::watch::Watch>,
 }
 
 impl Rules {
@@ -132,6 +134,7 @@ impl Rules {
             }
         }
         let template_env = check_templates(doc, &templates, env, &score_names);
+        let watches = crate::worker::watch::compile(doc, &actions);
 
         let mut rules = Vec::new();
         let mut names = BTreeSet::new();
@@ -157,6 +160,7 @@ impl Rules {
             templates,
             template_env,
             lists,
+            watches,
         }
     }
 
@@ -455,9 +459,19 @@ fn check_templates(
     // Render each once with a sample, so unknown filters and syntax only found at render
     // surface now; undefined *fields* of the sample event are not errors here.
     let sample = Sample::new(score_names.iter().map(String::as_str), used);
-    let context = crate::worker::template::context(std::sync::Arc::new(
-        sample.facts().template_context("sample-rule"),
-    ));
+    // The names only a trip's or a watch's actions see are set as they would be there.
+    let mut sample_context = sample.facts().template_context("sample-rule");
+    if let serde_json::Value::Object(names) = &mut sample_context {
+        names.insert("count".to_owned(), serde_json::json!(101));
+        names.insert("per".to_owned(), serde_json::json!("10m"));
+        names.insert("subjects".to_owned(), serde_json::json!(["sample-subject"]));
+        names.insert(
+            "watch".to_owned(),
+            serde_json::json!({"name": "sample-watch", "provider": "sample", "state": "silent",
+                "silent_for": "1h", "last_seen": "2026-01-01T00:00:00Z", "silent_since": null}),
+        );
+    }
+    let context = crate::worker::template::context(std::sync::Arc::new(sample_context));
     for (name, id) in templates.all() {
         if let Err(reason) = templates.render_check(id, &context) {
             doc.problem(&name, reason);

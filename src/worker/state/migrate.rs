@@ -33,6 +33,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "breakers",
         sql: include_str!("../../../migrations/postgres/0003_breakers.sql"),
     },
+    Migration {
+        version: 4,
+        name: "watches",
+        sql: include_str!("../../../migrations/postgres/0004_watches.sql"),
+    },
 ];
 
 /// The advisory lock two workers starting at once take before looking at the schema, so one

@@ -248,6 +248,18 @@ impl Trip {
     }
 }
 
+/// When events were last decided, for a silence watch (`watch/NAME`) or a provider
+/// (`provider/NAME`), and since when a watch has been silent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRow {
+    /// `watch/NAME` or `provider/NAME`.
+    pub key: String,
+    /// The last decided event's time (for a watch never fed: when it started counting).
+    pub at_ms: i64,
+    /// When the watch was marked silent (its actions ran); `None` while events flow.
+    pub silent_since_ms: Option<i64>,
+}
+
 /// How many subjects a trip lists.
 pub const TRIP_SUBJECTS: usize = 10;
 
@@ -429,6 +441,34 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store failure.
     fn reset_trip(&self, rule: &str) -> Result<bool, StoreError>;
+    /// Starts counting the silence of these keys at `now_ms` where nothing has been counted
+    /// for them yet.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn start_seen(&self, keys: &[String], now_ms: i64) -> Result<(), StoreError>;
+    /// Moves each key's last-seen time forward to the time given (never back).
+    ///
+    /// # Errors
+    /// Store failure.
+    fn touch_seen(&self, seen: &[(String, i64)]) -> Result<(), StoreError>;
+    /// Every last-seen row.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn seen(&self) -> Result<Vec<SeenRow>, StoreError>;
+    /// Marks `key` silent since `now_ms` if it is not yet and nothing was seen after
+    /// `last_seen`: whether this call did (then, and only then, its actions run).
+    ///
+    /// # Errors
+    /// Store failure.
+    fn mark_silent(&self, key: &str, now_ms: i64, last_seen: i64) -> Result<bool, StoreError>;
+    /// Clears `key`'s silence (marked at `silent_since_ms`) if something was seen since:
+    /// whether this call did.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn mark_recovered(&self, key: &str, silent_since_ms: i64) -> Result<bool, StoreError>;
     /// How many events the archive holds, their bytes and time span.
     ///
     /// # Errors

@@ -20,8 +20,8 @@ use tokio_postgres::Row;
 
 use super::{
     Admission, ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, ReplayQuery,
-    Replayed, Store, StoreError, SubjectLock, SubjectState, TRIP_SUBJECTS, Trip, cutoff, migrate,
-    now_ms, window_start,
+    Replayed, SeenRow, Store, StoreError, SubjectLock, SubjectState, TRIP_SUBJECTS, Trip, cutoff,
+    migrate, now_ms, window_start,
 };
 use crate::worker::rules::Limit;
 
@@ -815,6 +815,84 @@ impl Store for PgStore {
                 .await?;
             tx.commit().await?;
             Ok(tripped)
+        })
+    }
+
+    fn start_seen(&self, keys: &[String], now_ms: i64) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.run(async |c| {
+            c.execute(
+                "INSERT INTO last_seen (key, at_ms) SELECT k, $2 FROM unnest($1::text[]) AS k
+                 ON CONFLICT (key) DO NOTHING",
+                &[&keys, &now_ms],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn touch_seen(&self, seen: &[(String, i64)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+        let at: Vec<i64> = seen.iter().map(|(_, at)| *at).collect();
+        self.run(async |c| {
+            // Rows in the order given (sorted by key): two workers never wait on each other.
+            let statement = c
+                .prepare_cached(
+                    "INSERT INTO last_seen (key, at_ms)
+                     SELECT * FROM unnest($1::text[], $2::int8[])
+                     ON CONFLICT (key) DO UPDATE SET at_ms = GREATEST(last_seen.at_ms, excluded.at_ms)",
+                )
+                .await?;
+            c.execute(&statement, &[&keys, &at]).await?;
+            Ok(())
+        })
+    }
+
+    fn seen(&self) -> Result<Vec<SeenRow>, StoreError> {
+        self.run(async |c| {
+            let statement = c
+                .prepare_cached("SELECT key, at_ms, silent_since_ms FROM last_seen ORDER BY key")
+                .await?;
+            c.query(&statement, &[])
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(SeenRow {
+                        key: r.try_get(0)?,
+                        at_ms: r.try_get(1)?,
+                        silent_since_ms: r.try_get(2)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn mark_silent(&self, key: &str, now_ms: i64, last_seen: i64) -> Result<bool, StoreError> {
+        self.run(async |c| {
+            Ok(c.execute(
+                "UPDATE last_seen SET silent_since_ms = $2
+                 WHERE key = $1 AND silent_since_ms IS NULL AND at_ms <= $3",
+                &[&key, &now_ms, &last_seen],
+            )
+            .await?
+                == 1)
+        })
+    }
+
+    fn mark_recovered(&self, key: &str, silent_since_ms: i64) -> Result<bool, StoreError> {
+        self.run(async |c| {
+            Ok(c.execute(
+                "UPDATE last_seen SET silent_since_ms = NULL
+                 WHERE key = $1 AND silent_since_ms = $2 AND at_ms > $2",
+                &[&key, &silent_since_ms],
+            )
+            .await?
+                == 1)
         })
     }
 

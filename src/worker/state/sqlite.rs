@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     Admission, ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, ReplayQuery,
-    Replayed, Store, StoreError, SubjectLock, SubjectState, TRIP_SUBJECTS, Trip, cutoff, now_ms,
-    window_start,
+    Replayed, SeenRow, Store, StoreError, SubjectLock, SubjectState, TRIP_SUBJECTS, Trip, cutoff,
+    now_ms, window_start,
 };
 use crate::worker::rules::Limit;
 
@@ -68,6 +68,11 @@ CREATE TABLE IF NOT EXISTS rule_acts (
     subject TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rule_acts_rule ON rule_acts (rule, at_ms);
+CREATE TABLE IF NOT EXISTS last_seen (
+    key TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    silent_since_ms INTEGER
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trips (
     rule TEXT PRIMARY KEY,
     at_ms INTEGER NOT NULL,
@@ -551,6 +556,80 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM rule_acts WHERE rule = ?1", params![rule])?;
             tx.commit()?;
             Ok(tripped)
+        })
+    }
+
+    fn start_seen(&self, keys: &[String], now_ms: i64) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO last_seen (key, at_ms) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                )?;
+                for key in keys {
+                    stmt.execute(params![key, now_ms])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn touch_seen(&self, seen: &[(String, i64)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO last_seen (key, at_ms) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET at_ms = max(at_ms, excluded.at_ms)",
+                )?;
+                for (key, at) in seen {
+                    stmt.execute(params![key, at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn seen(&self) -> Result<Vec<SeenRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT key, at_ms, silent_since_ms FROM last_seen ORDER BY key")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(SeenRow {
+                    key: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    silent_since_ms: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn mark_silent(&self, key: &str, now_ms: i64, last_seen: i64) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE last_seen SET silent_since_ms = ?2
+                 WHERE key = ?1 AND silent_since_ms IS NULL AND at_ms <= ?3",
+                params![key, now_ms, last_seen],
+            )? == 1)
+        })
+    }
+
+    fn mark_recovered(&self, key: &str, silent_since_ms: i64) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE last_seen SET silent_since_ms = NULL
+                 WHERE key = ?1 AND silent_since_ms = ?2 AND at_ms > ?2",
+                params![key, silent_since_ms],
+            )? == 1)
         })
     }
 
