@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hookwarden::cli::{
     Cli, Command, backtest, dead_letters, decisions, exit, http_client, out, rules, sign, state,
-    trips,
+    stats, trips,
 };
 use hookwarden::config;
 use hookwarden::listener::config::ListenerConfig;
@@ -117,6 +117,31 @@ fn main() -> ExitCode {
         Command::Rules {
             command: rules::RulesCommand::Backtest(args),
         } => backtest(&args, &env),
+        Command::Rules {
+            command: rules::RulesCommand::Stats(args),
+        } => {
+            let config = match rules::load_rules(&args.rules, &env) {
+                Ok(config) => config,
+                Err(err) => return usage(&err),
+            };
+            match stats::stats(&config, &args) {
+                Ok(stats) if args.json => match serde_json::to_string_pretty(&stats) {
+                    Ok(text) => {
+                        out::println(&text);
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => usage(&err.into()),
+                },
+                Ok(stats) => {
+                    out::print(&stats.to_string());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(exit::FAILED)
+                }
+            }
+        }
         Command::Rules {
             command: rules::RulesCommand::Trips(args),
         } => {
@@ -288,6 +313,23 @@ fn decisions(
     args: &decisions::DecisionsArgs,
     env: &std::collections::HashMap<String, String>,
 ) -> ExitCode {
+    if let Some(decisions::DecisionsCommand::Label(label)) = &args.command {
+        let config = match rules::load_rules(&label.rules, env) {
+            Ok(config) => config,
+            Err(err) => return usage(&err),
+        };
+        return match stats::label(&config, label) {
+            Ok(line) => {
+                out::println(&line);
+                ExitCode::SUCCESS
+            }
+            Err(stats::LabelError::Input(reason)) => usage(&anyhow::anyhow!(reason)),
+            Err(stats::LabelError::Store(err)) => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(exit::FAILED)
+            }
+        };
+    }
     let (config, query) =
         match rules::load_rules(&args.rules, env).and_then(|c| Ok((c, args.query()?))) {
             Ok(pair) => pair,

@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use serde::Serialize;
 
+use crate::cli::out::table;
 use crate::worker::backtest::{Backtest, Baseline, Replay, Report, Window};
 use crate::worker::config::{Backend, WorkerConfig};
 use crate::worker::decide::rfc3339_ms;
@@ -232,11 +233,11 @@ impl fmt::Display for Backtested {
             )?;
         }
         writeln!(f)?;
-        let rows: Vec<[String; 7]> = r
+        let rows: Vec<Vec<String>> = r
             .rules
             .iter()
             .map(|l| {
-                [
+                vec![
                     l.rule.clone(),
                     l.mode.unwrap_or("(gone)").to_owned(),
                     l.candidate.evaluated.to_string(),
@@ -247,8 +248,7 @@ impl fmt::Display for Backtested {
                 ]
             })
             .collect();
-        table(
-            f,
+        f.write_str(&table(
             &[
                 "rule",
                 "mode",
@@ -259,29 +259,28 @@ impl fmt::Display for Backtested {
                 "errors",
             ],
             &rows,
-        )?;
+        ))?;
         if !r.actions.is_empty() {
             writeln!(f)?;
-            let rows: Vec<[String; 3]> = r
+            let rows: Vec<Vec<String>> = r
                 .actions
                 .iter()
                 .map(|(name, c)| {
-                    [
+                    vec![
                         name.clone(),
                         format!("{} → {}", c.baseline_runs, c.candidate_runs),
                         c.candidate_shadow.to_string(),
                     ]
                 })
                 .collect();
-            table(
-                f,
+            f.write_str(&table(
                 &[
                     "action",
                     "runs (baseline → candidate)",
                     "shadow (candidate)",
                 ],
                 &rows,
-            )?;
+            ))?;
         }
         writeln!(f)?;
         if r.changed_subjects == 0 {
@@ -325,35 +324,4 @@ impl fmt::Display for Backtested {
 
 fn acts(fires: bool) -> &'static str {
     if fires { "acts" } else { "—" }
-}
-
-/// Left-aligned columns, as wide as their widest cell.
-fn table<const N: usize>(
-    f: &mut fmt::Formatter<'_>,
-    header: &[&str; N],
-    rows: &[[String; N]],
-) -> fmt::Result {
-    let mut widths = header.map(|h| h.chars().count());
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == N {
-                out.push_str(cell);
-            } else {
-                let pad = w - cell.chars().count();
-                let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
-            }
-        }
-        out
-    };
-    writeln!(f, "{}", line(header.to_vec()))?;
-    for row in rows {
-        writeln!(f, "{}", line(row.iter().map(String::as_str).collect()))?;
-    }
-    Ok(())
 }

@@ -14,8 +14,15 @@ use crate::worker::state::{self, DecisionRecord};
 
 /// Arguments of `hookwarden decisions`.
 #[derive(Args)]
-#[command(group(ArgGroup::new("which").required(true).args(["subject", "event"])))]
+#[command(
+    group(ArgGroup::new("which").required(true).args(["subject", "event"])),
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct DecisionsArgs {
+    /// Label a rule's match instead of printing records.
+    #[command(subcommand)]
+    pub command: Option<DecisionsCommand>,
     /// The worker's rules file (the store its `[state]` names is read).
     #[arg(long, default_value = "/etc/hookwarden/rules.toml")]
     pub rules: PathBuf,
@@ -34,6 +41,21 @@ pub struct DecisionsArgs {
     /// Print the records as JSON (an array, `[]` when there are none).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `hookwarden decisions …` beyond printing records.
+#[derive(clap::Subcommand)]
+pub enum DecisionsCommand {
+    /// Record an analyst's verdict on RULE's match on EVENT_ID: true-positive or
+    /// false-positive (relabelling replaces it). `hookwarden rules stats` counts them.
+    #[command(
+        after_help = "Example: hookwarden decisions label dregs/evt_01JD8Q6W3M4X9T2R7K5N0P1Q8S \
+--rule quarantine-low-humanity --as false-positive --note \"known test account\" --rules /etc/hookwarden/rules.toml
+
+Exit status: 0 labelled, 1 the state store failed, 64 bad input (no such decision, the rule did
+not match the event)."
+    )]
+    Label(crate::cli::stats::LabelArgs),
 }
 
 /// What to look up: (event key, subject key), one of them set.

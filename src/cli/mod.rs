@@ -10,6 +10,7 @@ pub mod out;
 pub mod rules;
 pub mod sign;
 pub mod state;
+pub mod stats;
 pub mod trips;
 
 use std::path::PathBuf;

@@ -22,3 +22,29 @@ pub fn print(text: &str) {
 pub fn println(text: &str) {
     print(&format!("{text}\n"));
 }
+
+/// A table as text: left-aligned columns as wide as their widest cell, two spaces apart, a
+/// line each for `header` and every row.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (cell, w) in cells.zip(&widths) {
+            out.push_str(cell);
+            out.push_str(&" ".repeat(w.saturating_sub(cell.chars().count()) + 2));
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut header.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}

@@ -66,6 +66,17 @@ Exit status: 0 it ran, 1 the state store failed, 64 bad input (rules files, argu
 Exit status: 0 it ran, 1 the state store failed, 64 bad input."
     )]
     Trips(crate::cli::trips::TripsArgs),
+    /// Per rule over a period's decision records: evaluated, matched, acted (enforce) or would
+    /// act (shadow), tripped, distinct subjects, labelled true/false positives and the
+    /// false-positive ratio among them, actions failed.
+    #[command(
+        after_help = "Example: hookwarden rules stats --rules /etc/hookwarden/rules.toml --since 7d
+
+Label a match with `hookwarden decisions label EVENT_ID --rule NAME --as false-positive`.
+
+Exit status: 0 it ran, 1 the state store failed, 64 bad input."
+    )]
+    Stats(crate::cli::stats::StatsArgs),
     /// Untrip RULE's breaker (and empty its window), through the state store: running
     /// workers act on its matches again from their next batch.
     #[command(

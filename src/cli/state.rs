@@ -52,14 +52,16 @@ pub struct Counts {
     pub decisions: usize,
     /// Archived events.
     pub archived: usize,
+    /// Analysts' labels.
+    pub labels: usize,
 }
 
 impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} subjects, {} done-marks, {} decision records, {} archived events",
-            self.subjects, self.done, self.decisions, self.archived
+            "{} subjects, {} done-marks, {} decision records, {} archived events, {} labels",
+            self.subjects, self.done, self.decisions, self.archived, self.labels
         )
     }
 }
@@ -71,6 +73,7 @@ impl Counts {
             Exported::Done { .. } => self.done += 1,
             Exported::Decision(_) => self.decisions += 1,
             Exported::Archived(_) => self.archived += 1,
+            Exported::Label(_) => self.labels += 1,
         }
     }
 }
@@ -162,6 +165,7 @@ pub fn import(config: &WorkerConfig, input: &mut dyn std::io::Read) -> anyhow::R
             Exported::Done { key, at_ms } => done.push((key, at_ms)),
             Exported::Decision(record) => batch.decisions.push(record),
             Exported::Archived(event) => batch.archive.push(event),
+            Exported::Label(label) => store.label(&label)?,
         }
         if batch.subjects.len() + batch.decisions.len() + batch.archive.len() + done.len()
             >= IMPORT_BATCH

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::worker::decide::{
     self, Event, Rendering, Sighting, SubjectDecision, Verdict, rfc3339_ms,
@@ -154,58 +154,26 @@ struct Subject {
     previous: BTreeMap<String, f64>,
 }
 
-/// A decision record as the worker wrote it: only what a comparison reads.
-#[derive(Deserialize)]
-struct Recorded {
-    #[serde(default)]
-    rules: Vec<RecordedRule>,
-}
-
-#[derive(Deserialize)]
-struct RecordedRule {
-    rule: String,
-    #[serde(default)]
-    mode: String,
-    #[serde(default)]
-    matched: bool,
-    #[serde(default)]
-    cooldown: bool,
-    #[serde(default)]
-    tripped: bool,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    actions: Vec<RecordedAction>,
-}
-
-#[derive(Deserialize)]
-struct RecordedAction {
-    action: String,
-}
-
-impl Recorded {
-    /// The record's rules as a side of the comparison. A rule fired when it matched and was
-    /// neither cooling down nor tripped; the actions named are those that ran.
-    fn sided(self, outcome: &str) -> Sided {
-        let evaluated = !matches!(outcome, "stale" | "no_subject" | "duplicate");
-        Sided {
-            evaluated,
-            rules: self
-                .rules
-                .into_iter()
-                .map(|r| {
-                    let fires = r.matched && !r.cooldown && !r.tripped;
-                    Marked {
-                        enforced: fires && r.mode != Mode::Shadow.as_str(),
-                        rule: r.rule,
-                        matched: r.matched,
-                        fires,
-                        error: r.error.is_some(),
-                        actions: r.actions.into_iter().map(|a| a.action).collect(),
-                    }
-                })
-                .collect(),
-        }
+/// A recorded decision as a side of the comparison. A rule fired when it matched and was
+/// neither cooling down nor tripped; the actions named are those that ran.
+fn recorded(outcome: &str, record: &str) -> Sided {
+    let evaluated = !matches!(outcome, "stale" | "no_subject" | "duplicate");
+    Sided {
+        evaluated,
+        rules: decide::recorded_rules(record)
+            .into_iter()
+            .map(|r| {
+                let fires = r.fired();
+                Marked {
+                    enforced: fires && r.mode != Mode::Shadow.as_str(),
+                    matched: r.matched,
+                    fires,
+                    error: r.error.is_some(),
+                    actions: r.actions.into_iter().map(|a| a.action).collect(),
+                    rule: r.rule,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -398,11 +366,9 @@ impl<'r> Backtest<'r> {
         self.report.compared += 1;
         let baseline = match baseline {
             Some(sided) => Some(sided),
-            None => replayed.recorded.and_then(|(outcome, record)| {
-                serde_json::from_str::<Recorded>(&record)
-                    .ok()
-                    .map(|r| r.sided(&outcome))
-            }),
+            None => replayed
+                .recorded
+                .map(|(outcome, record)| recorded(&outcome, &record)),
         };
         if !candidate.evaluated {
             self.report.not_evaluated += 1;

@@ -474,6 +474,66 @@ pub fn plan_trip(
         .collect()
 }
 
+/// A rule's entry in a decision record, read back: what [`RuleDecision::record`] wrote, for
+/// backtests and rule statistics.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct RecordedRule {
+    /// The rule's name.
+    pub rule: String,
+    /// `enforce` or `shadow`.
+    #[serde(default)]
+    pub mode: String,
+    /// Whether its condition held.
+    #[serde(default)]
+    pub matched: bool,
+    /// It held, but the rule was cooling down for the subject.
+    #[serde(default)]
+    pub cooldown: bool,
+    /// It held, but the rule's breaker had tripped.
+    #[serde(default)]
+    pub tripped: bool,
+    /// It held in shadow mode: what would have run.
+    #[serde(default)]
+    pub would_act: bool,
+    /// Why the condition could not be evaluated.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The actions that ran, with their outcomes.
+    #[serde(default)]
+    pub actions: Vec<RecordedAction>,
+}
+
+/// An action's entry in a rule's record.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct RecordedAction {
+    /// The action's name.
+    pub action: String,
+    /// `ok`, `failed`, `skipped`.
+    #[serde(default)]
+    pub outcome: String,
+}
+
+impl RecordedRule {
+    /// Whether the rule fired: its condition held and it was neither cooling down nor
+    /// tripped (its actions ran, or would have in shadow mode).
+    pub fn fired(&self) -> bool {
+        self.matched && !self.cooldown && !self.tripped
+    }
+}
+
+/// The rules of a decision record (JSON text); none for a record without them (stale, no
+/// subject) or one that does not read.
+pub fn recorded_rules(record: &str) -> Vec<RecordedRule> {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        #[serde(default)]
+        rules: Vec<RecordedRule>,
+    }
+    serde_json::from_str::<Record>(record)
+        .map(|r| r.rules)
+        .unwrap_or_default()
+}
+
 /// Unix milliseconds as RFC 3339.
 pub fn rfc3339_ms(ms: i64) -> Option<String> {
     let ms = u64::try_from(ms).ok()?;

@@ -23,6 +23,7 @@ pub mod marks;
 pub mod rules;
 pub mod run;
 pub mod state;
+pub mod stats;
 pub mod subject;
 pub mod template;
 pub mod watch;

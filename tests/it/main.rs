@@ -27,4 +27,5 @@ mod worker_backtest;
 mod worker_breaker;
 mod worker_lists;
 mod worker_postgres;
+mod worker_stats;
 mod worker_watch;

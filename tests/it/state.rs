@@ -367,6 +367,7 @@ fn state_export_then_import_moves_the_embedded_store_into_postgresql_whole() {
         done: 1,
         decisions: 3,
         archived: 2,
+        labels: 0,
     };
     assert_eq!(counts, expected);
     assert_eq!(String::from_utf8_lossy(&exported).lines().count(), 8);

@@ -38,6 +38,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "watches",
         sql: include_str!("../../../migrations/postgres/0004_watches.sql"),
     },
+    Migration {
+        version: 5,
+        name: "labels",
+        sql: include_str!("../../../migrations/postgres/0005_labels.sql"),
+    },
 ];
 
 /// The advisory lock two workers starting at once take before looking at the schema, so one

@@ -177,6 +177,8 @@ pub enum Exported {
     Decision(DecisionRecord),
     /// An archived event, in delivery order.
     Archived(ArchivedEvent),
+    /// An analyst's label.
+    Label(Label),
 }
 
 /// An event as the archive keeps it: enough to decide it again exactly as it was decided.
@@ -258,6 +260,50 @@ pub struct SeenRow {
     pub at_ms: i64,
     /// When the watch was marked silent (its actions ran); `None` while events flow.
     pub silent_since_ms: Option<i64>,
+}
+
+/// An analyst's verdict on one rule's match on one event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Label {
+    /// The event (`provider/event_id`).
+    pub event_key: String,
+    /// The rule.
+    pub rule: String,
+    /// `true_positive` or `false_positive`.
+    pub verdict: LabelVerdict,
+    /// Why, in the analyst's words.
+    pub note: Option<String>,
+    /// When it was labelled, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// Whether a rule was right to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelVerdict {
+    /// It was right.
+    TruePositive,
+    /// It should not have matched.
+    FalsePositive,
+}
+
+impl LabelVerdict {
+    /// As stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TruePositive => "true_positive",
+            Self::FalsePositive => "false_positive",
+        }
+    }
+
+    /// The stored spelling read back.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "true_positive" => Some(Self::TruePositive),
+            "false_positive" => Some(Self::FalsePositive),
+            _ => None,
+        }
+    }
 }
 
 /// How many subjects a trip lists.
@@ -389,7 +435,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DecisionRecord>, StoreError>;
     /// Hands every subject, then every done-mark, then every decision record (oldest first),
-    /// then every archived event (in delivery order) to `each`, stopping at its first error.
+    /// then every archived event (in delivery order), then every label to `each`, stopping at
+    /// its first error.
     ///
     /// # Errors
     /// Store failure, or the first error of `each`.
@@ -441,6 +488,26 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store failure.
     fn reset_trip(&self, rule: &str) -> Result<bool, StoreError>;
+    /// Records (or replaces) an analyst's label of a rule's match on an event.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn label(&self, label: &Label) -> Result<(), StoreError>;
+    /// Every label.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn labels(&self) -> Result<Vec<Label>, StoreError>;
+    /// Hands every decision record made at or after `since_ms` to `each`, oldest first, one
+    /// at a time, stopping at its first error.
+    ///
+    /// # Errors
+    /// Store failure, or the first error of `each`.
+    fn scan_decisions(
+        &self,
+        since_ms: i64,
+        each: &mut dyn FnMut(DecisionRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
     /// Starts counting the silence of these keys at `now_ms` where nothing has been counted
     /// for them yet.
     ///

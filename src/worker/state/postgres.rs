@@ -19,9 +19,9 @@ use tokio::runtime::Handle;
 use tokio_postgres::Row;
 
 use super::{
-    Admission, ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, ReplayQuery,
-    Replayed, SeenRow, Store, StoreError, SubjectLock, SubjectState, TRIP_SUBJECTS, Trip, cutoff,
-    migrate, now_ms, window_start,
+    Admission, ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, Label,
+    LabelVerdict, ReplayQuery, Replayed, SeenRow, Store, StoreError, SubjectLock, SubjectState,
+    TRIP_SUBJECTS, Trip, cutoff, migrate, now_ms, window_start,
 };
 use crate::worker::rules::Limit;
 
@@ -627,6 +627,16 @@ impl Store for PgStore {
             while let Some(row) = rows.next().await {
                 each(Exported::Archived(archived(&row?, 0)?))?;
             }
+            for label in labels(
+                &tx.query(
+                    "SELECT event_key, rule, verdict, note, at_ms FROM labels
+                     ORDER BY at_ms, event_key, rule",
+                    &[],
+                )
+                .await?,
+            )? {
+                each(Exported::Label(label))?;
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -818,6 +828,77 @@ impl Store for PgStore {
         })
     }
 
+    fn label(&self, label: &Label) -> Result<(), StoreError> {
+        self.run(async |c| {
+            c.execute(
+                "INSERT INTO labels (event_key, rule, verdict, note, at_ms)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (event_key, rule) DO UPDATE SET verdict = excluded.verdict,
+                   note = excluded.note, at_ms = excluded.at_ms",
+                &[
+                    &label.event_key,
+                    &label.rule,
+                    &label.verdict.as_str(),
+                    &label.note,
+                    &label.at_ms,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn labels(&self) -> Result<Vec<Label>, StoreError> {
+        self.run(async |c| {
+            labels(
+                &c.query(
+                    "SELECT event_key, rule, verdict, note, at_ms FROM labels
+                     ORDER BY at_ms, event_key, rule",
+                    &[],
+                )
+                .await?,
+            )
+        })
+    }
+
+    fn scan_decisions(
+        &self,
+        since_ms: i64,
+        each: &mut dyn FnMut(DecisionRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.run(async |c| {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
+            // Streamed, as a month of records may not fit in memory.
+            let rows = tx
+                .query_raw(
+                    "SELECT event_key, subject_key, outcome, record, at_ms FROM decisions
+                     WHERE at_ms >= $1 ORDER BY at_ms",
+                    [&since_ms],
+                )
+                .await?;
+            let mut rows = std::pin::pin!(rows);
+            while let Some(row) = rows.next().await {
+                let row = row?;
+                let record: String = row.try_get(3)?;
+                each(DecisionRecord {
+                    event_key: row.try_get(0)?,
+                    subject_key: row.try_get(1)?,
+                    outcome: row.try_get(2)?,
+                    record: serde_json::from_str(&record)?,
+                    at_ms: row.try_get(4)?,
+                })?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     fn start_seen(&self, keys: &[String], now_ms: i64) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
@@ -963,6 +1044,24 @@ impl Store for PgStore {
             Ok(())
         })
     }
+}
+
+/// Labels from rows of (event_key, rule, verdict, note, at_ms); an unknown verdict skipped.
+fn labels(rows: &[Row]) -> Result<Vec<Label>, StoreError> {
+    let mut out = Vec::new();
+    for r in rows {
+        let verdict: String = r.try_get(2)?;
+        if let Some(verdict) = LabelVerdict::parse(&verdict) {
+            out.push(Label {
+                event_key: r.try_get(0)?,
+                rule: r.try_get(1)?,
+                verdict,
+                note: r.try_get(3)?,
+                at_ms: r.try_get(4)?,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The archived event in the eight columns of `row` from `at` on.

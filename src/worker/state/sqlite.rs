@@ -8,9 +8,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Admission, ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, ReplayQuery,
-    Replayed, SeenRow, Store, StoreError, SubjectLock, SubjectState, TRIP_SUBJECTS, Trip, cutoff,
-    now_ms, window_start,
+    Admission, ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, Label,
+    LabelVerdict, ReplayQuery, Replayed, SeenRow, Store, StoreError, SubjectLock, SubjectState,
+    TRIP_SUBJECTS, Trip, cutoff, now_ms, window_start,
 };
 use crate::worker::rules::Limit;
 
@@ -72,6 +72,14 @@ CREATE TABLE IF NOT EXISTS last_seen (
     key TEXT PRIMARY KEY,
     at_ms INTEGER NOT NULL,
     silent_since_ms INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS labels (
+    event_key TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    note TEXT,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (event_key, rule)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trips (
     rule TEXT PRIMARY KEY,
@@ -398,6 +406,9 @@ impl Store for SqliteStore {
             while let Some(r) = rows.next()? {
                 each(Exported::Archived(archived(r)?))?;
             }
+            for label in labels(c)? {
+                each(Exported::Label(label))?;
+            }
             Ok(())
         })
     }
@@ -559,6 +570,54 @@ impl Store for SqliteStore {
         })
     }
 
+    fn label(&self, label: &Label) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO labels (event_key, rule, verdict, note, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (event_key, rule) DO UPDATE SET verdict = excluded.verdict,
+                   note = excluded.note, at_ms = excluded.at_ms",
+                params![
+                    label.event_key,
+                    label.rule,
+                    label.verdict.as_str(),
+                    label.note,
+                    label.at_ms
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn labels(&self) -> Result<Vec<Label>, StoreError> {
+        self.read(labels)
+    }
+
+    fn scan_decisions(
+        &self,
+        since_ms: i64,
+        each: &mut dyn FnMut(DecisionRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT event_key, subject_key, outcome, record, at_ms FROM decisions
+                 WHERE at_ms >= ?1 ORDER BY at_ms",
+            )?;
+            let mut rows = stmt.query(params![since_ms])?;
+            while let Some(r) = rows.next()? {
+                let record: String = r.get(3)?;
+                each(DecisionRecord {
+                    event_key: r.get(0)?,
+                    subject_key: r.get(1)?,
+                    outcome: r.get(2)?,
+                    record: serde_json::from_str(&record)?,
+                    at_ms: r.get(4)?,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
     fn start_seen(&self, keys: &[String], now_ms: i64) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
@@ -694,6 +753,36 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
+}
+
+fn labels(c: &Connection) -> Result<Vec<Label>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT event_key, rule, verdict, note, at_ms FROM labels ORDER BY at_ms, event_key, rule",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (event_key, rule, verdict, note, at_ms) = row?;
+        // A verdict this build does not know is skipped, not fatal: labels are advisory.
+        if let Some(verdict) = LabelVerdict::parse(&verdict) {
+            out.push(Label {
+                event_key,
+                rule,
+                verdict,
+                note,
+                at_ms,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The columns of an archived event, for [`archived`].
