@@ -5,7 +5,6 @@
 //! progress bar and its printed report.
 
 use std::fmt::{self, Write as _};
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -117,7 +116,9 @@ pub fn run(
         .block_on(state::open_existing(&candidate.state))
         .with_context(|| format!("cannot open the state store {}", candidate.state.describe()))?;
     let summary = store.archive_summary()?;
-    let progress = progress(args, summary.events);
+    // One subject's events are a part of the archive of unknown size.
+    let total = args.subject.is_none().then_some(summary.events);
+    let progress = crate::cli::progress::bar(total, "replaying events", args.json);
     let mut test = Backtest::new(
         &candidate.rules,
         match baseline {
@@ -168,26 +169,6 @@ pub fn run(
         },
         report,
     })
-}
-
-/// A progress bar on a terminal (events done, rate, time left); none when the output is
-/// read by a program (`--json`, or standard error not a terminal).
-fn progress(args: &BacktestArgs, total: u64) -> Option<indicatif::ProgressBar> {
-    if args.json || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = match args.subject {
-        // One subject's events are a part of the archive of unknown size.
-        Some(_) => indicatif::ProgressBar::new_spinner(),
-        None => indicatif::ProgressBar::new(total),
-    };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} replaying {human_pos}/{human_len} events, {per_sec}, {eta} left {wide_bar}",
-    ) {
-        bar.set_style(style);
-    }
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    Some(bar)
 }
 
 impl fmt::Display for Backtested {

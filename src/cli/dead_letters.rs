@@ -452,7 +452,16 @@ pub async fn replay(
     dry_run: bool,
 ) -> anyhow::Result<Replayed> {
     let (session, count) = Session::open(config).await?;
-    let result = replay_in(config, &session, count, ids, dry_run).await;
+    // Replaying the whole queue can take a while: its progress shows on a terminal.
+    let progress = crate::cli::progress::bar(
+        Some(u64::from(count)),
+        "replaying dead letters",
+        !ids.is_empty() || dry_run,
+    );
+    let result = replay_in(config, &session, count, ids, dry_run, progress.as_ref()).await;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
     session.close().await;
     result
 }
@@ -463,6 +472,7 @@ async fn replay_in(
     count: u32,
     ids: &[String],
     dry_run: bool,
+    progress: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<Replayed> {
     let publisher = within("cannot open a channel", session.connection.create_channel()).await?;
     within(
@@ -482,6 +492,9 @@ async fn replay_in(
     };
     let mut found = vec![false; ids.len()];
     for d in &taken {
+        if let Some(bar) = progress {
+            bar.inc(1);
+        }
         let letter = DeadLetter::from_delivery(d, now);
         let id = letter.message_id.as_deref().unwrap_or_default();
         let chosen = ids.is_empty() || {

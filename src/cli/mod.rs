@@ -7,6 +7,7 @@ pub mod dead_letters;
 pub mod decisions;
 pub mod http_client;
 pub mod out;
+pub mod progress;
 pub mod rules;
 pub mod sign;
 pub mod state;
