@@ -63,6 +63,10 @@ pub trait Handler: Send + Sync + 'static {
     fn session_started(&self, publish: &Channel) {
         let _ = publish;
     }
+
+    /// The session that began with [`Handler::session_started`] is over (lost, failed or shut
+    /// down): its channel publishes nothing any more. The default does nothing.
+    fn session_ended(&self) {}
 }
 
 /// Why the worker is not consuming right now; `/readyz` says it after `not consuming: `.
@@ -266,6 +270,7 @@ impl<H: Handler> Consumer<H> {
                 }
                 Err(err) => (Err(err.into()), None),
             };
+        self.handler.session_ended();
         let flow = match ended {
             Ok(Ended::Shutdown) => ControlFlow::Break(()),
             Ok(Ended::Lost(lost)) => {

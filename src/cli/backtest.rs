@@ -225,6 +225,7 @@ impl fmt::Display for Backtested {
                     l.candidate.matched.to_string(),
                     format!("{} → {}", l.baseline.would_act, l.candidate.would_act),
                     format!("+{} -{}", l.new, l.gone),
+                    l.candidate.tripped.to_string(),
                     l.candidate.errors.to_string(),
                 ]
             })
@@ -237,6 +238,7 @@ impl fmt::Display for Backtested {
                 "matched",
                 "would act (baseline → candidate)",
                 "new/gone",
+                "tripped",
                 "errors",
             ],
             &rows,

@@ -36,10 +36,20 @@ impl Window {
     }
 }
 
-/// The subjects' states as one set of rules rebuilds them, event by event.
+/// The subjects' states as one set of rules rebuilds them, event by event, and the rules'
+/// breakers as they would have counted (from untripped at the oldest event; an operator's
+/// reset is not in the archive, so a tripped rule stays tripped to the end).
 pub struct Replay<'r> {
     rules: &'r Rules,
     states: HashMap<String, SubjectState>,
+    breakers: HashMap<usize, Breaker>,
+}
+
+/// A rule's breaker in a replay: the receive times of the firings it let act in its window.
+#[derive(Default)]
+struct Breaker {
+    acted: std::collections::VecDeque<i64>,
+    tripped: bool,
 }
 
 /// What one rule made of one event, on one side.
@@ -49,6 +59,8 @@ struct Marked {
     matched: bool,
     /// Its actions run (enforce) or would (shadow).
     fires: bool,
+    /// It would have acted, but its breaker had tripped.
+    tripped: bool,
     error: bool,
     /// For a firing rule, its actions and whether they run (enforce) rather than only being
     /// recorded (shadow).
@@ -77,6 +89,7 @@ impl<'r> Replay<'r> {
         Self {
             rules,
             states: HashMap::new(),
+            breakers: HashMap::new(),
         }
     }
 
@@ -110,10 +123,40 @@ impl<'r> Replay<'r> {
             scores,
             previous: prior.map(|p| p.scores.clone()).unwrap_or_default(),
         };
-        let evaluation = match decided {
+        let mut evaluation = match decided {
             SubjectDecision::Stale(_) => return (Some(subject), Sided::default()),
             SubjectDecision::Evaluated(evaluation) => evaluation,
         };
+        // The breakers, as the worker's store counts them: a firing past its rule's limit
+        // trips it, and a tripped match starts no cooldown.
+        for d in evaluation.rules.iter_mut() {
+            let rule = &self.rules.rules[d.rule];
+            let Some(limit) = rule.limit.filter(|_| d.verdict == Verdict::Acts) else {
+                continue;
+            };
+            let breaker = self.breakers.entry(d.rule).or_default();
+            if !breaker.tripped {
+                let per = i64::try_from(limit.per.as_millis()).unwrap_or(i64::MAX);
+                while breaker
+                    .acted
+                    .front()
+                    .is_some_and(|&t| t <= at_ms.saturating_sub(per))
+                {
+                    breaker.acted.pop_front();
+                }
+                if (breaker.acted.len() as u64) < limit.actions {
+                    breaker.acted.push_back(at_ms);
+                    continue;
+                }
+                breaker.tripped = true;
+                breaker.acted.clear();
+            }
+            d.verdict = Verdict::Tripped;
+            match prior.and_then(|p| p.fired_ms.get(&rule.name)) {
+                Some(&fired) => evaluation.next.fired_ms.insert(rule.name.clone(), fired),
+                None => evaluation.next.fired_ms.remove(&rule.name),
+            };
+        }
         let rules = evaluation
             .rules
             .iter()
@@ -123,6 +166,7 @@ impl<'r> Replay<'r> {
                     rule: rule.name.clone(),
                     matched: d.verdict.matched(),
                     fires: d.verdict.fires(),
+                    tripped: d.verdict == Verdict::Tripped,
                     error: matches!(d.verdict, Verdict::Error(_)),
                     actions: match d.verdict.fires() {
                         true => rule
@@ -168,6 +212,7 @@ fn recorded(outcome: &str, record: &str) -> Sided {
                     enforced: fires && r.mode != Mode::Shadow.as_str(),
                     matched: r.matched,
                     fires,
+                    tripped: r.tripped,
                     error: r.error.is_some(),
                     actions: r.actions.into_iter().map(|a| a.action).collect(),
                     rule: r.rule,
@@ -186,6 +231,8 @@ pub struct RuleCounts {
     pub matched: u64,
     /// Events it fired for: its actions ran or would have.
     pub would_act: u64,
+    /// Events it would have acted on but for its tripped breaker.
+    pub tripped: u64,
     /// Events its condition could not be evaluated for.
     pub errors: u64,
 }
@@ -431,6 +478,7 @@ impl<'r> Backtest<'r> {
             counts.evaluated += 1;
             counts.matched += u64::from(m.matched);
             counts.would_act += u64::from(m.fires);
+            counts.tripped += u64::from(m.tripped);
             counts.errors += u64::from(m.error);
             for action in &m.actions {
                 let counts = self.report.actions.entry(action.clone()).or_default();
@@ -606,6 +654,51 @@ message = "{{{{ subject }}}}"
         assert_eq!(report.changes.len(), 1);
         assert_eq!(report.changes[0].subject, "dregs/u2");
         assert_eq!(report.actions["note"].baseline_runs, 1);
+    }
+
+    #[test]
+    fn a_candidate_s_breaker_trips_in_the_replay_as_it_would_in_the_worker() {
+        let text = r#"
+[[subjects]]
+provider = "dregs"
+types = ["identity.*"]
+subject = "/data/id"
+scores = { humanity = "/data/humanity" }
+
+[[rules]]
+name = "quarantine"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 30.0"
+actions = ["note"]
+cooldown = "1h"
+limit = { actions = 2, per = "10m" }
+
+[actions.note]
+kind = "log"
+message = "{{ subject }}"
+"#;
+        let candidate = match WorkerConfig::parse("rules.toml", text, &HashMap::new()) {
+            Ok(config) => config.rules,
+            Err(err) => panic!("{err}"),
+        };
+        let test = Backtest::new(&candidate, Baseline::Recorded, Window::default());
+        // Four subjects fall within minutes: two act, the third trips the rule, the fourth
+        // finds it tripped; twenty minutes on, u3 again: still tripped (no reset in a replay),
+        // and not cooling down, since its tripped match started no cooldown.
+        let report = run(
+            test,
+            vec![
+                event(0, "u1", 10, None),
+                event(1, "u2", 10, None),
+                event(2, "u3", 10, None),
+                event(3, "u4", 10, None),
+                event(23, "u3", 10, None),
+            ],
+        );
+        let line = &report.rules[0];
+        assert_eq!((line.candidate.would_act, line.candidate.tripped), (2, 3));
+        assert_eq!(line.candidate.matched, 5);
+        assert_eq!(report.actions["note"].candidate_runs, 2);
     }
 
     #[test]

@@ -421,9 +421,18 @@ async fn handle_subject(
             }
         };
         let span = delivery_span(&event, &evaluation.subject.id);
-        let trips = admit(ctx, breakers, &mut evaluation, &event, &key, &state, now)
-            .instrument(span.clone())
-            .await?;
+        let trips = admit(
+            ctx,
+            breakers,
+            &mut evaluation,
+            &event,
+            &key,
+            &state,
+            now,
+            done,
+        )
+        .instrument(span.clone())
+        .await?;
         let (mut rules_json, failure, acted) =
             carry_out(ctx, &evaluation, done).instrument(span).await;
         for (position, results) in trips {
@@ -461,8 +470,12 @@ async fn handle_subject(
 
 /// Puts each enforcing rule with a limit that would act on `evaluation` past its breaker:
 /// granted, it acts; over the limit (now, or tripped before), its verdict becomes
-/// [`Verdict::Tripped`]. A firing that trips the rule runs its `on_trip` actions, once; their
-/// results come back by the rule's position in `evaluation.rules`, for the decision record.
+/// [`Verdict::Tripped`], and the subject's state keeps the rule's last firing as it was (a
+/// match that did not act starts no cooldown). A firing that trips the rule runs its `on_trip`
+/// actions; their results come back by the rule's position in `evaluation.rules`, for the
+/// decision record. A redelivered firing whose actions all completed before is not counted
+/// again.
+#[allow(clippy::too_many_arguments)]
 async fn admit(
     ctx: &Context,
     breakers: &Breakers,
@@ -471,16 +484,23 @@ async fn admit(
     subject_key: &str,
     prior: &SubjectState,
     now: i64,
+    done: &HashSet<String>,
 ) -> Result<Vec<(usize, Vec<Value>)>, StoreError> {
     let rules = &ctx.config.rules;
     let mut trips = Vec::new();
+    let mut held = Vec::new();
     for (position, decided) in evaluation.rules.iter_mut().enumerate() {
         let rule = &rules.rules[decided.rule];
         let Some(limit) = rule.limit.filter(|_| decided.verdict == Verdict::Acts) else {
             continue;
         };
+        if !decided.actions.is_empty() && decided.actions.iter().all(|a| done.contains(&a.key)) {
+            // Acted on this event before (a redelivery, a replay): counted then.
+            continue;
+        }
         if breakers.is_tripped(&rule.name) {
             decided.verdict = Verdict::Tripped;
+            held.push(rule.name.clone());
             continue;
         }
         let (store, name, subject) = (ctx.store.clone(), rule.name.clone(), subject_key.to_owned());
@@ -493,6 +513,7 @@ async fn admit(
             Admission::Tripped(trip) => trip,
         };
         decided.verdict = Verdict::Tripped;
+        held.push(rule.name.clone());
         breakers.trip(&rule.name);
         ctx.metrics.rule_tripped(&rule.name, true);
         let Some(trip) = trip else { continue };
@@ -531,6 +552,12 @@ async fn admit(
             results.push(result.to_json());
         }
         trips.push((position, results));
+    }
+    for rule in held {
+        match prior.fired_ms.get(&rule) {
+            Some(&at) => evaluation.next.fired_ms.insert(rule, at),
+            None => evaluation.next.fired_ms.remove(&rule),
+        };
     }
     Ok(trips)
 }

@@ -217,9 +217,10 @@ async fn prune_loop(
     shutdown: CancellationToken,
 ) {
     loop {
-        let Ok(current) = config.read().map(|c| c.clone()) else {
-            return;
-        };
+        let current = config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let s = store.clone();
         let pruned = tokio::task::spawn_blocking(move || {
             let removed = s.prune(current.state.retention)?;
@@ -324,6 +325,10 @@ impl consumer::Handler for Batches {
 
     fn session_started(&self, publish: &Channel) {
         *self.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(publish.clone());
+    }
+
+    fn session_ended(&self) {
+        *self.session.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// While the store is unavailable the batch is held, unacked, and tried again with a

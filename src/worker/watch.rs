@@ -161,6 +161,15 @@ impl Seen {
         }
     }
 
+    /// Puts back what [`Seen::take`] took, when it could not be written down.
+    fn restore(&self, taken: Vec<(String, i64)>) {
+        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, at) in taken {
+            let kept = seen.entry(key).or_insert(at);
+            *kept = (*kept).max(at);
+        }
+    }
+
     fn take(&self) -> Vec<(String, i64)> {
         let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let mut taken: Vec<(String, i64)> = seen.drain().collect();
@@ -191,19 +200,34 @@ pub struct Watching {
 /// Runs until `shutdown`: every [`TICK`], writes down what was seen, then fires or recovers
 /// the watches whose time has come.
 pub async fn run(watching: Watching, shutdown: tokio_util::sync::CancellationToken) {
-    let mut started: HashSet<String> = HashSet::new();
+    let mut state = Ticking::default();
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
             () = shutdown.cancelled() => return,
         }
-        if let Err(err) = tick(&watching, &mut started).await {
+        if let Err(err) = tick(&watching, &mut state).await {
             tracing::warn!(error = %err, "checking the silence watches failed");
         }
     }
 }
 
-async fn tick(w: &Watching, started: &mut HashSet<String>) -> Result<(), StoreError> {
+/// What the loop remembers between ticks.
+#[derive(Default)]
+struct Ticking {
+    /// Watches this worker has started counting for.
+    started: HashSet<String>,
+    /// Watches whose actions failed: not tried again before this, and the pause after.
+    retry: HashMap<String, (tokio::time::Instant, Duration)>,
+}
+
+/// The first pause before a watch whose actions failed is tried again, doubled each time up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+async fn tick(w: &Watching, ticking: &mut Ticking) -> Result<(), StoreError> {
+    let started = &mut ticking.started;
     let config = w
         .config
         .read()
@@ -220,12 +244,21 @@ async fn tick(w: &Watching, started: &mut HashSet<String>) -> Result<(), StoreEr
         .collect();
     let seen = w.seen.take();
     let store = w.store.clone();
-    let rows = blocking(move || {
+    let written = seen.clone();
+    let rows = match blocking(move || {
         store.start_seen(&fresh, now)?;
-        store.touch_seen(&seen)?;
+        store.touch_seen(&written)?;
         Ok((store.seen()?, fresh))
     })
-    .await?;
+    .await
+    {
+        Ok(rows) => rows,
+        Err(err) => {
+            // Kept for the next tick: losing them could make a watch think it is silent.
+            w.seen.restore(seen);
+            return Err(err);
+        }
+    };
     let (rows, fresh) = rows;
     started.extend(fresh);
     let rows: BTreeMap<String, (i64, Option<i64>)> = rows
@@ -248,6 +281,13 @@ async fn tick(w: &Watching, started: &mut HashSet<String>) -> Result<(), StoreEr
             Some(since) if at > since => Transition::Recovered { since },
             _ => continue,
         };
+        if ticking
+            .retry
+            .get(&watch.name)
+            .is_some_and(|(after, _)| tokio::time::Instant::now() < *after)
+        {
+            continue;
+        }
         // Actions need a broker session (an `amqp` action publishes on it); without one the
         // watch waits, its state untouched, and fires on the first tick that has one.
         let Some(runner) = (w.runner)() else { continue };
@@ -261,7 +301,7 @@ async fn tick(w: &Watching, started: &mut HashSet<String>) -> Result<(), StoreEr
             // Another worker got there first and runs the actions.
             continue;
         }
-        let (indexes, what) = match transition {
+        let (indexes, what): (&[usize], &str) = match transition {
             Transition::Silent { last_seen } => {
                 tracing::error!(
                     watch = %watch.name,
@@ -277,19 +317,46 @@ async fn tick(w: &Watching, started: &mut HashSet<String>) -> Result<(), StoreEr
                 (&watch.on_recover, "recovered")
             }
         };
-        let planned = plan(&config.rules, watch, indexes, what, at, silent_since, now);
+        let planned = plan(&config.rules, watch, indexes, what, transition);
+        // Those that completed on an earlier try are skipped: the keys are the same.
+        let (store, keys) = (
+            w.store.clone(),
+            planned.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
+        );
+        let done = blocking(move || store.done_among(&keys)).await?;
+        let mut failed = false;
         for action in &planned {
-            let result = runner.run(action, &HashSet::new()).await;
+            let result = runner.run(action, &done).await;
             w.metrics
                 .action(&result.action, result.outcome.as_str(), result.latency_ms);
             if result.outcome == action::ActionOutcome::Failed {
+                failed = true;
                 tracing::error!(
                     watch = %watch.name,
                     action = %result.action,
                     error = result.error.as_deref().unwrap_or("failed"),
-                    "watch action failed"
+                    "watch action failed; tried again later"
                 );
             }
+        }
+        if failed {
+            // Undone, so that a later tick (of this worker or another) tries again.
+            let (store, key) = (w.store.clone(), watch.key());
+            let (marked, before) = match transition {
+                Transition::Silent { .. } => (Some(now), None),
+                Transition::Recovered { since } => (None, Some(since)),
+            };
+            blocking(move || store.reset_silence(&key, marked, before)).await?;
+            let pause = ticking
+                .retry
+                .get(&watch.name)
+                .map_or(RETRY_FIRST, |(_, pause)| (*pause * 2).min(RETRY_MAX));
+            ticking.retry.insert(
+                watch.name.clone(),
+                (tokio::time::Instant::now() + pause, pause),
+            );
+        } else {
+            ticking.retry.remove(&watch.name);
         }
     }
     Ok(())
@@ -311,16 +378,20 @@ async fn blocking<T: Send + 'static>(
 
 /// The watch's actions rendered: templates see `rule` (the watch's name), `provider`, `env`
 /// and `watch` (name, provider, state `silent` or `recovered`, `silent_for`, `last_seen`,
-/// `silent_since`); there is no event. Keyed by watch, state and time, so each runs once.
+/// `silent_since`); there is no event. Keyed by the watch, the transition and the time that
+/// names it (the last event before a silence; the start of the silence that ended), the same
+/// on every try, so each runs once.
 fn plan(
     rules: &Rules,
     watch: &Watch,
     indexes: &[usize],
     what: &str,
-    last_seen: i64,
-    silent_since: Option<i64>,
-    now: i64,
+    transition: Transition,
 ) -> Vec<PlannedAction> {
+    let (last_seen, silent_since, at) = match transition {
+        Transition::Silent { last_seen } => (Some(last_seen), None, last_seen),
+        Transition::Recovered { since } => (None, Some(since), since),
+    };
     let empty = BTreeMap::new();
     let facts = Facts {
         event: &Value::Null,
@@ -343,13 +414,12 @@ fn plan(
                 "provider": watch.provider,
                 "state": what,
                 "silent_for": humantime::format_duration(watch.silent_for).to_string(),
-                "last_seen": rfc3339_ms(last_seen),
+                "last_seen": last_seen.and_then(rfc3339_ms),
                 "silent_since": silent_since.and_then(rfc3339_ms),
             }),
         );
     }
     let context = crate::worker::template::context(Arc::new(context));
-    let at = silent_since.unwrap_or(now);
     let event_key = format!("watch/{}/{what}/{at}", watch.name);
     indexes
         .iter()

@@ -1,6 +1,7 @@
 //! A silence watch against the real broker and an HTTP target: with `silent_for = "2s"` it
 //! fires once after two seconds without a Dregs event (counted from the start of a worker
-//! with no history), not again while the silence lasts, its `on_recover` once when an event
+//! with no history; an alert the target refused is tried again), not again while the
+//! silence lasts, its `on_recover` once when an event
 //! arrives, and a restarted worker goes on from the store's last-seen time. (Named
 //! `worker_…` so `.ci/run` runs it again with the state in PostgreSQL.)
 
@@ -40,6 +41,9 @@ fn hits(sink: &Sink, path: &str) -> usize {
 #[tokio::test]
 async fn a_watch_fires_once_per_silence_and_recovers_once_when_events_resume() {
     let sink = Sink::start().await;
+    // The first alert is refused (503, and the action has no retries of its own): the watch
+    // tries again a second later, and the target then hears it once.
+    sink.fail_first(1);
     let started = Instant::now();
     let mut w = WorkerHarness::for_dregs(RULES).start(&sink.url()).await;
 

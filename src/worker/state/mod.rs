@@ -530,6 +530,17 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store failure.
     fn mark_silent(&self, key: &str, now_ms: i64, last_seen: i64) -> Result<bool, StoreError>;
+    /// Sets `key`'s silence mark back to `back_to` if it is still `marked` (a watch whose
+    /// actions failed, so that they are tried again): whether this call did.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn reset_silence(
+        &self,
+        key: &str,
+        marked: Option<i64>,
+        back_to: Option<i64>,
+    ) -> Result<bool, StoreError>;
     /// Clears `key`'s silence (marked at `silent_since_ms`) if something was seen since:
     /// whether this call did.
     ///

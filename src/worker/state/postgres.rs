@@ -164,6 +164,16 @@ fn lock_key(subject: &str) -> i64 {
     i64::from_be_bytes(first)
 }
 
+/// The class of the breakers' advisory locks (two 32-bit keys), apart from the subjects'
+/// (one 64-bit key): a rule's lock never collides with a subject's. ("hwbr".)
+const BREAKER_LOCKS: i32 = 0x6877_6272;
+
+/// The second key of a rule's breaker lock: 32 bits of its name's SHA-256.
+fn breaker_key(rule: &str) -> i32 {
+    let digest = Sha256::digest(rule.as_bytes());
+    i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
 /// A pooled connection holding advisory locks; dropping it unlocks and returns it to the pool.
 struct Held {
     client: Option<Object>,
@@ -567,6 +577,8 @@ impl Store for PgStore {
                 .read_only(true)
                 .start()
                 .await?;
+            // A whole store is read, for longer than a statement may take otherwise.
+            tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
             let mut fired: HashMap<String, std::collections::BTreeMap<String, i64>> =
                 HashMap::new();
             for r in tx
@@ -680,7 +692,11 @@ impl Store for PgStore {
         let max = max_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         self.run(async |c| {
             // As the embedded store: everything before the first event young enough, then the
-            // oldest beyond max_bytes.
+            // oldest beyond max_bytes; the second sums the archive's sizes, which takes longer
+            // than a statement may on a large one (the workers go on meanwhile: nothing here
+            // locks what they write).
+            let c = c.transaction().await?;
+            c.batch_execute("SET LOCAL statement_timeout = 0").await?;
             let mut removed = c
                 .execute(
                     "DELETE FROM archive WHERE seq < coalesce(
@@ -701,6 +717,7 @@ impl Store for PgStore {
                     )
                     .await?;
             }
+            c.commit().await?;
             Ok(usize::try_from(removed).unwrap_or(usize::MAX))
         })
     }
@@ -720,8 +737,8 @@ impl Store for PgStore {
             // One admission per rule at a time across every worker: a transaction lock on the
             // rule's key (released at commit), so two workers never both take the last place.
             tx.execute(
-                "SELECT pg_advisory_xact_lock($1)",
-                &[&lock_key(&format!("breaker/{rule}"))],
+                "SELECT pg_advisory_xact_lock($1, $2)",
+                &[&BREAKER_LOCKS, &breaker_key(rule)],
             )
             .await?;
             let tripped = tx
@@ -813,8 +830,8 @@ impl Store for PgStore {
         self.run(async |c| {
             let tx = c.transaction().await?;
             tx.execute(
-                "SELECT pg_advisory_xact_lock($1)",
-                &[&lock_key(&format!("breaker/{rule}"))],
+                "SELECT pg_advisory_xact_lock($1, $2)",
+                &[&BREAKER_LOCKS, &breaker_key(rule)],
             )
             .await?;
             let tripped = tx
@@ -959,6 +976,23 @@ impl Store for PgStore {
                 "UPDATE last_seen SET silent_since_ms = $2
                  WHERE key = $1 AND silent_since_ms IS NULL AND at_ms <= $3",
                 &[&key, &now_ms, &last_seen],
+            )
+            .await?
+                == 1)
+        })
+    }
+
+    fn reset_silence(
+        &self,
+        key: &str,
+        marked: Option<i64>,
+        back_to: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.run(async |c| {
+            Ok(c.execute(
+                "UPDATE last_seen SET silent_since_ms = $3
+                 WHERE key = $1 AND silent_since_ms IS NOT DISTINCT FROM $2",
+                &[&key, &marked, &back_to],
             )
             .await?
                 == 1)

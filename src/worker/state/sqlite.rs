@@ -62,6 +62,10 @@ CREATE TABLE IF NOT EXISTS archive (
     received_ms INTEGER NOT NULL,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS archive_size (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    bytes INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rule_acts (
     rule TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
@@ -129,6 +133,18 @@ impl SqliteStore {
         }
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.execute_batch(SCHEMA)?;
+        // The archive's body bytes are counted as events come and go, so that keeping it under
+        // `max_bytes` never reads the whole table; counted once here for a file without it.
+        let counted = connection
+            .prepare("SELECT 1 FROM archive_size WHERE id = 1")?
+            .exists([])?;
+        if !counted {
+            connection.execute(
+                "INSERT INTO archive_size (id, bytes)
+                 SELECT 1, coalesce(sum(length(CAST(body AS BLOB))), 0) FROM archive",
+                [],
+            )?;
+        }
         Ok(Self {
             connection: Mutex::new(connection),
         })
@@ -294,8 +310,9 @@ impl Store for SqliteStore {
                            subject_key, version, received_ms, body)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )?;
+                    let mut added = 0i64;
                     for a in &batch.archive {
-                        archive.execute(params![
+                        let inserted = archive.execute(params![
                             a.event_key,
                             a.provider,
                             a.event_type,
@@ -305,7 +322,12 @@ impl Store for SqliteStore {
                             a.received_ms,
                             a.body
                         ])?;
+                        if inserted == 1 {
+                            added += i64::try_from(a.body.len()).unwrap_or(i64::MAX);
+                        }
                     }
+                    tx.prepare_cached("UPDATE archive_size SET bytes = bytes + ?1 WHERE id = 1")?
+                        .execute(params![added])?;
                 }
             }
             tx.commit()?;
@@ -445,29 +467,27 @@ impl Store for SqliteStore {
         max_bytes: Option<u64>,
     ) -> Result<usize, StoreError> {
         let cutoff = cutoff(retention);
-        self.with(|c| {
-            // Receive times follow delivery order closely but not exactly (several listeners,
-            // clocks in seconds): everything before the first event young enough goes.
-            let mut removed = c.execute(
-                "DELETE FROM archive WHERE seq < coalesce(
-                   (SELECT seq FROM archive WHERE received_ms >= ?1 ORDER BY seq LIMIT 1),
-                   (SELECT max(seq) + 1 FROM archive))",
-                params![cutoff],
-            )?;
-            if let Some(max) = max_bytes {
-                let max = i64::try_from(max).unwrap_or(i64::MAX);
-                // The newest events whose bodies fit in max_bytes stay.
-                removed += c.execute(
-                    "DELETE FROM archive WHERE seq <= (
-                       SELECT seq FROM (
-                         SELECT seq, sum(length(CAST(body AS BLOB))) OVER (ORDER BY seq DESC)
-                           AS newer FROM archive)
-                       WHERE newer > ?1 ORDER BY seq DESC LIMIT 1)",
-                    params![max],
-                )?;
+        // In chunks, each its own transaction: the worker's batches take the connection in
+        // between, rather than waiting for a day's worth of events to go at once.
+        let mut removed = 0;
+        loop {
+            let n = self.delete_oldest(Some(cutoff), None)?;
+            removed += n;
+            if n < PRUNE_CHUNK {
+                break;
             }
-            Ok(removed)
-        })
+        }
+        if let Some(max) = max_bytes {
+            let max = i64::try_from(max).unwrap_or(i64::MAX);
+            loop {
+                let n = self.delete_oldest(None, Some(max))?;
+                removed += n;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn admit(
@@ -478,7 +498,9 @@ impl Store for SqliteStore {
         limit: &Limit,
     ) -> Result<Admission, StoreError> {
         self.with(|c| {
-            let tx = c.transaction()?;
+            // Written after it reads: take the write lock first, so another process's write
+            // in between (a reset) makes this wait instead of fail.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let tripped = tx
                 .prepare_cached("SELECT 1 FROM trips WHERE rule = ?1")?
                 .exists(params![rule])?;
@@ -562,7 +584,7 @@ impl Store for SqliteStore {
 
     fn reset_trip(&self, rule: &str) -> Result<bool, StoreError> {
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let tripped = tx.execute("DELETE FROM trips WHERE rule = ?1", params![rule])? > 0;
             tx.execute("DELETE FROM rule_acts WHERE rule = ?1", params![rule])?;
             tx.commit()?;
@@ -682,6 +704,20 @@ impl Store for SqliteStore {
         })
     }
 
+    fn reset_silence(
+        &self,
+        key: &str,
+        marked: Option<i64>,
+        back_to: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE last_seen SET silent_since_ms = ?3 WHERE key = ?1 AND silent_since_ms IS ?2",
+                params![key, marked, back_to],
+            )? == 1)
+        })
+    }
+
     fn mark_recovered(&self, key: &str, silent_since_ms: i64) -> Result<bool, StoreError> {
         self.with(|c| {
             Ok(c.execute(
@@ -695,7 +731,7 @@ impl Store for SqliteStore {
     fn archive_summary(&self) -> Result<ArchiveSummary, StoreError> {
         self.read(|c| {
             let (events, bytes, oldest, newest) = c.query_row(
-                "SELECT count(*), coalesce(sum(length(CAST(body AS BLOB))), 0), min(received_ms),
+                "SELECT count(*), (SELECT bytes FROM archive_size WHERE id = 1), min(received_ms),
                    max(received_ms) FROM archive",
                 [],
                 |r| {
@@ -783,6 +819,58 @@ fn labels(c: &Connection) -> Result<Vec<Label>, StoreError> {
         }
     }
     Ok(out)
+}
+
+/// Archived events deleted per transaction when pruning.
+const PRUNE_CHUNK: usize = 2000;
+
+impl SqliteStore {
+    /// Deletes up to [`PRUNE_CHUNK`] of the oldest archived events, and counts their bytes
+    /// off: with `received_before`, of those before the first event received at or after it
+    /// (receive times follow delivery order closely but not exactly: several listeners, clocks
+    /// in seconds); with `over`, only while the archive holds more than that many bytes.
+    /// Returns how many went.
+    fn delete_oldest(
+        &self,
+        received_before: Option<i64>,
+        over: Option<i64>,
+    ) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let Some(max) = over {
+                let bytes: i64 =
+                    tx.query_row("SELECT bytes FROM archive_size WHERE id = 1", [], |r| {
+                        r.get(0)
+                    })?;
+                if bytes <= max {
+                    return Ok(0);
+                }
+            }
+            let (removed, bytes) = {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "DELETE FROM archive WHERE seq IN (
+                       SELECT seq FROM archive WHERE ?1 IS NULL OR seq < coalesce(
+                         (SELECT seq FROM archive WHERE received_ms >= ?1 ORDER BY seq LIMIT 1),
+                         (SELECT max(seq) + 1 FROM archive))
+                       ORDER BY seq LIMIT {PRUNE_CHUNK})
+                     RETURNING length(CAST(body AS BLOB))"
+                ))?;
+                let mut rows = stmt.query(params![received_before])?;
+                let (mut removed, mut bytes) = (0usize, 0i64);
+                while let Some(r) = rows.next()? {
+                    removed += 1;
+                    bytes += r.get::<_, i64>(0)?;
+                }
+                (removed, bytes)
+            };
+            tx.execute(
+                "UPDATE archive_size SET bytes = max(bytes - ?1, 0) WHERE id = 1",
+                params![bytes],
+            )?;
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
 }
 
 /// The columns of an archived event, for [`archived`].
