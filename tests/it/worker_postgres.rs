@@ -229,3 +229,86 @@ url = "{SINK}/inverted/{{ event.id }}"
     );
     drop(second);
 }
+
+/// A breaker counts across workers: two workers on one schema, 200 subjects scored 0 at once,
+/// a limit of 30 — exactly 30 quarantines between them, one page, the rest tripped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_one_breaker_and_page_once() {
+    const LIMITED: &str = r#"
+[[rules]]
+name = "quarantine"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 30.0"
+actions = ["quarantine"]
+limit = { actions = 30, per = "10m" }
+on_trip = ["page"]
+
+[actions.quarantine]
+kind = "http"
+url = "{SINK}/accounts/{{ subject }}/quarantine"
+retries = 0
+timeout = "2s"
+
+[actions.page]
+kind = "http"
+url = "{SINK}/page"
+body = '{"count": {{ count }}}'
+retries = 0
+timeout = "2s"
+"#;
+    let sink = Sink::start().await;
+    let schema = Schema::new().await;
+    let names = Names::new();
+    let (url, sink_url) = (schema.url(), sink.url());
+    let harness = || {
+        WorkerHarness::for_dregs(LIMITED)
+            .state_url(&url, &url)
+            .amqp("prefetch", "4")
+    };
+    let first = harness()
+        .start_with_names(&sink_url, names.clone_names())
+        .await;
+    let second = harness().start_with_names(&sink_url, names).await;
+    let keys: Vec<String> = (0..200).map(|i| format!("dregs/zero{i}")).collect();
+    for i in 0..200 {
+        let id = format!("zero{i}");
+        let body = dregs(&id, &format!("s{i}"), "2026-11-21T10:00:00Z", 0);
+        first.publish("dregs", "identity.scored", &id, &body).await;
+    }
+    wait_for("every event decided", Duration::from_secs(60), || async {
+        match first.decided(&keys).await {
+            200 => Ok(()),
+            n => Err(format!("{n} of 200")),
+        }
+    })
+    .await;
+    let received = sink.received();
+    let quarantines = received
+        .iter()
+        .filter(|r| r.path.ends_with("/quarantine"))
+        .count();
+    let pages = received.iter().filter(|r| r.path == "/page").count();
+    assert_eq!((quarantines, pages), (30, 1), "across both workers");
+    let tripped = first
+        .decisions(None, None, 400)
+        .await
+        .iter()
+        .filter(|d| d.outcome == "tripped")
+        .count();
+    assert_eq!(tripped, 170);
+    // Both took part.
+    for w in [&first, &second] {
+        let text = w.metrics();
+        let handled: f64 = ["acted", "tripped"]
+            .iter()
+            .map(|o| {
+                crate::harness::metric(
+                    &text,
+                    &format!(r#"hookwarden_worker_events_total{{outcome="{o}"}}"#),
+                )
+                .unwrap_or(0.0)
+            })
+            .sum();
+        assert!(handled > 0.0, "a worker decided nothing:\n{text}");
+    }
+}
