@@ -409,11 +409,13 @@ kind = "log"
 
 const LISTENER_TOML: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/listener.toml");
 
-/// Each example event and the provider that sends it (as `deploy/run-local` sends them).
+/// Each example event and the provider that sends it (the first three as `deploy/run-local`
+/// sends them; the last is the README's "Tuning rules" borderline score).
 const EXAMPLES: &[(&str, &str)] = &[
     ("dregs-identity-scored.json", "dregs"),
     ("reputation-score-updated.json", "reputation"),
     ("reward-tier-changed.json", "rewards"),
+    ("dregs-identity-scored-borderline.json", "dregs"),
 ];
 
 /// `hookwarden rules test --rules deploy/rules.toml ARGS…`.
@@ -456,6 +458,7 @@ async fn rules_test_runs_every_example_with_the_shipped_files() {
         ids.push((report["event_id"].clone(), report["id_note"].clone()));
     }
     assert_eq!(ids[0].0, "evt_01JD8Q6W3M4X9T2R7K5N0P1Q8S");
+    assert_eq!(ids[3].0, "evt_01JD8R2K7V5Y1C9D3F6H8J0M4N");
     assert_eq!(ids[1].0, "9f1c2e7a-5b3d-4c8e-a0f6-2d4b8e1c7a93");
     assert!(ids[1].1.is_null());
     // Standard Webhooks carries the id in a header: made up, and said so.

@@ -146,6 +146,186 @@ fn contract(s: &dyn Store) {
     assert!(s.decisions(None, None, 10).unwrap().is_empty());
 }
 
+fn archived(n: i64, received_ms: i64) -> ArchivedEvent {
+    // 100 bytes each.
+    let body = format!("{{\"n\":{n:03},\"pad\":\"{}\"}}", "x".repeat(82));
+    assert_eq!(body.len(), 100);
+    ArchivedEvent {
+        event_key: format!("dregs/a{n}"),
+        provider: "dregs".into(),
+        event_type: "identity.scored".into(),
+        event_id: format!("a{n}"),
+        subject_key: Some(format!("dregs/u{}", n % 2)),
+        version: Some(n),
+        received_ms,
+        body,
+    }
+}
+
+fn replayed(s: &dyn Store, query: &ReplayQuery) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    s.replay(query, &mut |r| {
+        out.push((r.event.event_key, r.recorded.map(|(outcome, _)| outcome)));
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+/// What the archive, breakers, watches and labels rely on, whichever store.
+fn tuning_contract(s: &dyn Store) {
+    use hookwarden::worker::rules::Limit;
+    use hookwarden::worker::state::{Admission, Label, LabelVerdict};
+    let now = state::now_ms();
+    let hour = 3_600_000;
+
+    // Six events, three received ten hours ago, in delivery order; one decided.
+    let mut batch = Batch {
+        archive: (0..6)
+            .map(|n| archived(n, if n < 3 { now - 10 * hour } else { now }))
+            .collect(),
+        ..Batch::default()
+    };
+    batch
+        .decisions
+        .push(record("dregs/a4", Some("dregs/u0"), "acted", now));
+    s.commit(&batch).unwrap();
+    // Archived again (a dead letter replayed): kept as it was, counted once.
+    let mut again = Batch::default();
+    again.archive.push(archived(1, now));
+    s.commit(&again).unwrap();
+    let summary = s.archive_summary().unwrap();
+    assert_eq!((summary.events, summary.body_bytes), (6, 600));
+    assert_eq!(summary.oldest_ms, Some(now - 10 * hour));
+    let all = ReplayQuery {
+        subject_key: None,
+        recorded_from: Some(now - hour),
+    };
+    let keys: Vec<String> = replayed(s, &all).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys,
+        (0..6).map(|n| format!("dregs/a{n}")).collect::<Vec<_>>()
+    );
+    // One subject (by key or by id), records joined only inside the window.
+    let u0 = ReplayQuery {
+        subject_key: Some("u0".into()),
+        recorded_from: Some(now - hour),
+    };
+    assert_eq!(
+        replayed(s, &u0),
+        [
+            ("dregs/a0".to_owned(), None),
+            ("dregs/a2".to_owned(), None),
+            ("dregs/a4".to_owned(), Some("acted".to_owned()))
+        ]
+    );
+    // By age, then by size: the newest that fit in 250 bytes stay.
+    assert_eq!(s.prune_archive(Duration::from_secs(3600), None).unwrap(), 3);
+    assert_eq!(
+        s.prune_archive(Duration::from_secs(3600), Some(250))
+            .unwrap(),
+        1
+    );
+    let summary = s.archive_summary().unwrap();
+    assert_eq!((summary.events, summary.body_bytes), (2, 200));
+    let keys: Vec<String> = replayed(s, &ReplayQuery::default())
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["dregs/a4", "dregs/a5"]);
+
+    // A breaker: two firings in the window act, the third trips the rule, once.
+    let limit = Limit {
+        actions: 2,
+        per: Duration::from_secs(60),
+    };
+    assert_eq!(
+        s.admit("q", "dregs/u1", now, &limit).unwrap(),
+        Admission::Granted
+    );
+    assert_eq!(
+        s.admit("q", "dregs/u2", now + 1, &limit).unwrap(),
+        Admission::Granted
+    );
+    let Admission::Tripped(Some(trip)) = s.admit("q", "dregs/u3", now + 2, &limit).unwrap() else {
+        panic!("the third firing trips the rule");
+    };
+    assert_eq!((trip.count, trip.per_ms), (3, 60_000));
+    assert_eq!(trip.subjects, ["dregs/u1", "dregs/u2", "dregs/u3"]);
+    assert_eq!(
+        s.admit("q", "dregs/u4", now + 3, &limit).unwrap(),
+        Admission::Tripped(None)
+    );
+    // Another rule is not held back.
+    assert_eq!(
+        s.admit("r", "dregs/u4", now + 3, &limit).unwrap(),
+        Admission::Granted
+    );
+    assert_eq!(s.trips().unwrap(), [trip]);
+    assert!(s.reset_trip("q").unwrap());
+    assert!(!s.reset_trip("q").unwrap());
+    assert!(s.trips().unwrap().is_empty());
+    assert_eq!(
+        s.admit("q", "dregs/u5", now + 4, &limit).unwrap(),
+        Admission::Granted
+    );
+    // The window slides: firings older than `per` no longer count.
+    assert_eq!(
+        s.admit("r", "dregs/u6", now + 4, &limit).unwrap(),
+        Admission::Granted
+    );
+    assert_eq!(
+        s.admit("r", "dregs/u7", now + 61_000, &limit).unwrap(),
+        Admission::Granted
+    );
+
+    // A watch: counted from its start, moved forward only, silent once, recovered once.
+    let key = "watch/quiet".to_owned();
+    s.start_seen(std::slice::from_ref(&key), 100).unwrap();
+    s.start_seen(std::slice::from_ref(&key), 999).unwrap();
+    s.touch_seen(&[(key.clone(), 50)]).unwrap();
+    let row = |s: &dyn Store| {
+        s.seen()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.key == key)
+            .unwrap()
+    };
+    assert_eq!((row(s).at_ms, row(s).silent_since_ms), (100, None));
+    assert!(
+        !s.mark_silent(&key, 500, 99).unwrap(),
+        "seen after the silence began"
+    );
+    assert!(s.mark_silent(&key, 500, 100).unwrap());
+    assert!(!s.mark_silent(&key, 600, 100).unwrap(), "already silent");
+    assert!(!s.mark_recovered(&key, 500).unwrap(), "nothing seen since");
+    s.touch_seen(&[(key.clone(), 700)]).unwrap();
+    assert!(s.mark_recovered(&key, 500).unwrap());
+    assert!(!s.mark_recovered(&key, 500).unwrap(), "recovered once");
+    // An action that failed puts the mark back, for another try.
+    assert!(s.reset_silence(&key, None, Some(500)).unwrap());
+    assert_eq!(row(s).silent_since_ms, Some(500));
+
+    // Labels: replaced, not added.
+    let label = |verdict| Label {
+        event_key: "dregs/a4".into(),
+        rule: "quarantine".into(),
+        verdict,
+        note: Some("checked".into()),
+        at_ms: now,
+    };
+    s.label(&label(LabelVerdict::FalsePositive)).unwrap();
+    s.label(&label(LabelVerdict::TruePositive)).unwrap();
+    assert_eq!(s.labels().unwrap(), [label(LabelVerdict::TruePositive)]);
+    let mut scanned = Vec::new();
+    s.scan_decisions(now - hour, &mut |d| {
+        scanned.push(d.event_key);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(scanned, ["dregs/a4"]);
+}
+
 #[tokio::test]
 async fn the_embedded_store_keeps_the_contract() {
     let dir = tempdir::Dir::new();
@@ -154,14 +334,22 @@ async fn the_embedded_store_keeps_the_contract() {
         retention: Duration::from_secs(3600),
     };
     let store = state::open(&config).await.unwrap();
-    blocking(move || contract(&*store)).await;
+    blocking(move || {
+        contract(&*store);
+        tuning_contract(&*store);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_keeps_the_same_contract() {
     let schema = Schema::new().await;
     let store = open_postgres(&schema).await.unwrap();
-    blocking(move || contract(&*store)).await;
+    blocking(move || {
+        contract(&*store);
+        tuning_contract(&*store);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

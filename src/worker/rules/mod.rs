@@ -206,6 +206,36 @@ impl Rules {
                         .unwrap_or_default()
             ));
         }
+        for name in self.lists.names() {
+            if let Some(list) = self.lists.get(name) {
+                let kind = match list {
+                    crate::worker::lists::List::Strings(_) => "string",
+                    crate::worker::lists::List::Cidrs(_) => "cidr",
+                };
+                out.push_str(&format!("list {name:?} ({kind}): {} entries\n", list.len()));
+            }
+        }
+        for w in &self.watches {
+            let names = |indexes: &[usize]| -> String {
+                indexes
+                    .iter()
+                    .map(|&i| self.actions[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push_str(&format!(
+                "watch {:?}: provider {:?} silent {} → {}{}\n",
+                w.name,
+                w.provider,
+                humantime::format_duration(w.silent_for),
+                names(&w.actions),
+                if w.on_recover.is_empty() {
+                    String::new()
+                } else {
+                    format!("; recovered → {}", names(&w.on_recover))
+                }
+            ));
+        }
         out
     }
 }

@@ -471,7 +471,7 @@ impl Store for SqliteStore {
         // between, rather than waiting for a day's worth of events to go at once.
         let mut removed = 0;
         loop {
-            let n = self.delete_oldest(Some(cutoff), None)?;
+            let n = self.delete_oldest(cutoff)?;
             removed += n;
             if n < PRUNE_CHUNK {
                 break;
@@ -480,9 +480,9 @@ impl Store for SqliteStore {
         if let Some(max) = max_bytes {
             let max = i64::try_from(max).unwrap_or(i64::MAX);
             loop {
-                let n = self.delete_oldest(None, Some(max))?;
+                let n = self.delete_over(max)?;
                 removed += n;
-                if n == 0 {
+                if n < PRUNE_CHUNK {
                     break;
                 }
             }
@@ -825,37 +825,62 @@ fn labels(c: &Connection) -> Result<Vec<Label>, StoreError> {
 const PRUNE_CHUNK: usize = 2000;
 
 impl SqliteStore {
-    /// Deletes up to [`PRUNE_CHUNK`] of the oldest archived events, and counts their bytes
-    /// off: with `received_before`, of those before the first event received at or after it
-    /// (receive times follow delivery order closely but not exactly: several listeners, clocks
-    /// in seconds); with `over`, only while the archive holds more than that many bytes.
-    /// Returns how many went.
-    fn delete_oldest(
-        &self,
-        received_before: Option<i64>,
-        over: Option<i64>,
-    ) -> Result<usize, StoreError> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            if let Some(max) = over {
-                let bytes: i64 =
-                    tx.query_row("SELECT bytes FROM archive_size WHERE id = 1", [], |r| {
-                        r.get(0)
-                    })?;
-                if bytes <= max {
-                    return Ok(0);
+    /// Deletes up to [`PRUNE_CHUNK`] of the oldest archived events received before the first
+    /// event received at or after `received_before` (receive times follow delivery order
+    /// closely but not exactly: several listeners, clocks in seconds), and counts their bytes
+    /// off. Returns how many went.
+    fn delete_oldest(&self, received_before: i64) -> Result<usize, StoreError> {
+        self.delete_where(
+            &format!(
+                "seq IN (SELECT seq FROM archive WHERE seq < coalesce(
+                   (SELECT seq FROM archive WHERE received_ms >= ?1 ORDER BY seq LIMIT 1),
+                   (SELECT max(seq) + 1 FROM archive))
+                 ORDER BY seq LIMIT {PRUNE_CHUNK})"
+            ),
+            received_before,
+        )
+    }
+
+    /// Deletes the oldest archived events, up to [`PRUNE_CHUNK`] of them, whose bodies take
+    /// the archive over `max` bytes: the newest that fit stay. Returns how many went.
+    fn delete_over(&self, max: i64) -> Result<usize, StoreError> {
+        let last = self.with(|c| {
+            let bytes: i64 =
+                c.query_row("SELECT bytes FROM archive_size WHERE id = 1", [], |r| r.get(0))?;
+            let excess = bytes.saturating_sub(max);
+            if excess <= 0 {
+                return Ok(None);
+            }
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT seq, length(CAST(body AS BLOB)) FROM archive ORDER BY seq LIMIT {PRUNE_CHUNK}"
+            ))?;
+            let mut rows = stmt.query([])?;
+            let (mut freed, mut last) = (0i64, None);
+            while let Some(r) = rows.next()? {
+                last = Some(r.get::<_, i64>(0)?);
+                freed += r.get::<_, i64>(1)?;
+                if freed >= excess {
+                    break;
                 }
             }
+            Ok(last)
+        })?;
+        match last {
+            Some(last) => self.delete_where("seq <= ?1", last),
+            None => Ok(0),
+        }
+    }
+
+    /// Deletes the archived events `condition` (with `?1` bound to `value`) selects, in one
+    /// transaction that counts their bytes off. Returns how many went.
+    fn delete_where(&self, condition: &str, value: i64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let (removed, bytes) = {
                 let mut stmt = tx.prepare_cached(&format!(
-                    "DELETE FROM archive WHERE seq IN (
-                       SELECT seq FROM archive WHERE ?1 IS NULL OR seq < coalesce(
-                         (SELECT seq FROM archive WHERE received_ms >= ?1 ORDER BY seq LIMIT 1),
-                         (SELECT max(seq) + 1 FROM archive))
-                       ORDER BY seq LIMIT {PRUNE_CHUNK})
-                     RETURNING length(CAST(body AS BLOB))"
+                    "DELETE FROM archive WHERE {condition} RETURNING length(CAST(body AS BLOB))"
                 ))?;
-                let mut rows = stmt.query(params![received_before])?;
+                let mut rows = stmt.query(params![value])?;
                 let (mut removed, mut bytes) = (0usize, 0i64);
                 while let Some(r) = rows.next()? {
                     removed += 1;
