@@ -12,6 +12,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hookwarden::listener::config::ListenerConfig;
 use hookwarden::listener::dedupe::Dedupe;
 use hookwarden::listener::extract::{extract, parse_body};
+use hookwarden::scheme::standard_webhooks;
 use hookwarden::worker::condition::{Condition, PreparedInput};
 use hookwarden::worker::facts::Facts;
 use hookwarden::worker::template::{self, Templates};
@@ -45,7 +46,7 @@ fn verification(c: &mut Criterion) {
         for (header, value) in signed {
             headers.insert(header, value);
         }
-        let id = format!("{} ({name})", provider.scheme.name());
+        let id = format!("{} v1 ({name})", provider.scheme.name());
         group.bench_function(id, |b| {
             b.iter(|| {
                 provider
@@ -60,6 +61,37 @@ fn verification(c: &mut Criterion) {
             });
         });
     }
+    // The same body signed `v1a` (ed25519), checked with the sender's public key.
+    let secret = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8DoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuA==";
+    let public = "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+    let (Ok(key), Ok(public)) = (
+        standard_webhooks::secret_key(secret),
+        standard_webhooks::public_key(public),
+    ) else {
+        panic!("the v1a test keys do not read");
+    };
+    let scheme = standard_webhooks::StandardScheme {
+        tolerance: Duration::from_secs(300),
+        public_keys: vec![public],
+    };
+    let mut headers = HeaderMap::new();
+    for (header, value) in scheme
+        .sign_v1a(&key, BODY.as_bytes(), now, "msg_2f1a")
+        .unwrap_or_default()
+    {
+        headers.insert(header, value);
+    }
+    assert!(
+        scheme.verify(&[], &headers, BODY.as_bytes(), now).is_ok(),
+        "the v1a signature verifies"
+    );
+    group.bench_function("standard-webhooks v1a (ed25519)", |b| {
+        b.iter(|| {
+            scheme
+                .verify(&[], black_box(&headers), black_box(BODY.as_bytes()), now)
+                .is_ok()
+        });
+    });
     group.finish();
 }
 

@@ -19,7 +19,7 @@ pub struct Signer {
     /// The provider's name.
     pub provider: String,
     scheme: Scheme,
-    key: SigningKey,
+    key: Key,
     /// Header the provider's event id is read from, when it is a header: a fresh id is put
     /// there unless `--add-header` gives one.
     id_header: Option<HeaderName>,
@@ -27,6 +27,13 @@ pub struct Signer {
     extra: Vec<(HeaderName, HeaderValue)>,
     /// `http://<listen>/hooks/<provider>` when built from a config.
     pub default_url: Option<String>,
+}
+
+/// What a signer signs with: a shared secret, or (Standard Webhooks `v1a`) the sender's
+/// ed25519 secret key.
+enum Key {
+    Shared(SigningKey),
+    Ed25519(Box<ed25519_dalek::SigningKey>),
 }
 
 impl Signer {
@@ -57,7 +64,7 @@ impl Signer {
                 listen.ip().to_string()
             };
             let url = format!("http://{host}:{}/hooks/{}", listen.port(), provider.name);
-            return Self::new(provider, Some(url), args);
+            return Self::new(provider, Some(url), args, false);
         }
         let (Some(scheme), Some(reference)) = (&args.scheme, &args.secret) else {
             bail!("give --config and --provider, or --scheme and --secret");
@@ -69,10 +76,27 @@ impl Signer {
         let name = args.provider.clone().unwrap_or_else(|| "cli".to_owned());
         provider.insert("name".into(), name.clone().into());
         provider.insert("scheme".into(), scheme.clone().into());
-        provider.insert(
-            "secrets".into(),
-            vec![toml::Value::from(resolved.expose())].into(),
-        );
+        // A Standard Webhooks secret key signs `v1a`: the provider is checked with its public
+        // key, as a receiver would hold it.
+        let ed25519 = match resolved.expose().starts_with("whsk_") {
+            true => {
+                let key = crate::scheme::standard_webhooks::secret_key(resolved.expose())
+                    .map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+                let public = format!(
+                    "whpk_{}",
+                    crate::scheme::encode_base64(key.verifying_key().as_bytes())
+                );
+                provider.insert("public_keys".into(), vec![toml::Value::from(public)].into());
+                Some(key)
+            }
+            false => {
+                provider.insert(
+                    "secrets".into(),
+                    vec![toml::Value::from(resolved.expose())].into(),
+                );
+                None
+            }
+        };
         for (key, value) in [
             ("signature_header", &args.header),
             ("prefix", &args.prefix),
@@ -91,13 +115,20 @@ impl Signer {
         let mut config = ListenerConfig::parse("command line", &text, &HashMap::new())
             .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("providers[0].", "--")))?;
         let provider = config.providers.remove(0);
-        Self::new(provider, None, args)
+        let mut signer = Self::new(provider, None, args, ed25519.is_some())?;
+        if let Some(key) = ed25519 {
+            signer.key = Key::Ed25519(Box::new(key));
+        }
+        Ok(signer)
     }
 
+    /// The signer of `provider` with its first secret, or (`asymmetric`) one whose key the
+    /// caller puts in.
     fn new(
         provider: Provider,
         default_url: Option<String>,
         args: &SignerArgs,
+        asymmetric: bool,
     ) -> anyhow::Result<Self> {
         let mut extra = Vec::new();
         for text in &args.add_headers {
@@ -123,11 +154,16 @@ impl Signer {
             FieldRef::Header(h) if !given(h) => Some(h.clone()),
             _ => None,
         };
-        let key = provider
-            .keys
-            .into_iter()
-            .next()
-            .context("the provider has no secret")?;
+        let key = match provider.keys.into_iter().next() {
+            Some(key) => Key::Shared(key),
+            // Replaced by the caller with the ed25519 key it checked.
+            None if asymmetric => Key::Shared(SigningKey::new(&[])),
+            None => bail!(
+                "provider {:?} verifies with public keys only: sign as its sender does, with \
+                 --scheme standard-webhooks --secret whsk_… (the sender's secret key)",
+                provider.name
+            ),
+        };
         Ok(Self {
             provider: provider.name,
             scheme: provider.scheme,
@@ -144,10 +180,14 @@ impl Signer {
     /// A configured prefix that cannot be a header value.
     pub fn sign(&self, body: &[u8]) -> anyhow::Result<Vec<(HeaderName, HeaderValue)>> {
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        let mut headers = self
-            .scheme
-            .sign(&self.key, body, SystemTime::now(), &id)
-            .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
+        let signed = match (&self.key, &self.scheme) {
+            (Key::Shared(key), scheme) => scheme.sign(key, body, SystemTime::now(), &id),
+            (Key::Ed25519(key), Scheme::StandardWebhooks(scheme)) => {
+                scheme.sign_v1a(key, body, SystemTime::now(), &id)
+            }
+            (Key::Ed25519(_), other) => bail!("scheme {} has no ed25519 signatures", other.name()),
+        };
+        let mut headers = signed.map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
         if let Some(h) = &self.id_header {
             headers.push((h.clone(), HeaderValue::from_str(&id)?));
         }

@@ -133,7 +133,11 @@ fn default_spool_bytes() -> u64 {
 struct RawProvider {
     name: String,
     scheme: String,
+    #[serde(default)]
     secrets: Vec<String>,
+    /// standard-webhooks only: the senders' ed25519 public keys (`whpk_…`), for `v1a`.
+    #[serde(default)]
+    public_keys: Vec<String>,
     signature_header: Option<String>,
     encoding: Option<String>,
     prefix: Option<String>,
@@ -315,11 +319,17 @@ impl ListenerConfig {
         ));
         for p in &self.providers {
             out.push_str(&format!(
-                "provider {:?}: POST /hooks/{}, scheme {}, {} secret(s), id {}, type {}{}\n",
+                "provider {:?}: POST /hooks/{}, scheme {}, {} secret(s){}, id {}, type {}{}\n",
                 p.name,
                 p.name,
                 p.scheme.name(),
                 p.keys.len(),
+                match &p.scheme {
+                    Scheme::StandardWebhooks(s) if !s.public_keys.is_empty() => {
+                        format!(", {} public key(s)", s.public_keys.len())
+                    }
+                    _ => String::new(),
+                },
                 p.event_id,
                 p.event_type,
                 if p.allow_ips.is_empty() {
@@ -423,10 +433,42 @@ fn build_provider(doc: &mut Document<'_>, key: &str, raw: RawProvider) -> Option
         }
     };
 
-    if raw.secrets.is_empty() {
+    let mut scheme = scheme;
+    if let Some(Scheme::StandardWebhooks(standard)) = &mut scheme {
+        for (j, reference) in raw.public_keys.iter().enumerate() {
+            let pkey = format!("{key}.public_keys[{j}]");
+            match secret::resolve(reference, doc.env())
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    crate::scheme::standard_webhooks::public_key(text.expose())
+                        .map_err(|e| e.to_string())
+                }) {
+                Ok(public) => standard.public_keys.push(public),
+                Err(reason) => {
+                    doc.problem(&pkey, format!("provider {:?}: {reason}", raw.name));
+                    ok = false;
+                }
+            }
+        }
+    } else if scheme.is_some() && !raw.public_keys.is_empty() {
+        doc.problem(
+            &format!("{key}.public_keys"),
+            "only for scheme \"standard-webhooks\" (its `v1a` ed25519 signatures)".to_owned(),
+        );
+        ok = false;
+    }
+    if raw.secrets.is_empty() && raw.public_keys.is_empty() {
         doc.problem(
             &format!("{key}.secrets"),
-            format!("provider {:?} needs at least one secret", raw.name),
+            format!(
+                "provider {:?} needs at least one secret{}",
+                raw.name,
+                if kind == Some(SchemeKind::StandardWebhooks) {
+                    " (or, for v1a signatures, a public key in public_keys)"
+                } else {
+                    ""
+                }
+            ),
         );
         ok = false;
     }
@@ -663,11 +705,65 @@ mod tests {
             empty.to_string(),
             "l.toml:4: providers[0].secrets: provider \"p\" needs at least one secret"
         );
-        // No `secrets` key at all is the deserializer's finding, at the provider's table.
+        // No `secrets` key at all: the same finding, at the provider's table.
         let absent = only(&provider("scheme = \"github\"\n"), &[]);
         assert_eq!(
             absent.to_string(),
-            "l.toml:1: providers[0]: missing configuration field \"secrets\""
+            "l.toml:1: providers[0].secrets: provider \"p\" needs at least one secret"
+        );
+        // Standard Webhooks may verify with public keys alone, and says so.
+        let standard = only(&provider("scheme = \"standard-webhooks\"\n"), &[]);
+        assert!(
+            standard.to_string().ends_with(
+                "needs at least one secret (or, for v1a signatures, a public key in public_keys)"
+            ),
+            "{standard}"
+        );
+    }
+
+    #[test]
+    fn public_keys_are_standard_webhooks_only_and_never_secret_keys() {
+        const PUBLIC: &str = "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+        const SECRET_KEY: &str = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8DoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuA==";
+        let text = format!(
+            "{}\n[server]\nlisten = \"127.0.0.1:1\"\n",
+            provider(&format!(
+                "scheme = \"standard-webhooks\"\npublic_keys = [\"{PUBLIC}\", \"env:NEXT_KEY\"]\n"
+            ))
+        );
+        let env = HashMap::from([("NEXT_KEY".to_owned(), PUBLIC.to_owned())]);
+        let config = ListenerConfig::parse("l.toml", &text, &env).unwrap_or_else(|e| panic!("{e}"));
+        match &config.providers[0].scheme {
+            Scheme::StandardWebhooks(s) => assert_eq!(s.public_keys.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(config.providers[0].keys.is_empty());
+        assert!(
+            config.summary().contains("0 secret(s), 2 public key(s)"),
+            "{}",
+            config.summary()
+        );
+        // A secret key pasted where the public one goes: named, never shown.
+        let pasted = only(
+            &provider(&format!(
+                "scheme = \"standard-webhooks\"\npublic_keys = [\"{SECRET_KEY}\"]\n"
+            )),
+            &[],
+        )
+        .to_string();
+        assert!(pasted.contains("providers[0].public_keys[0]"), "{pasted}");
+        assert!(pasted.contains("it stays with the sender"), "{pasted}");
+        assert!(!pasted.contains(&SECRET_KEY[5..20]), "{pasted}");
+        let github = only(
+            &provider(&format!(
+                "scheme = \"github\"\nsecrets = [\"s\"]\npublic_keys = [\"{PUBLIC}\"]\n"
+            )),
+            &[],
+        )
+        .to_string();
+        assert!(
+            github.contains("public_keys: only for scheme \"standard-webhooks\""),
+            "{github}"
         );
     }
 
@@ -770,7 +866,7 @@ mod tests {
                  expected one of server, amqp, dedupe, log, spool, providers",
                 "l.toml:4: dedupe.capcity: unknown field `capcity`, expected `capacity` or `ttl`",
                 "l.toml:9: providers[0].secret: unknown field `secret`, expected one of `name`, \
-                 `scheme`, `secrets`, `signature_header`, `encoding`, `prefix`, `timestamp_header`, \
+                 `scheme`, `secrets`, `public_keys`, `signature_header`, `encoding`, `prefix`, `timestamp_header`, \
                  `signed_payload`, `event_id`, `event_type`, `tolerance`, `allow_ips`",
             ]
         );

@@ -187,7 +187,10 @@ impl SchemeKind {
             Self::Github => Some(Scheme::Hmac(hmac::HmacScheme::github())),
             Self::Stripe => Some(Scheme::Stripe(stripe::StripeScheme { tolerance })),
             Self::StandardWebhooks => Some(Scheme::StandardWebhooks(
-                standard_webhooks::StandardScheme { tolerance },
+                standard_webhooks::StandardScheme {
+                    tolerance,
+                    public_keys: Vec::new(),
+                },
             )),
         }
     }
@@ -228,6 +231,27 @@ pub enum SecretError {
     /// A standard-webhooks secret that decodes to nothing.
     #[error("standard-webhooks secret decodes to an empty key")]
     EmptyKey,
+    /// A `whsk_` ed25519 secret key where a public key (or an HMAC secret) belongs.
+    #[error(
+        "this is an ed25519 secret key (whsk_): it stays with the sender; give its public key \
+         (whpk_) in public_keys"
+    )]
+    SecretKeyGiven,
+    /// A `whpk_` public key given as a shared secret.
+    #[error("this is an ed25519 public key (whpk_): it goes in public_keys, not in secrets")]
+    PublicKeyAsSecret,
+    /// A public key that is not `whpk_` followed by 32 bytes in padded standard base64.
+    #[error(
+        "a standard-webhooks public key must be `whpk_` followed by 32 bytes in padded standard base64"
+    )]
+    NotPublicKey,
+    /// A `whsk_` secret key that is not 64 (seed and public key) or 32 (seed) bytes of padded
+    /// standard base64, or whose public half does not belong to its seed.
+    #[error(
+        "a standard-webhooks secret key must be `whsk_` followed by 64 bytes (seed, then public \
+         key) or a 32-byte seed, in padded standard base64"
+    )]
+    NotSecretKey,
 }
 
 /// Why headers could not be produced for a delivery.
@@ -382,7 +406,8 @@ fn decode_base64_tag(text: &str) -> Option<[u8; TAG_LEN]> {
     Some(out)
 }
 
-fn encode_base64(bytes: &[u8]) -> String {
+/// Padded standard base64, as every scheme here writes signatures and keys.
+pub fn encode_base64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -540,6 +565,7 @@ mod tests {
             }),
             Scheme::StandardWebhooks(standard_webhooks::StandardScheme {
                 tolerance: Duration::from_secs(300),
+                public_keys: Vec::new(),
             }),
         ];
         for scheme in &schemes {
@@ -561,7 +587,11 @@ mod tests {
             "stripe"
         );
         assert_eq!(
-            Scheme::StandardWebhooks(standard_webhooks::StandardScheme { tolerance }).name(),
+            Scheme::StandardWebhooks(standard_webhooks::StandardScheme {
+                tolerance,
+                public_keys: Vec::new()
+            })
+            .name(),
             "standard-webhooks"
         );
     }

@@ -1,8 +1,12 @@
 //! The Standard Webhooks scheme (also what Svix sends): `webhook-id`, `webhook-timestamp` and
-//! a space-separated `webhook-signature` list of `v1,<base64>` over `"{id}.{timestamp}.{body}"`.
+//! a space-separated `webhook-signature` list of `v1,<base64>` (HMAC-SHA256 with a shared
+//! `whsec_` secret) and `v1a,<base64>` (ed25519 with the sender's key pair, checked here with
+//! its `whpk_` public key) over `"{id}.{timestamp}.{body}"`. A public key in a receiver's
+//! config cannot forge events, which is why the spec prefers it.
 
 use std::time::{Duration, SystemTime};
 
+use ed25519_dalek::{Signature, Signer as _, VerifyingKey};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{
@@ -16,6 +20,52 @@ use super::{
 pub struct StandardScheme {
     /// Accepted distance from `now`, either direction, in whole seconds.
     pub tolerance: Duration,
+    /// The senders' ed25519 public keys (`public_keys`), for `v1a` signatures; several while a
+    /// key is rotated.
+    pub public_keys: Vec<VerifyingKey>,
+}
+
+/// Length of an ed25519 signature.
+const ED25519_SIGNATURE_LEN: usize = 64;
+
+/// Reads a `whpk_` public key (the prefix optional): 32 bytes in padded standard base64.
+///
+/// # Errors
+/// [`SecretError::SecretKeyGiven`] for a `whsk_` secret key, [`SecretError::NotPublicKey`]
+/// otherwise; neither carries any part of the text.
+pub fn public_key(text: &str) -> Result<VerifyingKey, SecretError> {
+    use base64::Engine as _;
+    if text.starts_with("whsk_") {
+        return Err(SecretError::SecretKeyGiven);
+    }
+    let encoded = text.strip_prefix("whpk_").unwrap_or(text);
+    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(SecretError::NotPublicKey)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| SecretError::NotPublicKey)
+}
+
+/// Reads a `whsk_` secret key: the seed and public key (64 bytes, as Svix writes it) or the
+/// seed alone (32 bytes), in padded standard base64.
+///
+/// # Errors
+/// [`SecretError::NotSecretKey`], carrying no part of the text.
+pub fn secret_key(text: &str) -> Result<ed25519_dalek::SigningKey, SecretError> {
+    use base64::Engine as _;
+    let encoded = text
+        .strip_prefix("whsk_")
+        .ok_or(SecretError::NotSecretKey)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| SecretError::NotSecretKey)?;
+    if let Ok(pair) = <[u8; 64]>::try_from(bytes.as_slice()) {
+        return ed25519_dalek::SigningKey::from_keypair_bytes(&pair)
+            .map_err(|_| SecretError::NotSecretKey);
+    }
+    let seed: [u8; 32] = bytes.try_into().map_err(|_| SecretError::NotSecretKey)?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
 }
 
 /// What a `standard-webhooks` provider gets for keys its config leaves out: the id is the
@@ -49,6 +99,12 @@ const SVIX: HeaderSet = HeaderSet {
 /// Strips an optional `whsec_` and base64-decodes the rest (standard alphabet, padded).
 pub(super) fn key_from_secret(secret: &str) -> Result<SigningKey, SecretError> {
     use base64::Engine as _;
+    if secret.starts_with("whsk_") {
+        return Err(SecretError::SecretKeyGiven);
+    }
+    if secret.starts_with("whpk_") {
+        return Err(SecretError::PublicKeyAsSecret);
+    }
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
     // The decoder's own error names the offending byte and its offset, which would put a
     // piece of the secret into logs: it is not kept, not even as a source.
@@ -61,10 +117,23 @@ pub(super) fn key_from_secret(secret: &str) -> Result<SigningKey, SecretError> {
     Ok(SigningKey::new(&key))
 }
 
+/// An ed25519 signature in padded standard base64; anything else (not base64, not 64 bytes)
+/// is no signature.
+fn decode_signature(encoded: &str) -> Option<Signature> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let bytes: [u8; ED25519_SIGNATURE_LEN] = bytes.try_into().ok()?;
+    Some(Signature::from_bytes(&bytes))
+}
+
 impl StandardScheme {
-    /// A signature header with no `v1,` entry at all (say, only asymmetric `v1a,` ones) is a
-    /// [`VerifyError::Mismatch`]: it is well-formed by the spec, there is just nothing we can
-    /// check, which is the same answer the reference libraries give.
+    /// Passes when a `v1,` entry matches one of `keys` (the HMAC secrets) or a `v1a,` entry is
+    /// a valid ed25519 signature under one of the scheme's public keys (checked strictly: no
+    /// malleable signatures, no weak keys). A header with no entry this receiver can check
+    /// (say, only `v1a,` ones and no public key configured) is a [`VerifyError::Mismatch`]:
+    /// well-formed by the spec, just nothing to check, as the reference libraries answer.
     pub fn verify(
         &self,
         keys: &[SigningKey],
@@ -96,7 +165,32 @@ impl StandardScheme {
                 matched |= matches_any(&tags, &candidate);
             }
         }
-        if !bool::from(matched) {
+        // The public keys are public: checking them needs no constant time, and the signed
+        // content is put together only when there is something to check it with.
+        let mut asymmetric = false;
+        if !self.public_keys.is_empty() {
+            let mut content: Option<Vec<u8>> = None;
+            for entry in signatures.split_ascii_whitespace() {
+                let Some(("v1a", encoded)) = entry.split_once(',') else {
+                    continue;
+                };
+                let Some(signature) = decode_signature(encoded) else {
+                    continue;
+                };
+                let content = content.get_or_insert_with(|| {
+                    [id.as_bytes(), b".", raw_ts.as_bytes(), b".", body].concat()
+                });
+                if self
+                    .public_keys
+                    .iter()
+                    .any(|key| key.verify_strict(content, &signature).is_ok())
+                {
+                    asymmetric = true;
+                    break;
+                }
+            }
+        }
+        if !bool::from(matched) && !asymmetric {
             return Err(VerifyError::Mismatch);
         }
         check_window(seconds, now, self.tolerance)?;
@@ -104,6 +198,41 @@ impl StandardScheme {
             scheme_id: Some(id.to_owned()),
             timestamp: Some(seconds),
         })
+    }
+
+    /// The three `webhook-*` headers, signed with an ed25519 secret key: `v1a,<base64>`.
+    ///
+    /// # Errors
+    /// [`SignError::Id`]: `id` cannot be a header value.
+    pub fn sign_v1a(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+        body: &[u8],
+        now: SystemTime,
+        id: &str,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, SignError> {
+        let id_value = HeaderValue::from_str(id).map_err(SignError::Id)?;
+        let seconds = unix_seconds(now);
+        let content = [
+            id.as_bytes(),
+            b".",
+            seconds.to_string().as_bytes(),
+            b".",
+            body,
+        ]
+        .concat();
+        let signature = key.sign(&content);
+        let signature =
+            HeaderValue::try_from(format!("v1a,{}", encode_base64(&signature.to_bytes())))
+                .map_err(SignError::Signature)?;
+        Ok(vec![
+            (HeaderName::from_static(STANDARD.id), id_value),
+            (
+                HeaderName::from_static(STANDARD.timestamp),
+                HeaderValue::from(seconds),
+            ),
+            (HeaderName::from_static(STANDARD.signature), signature),
+        ])
     }
 
     /// The three `webhook-*` headers, signature as `v1,<base64>`.
@@ -155,6 +284,7 @@ mod tests {
     fn scheme() -> Scheme {
         Scheme::StandardWebhooks(StandardScheme {
             tolerance: Duration::from_secs(300),
+            public_keys: Vec::new(),
         })
     }
 
@@ -192,6 +322,192 @@ mod tests {
             scheme_id: Some(ID.to_owned()),
             timestamp: Some(TS as i64),
         }
+    }
+
+    /// Svix's server signs `v1a` (svix-server, worker.rs, test_asymmetric_key_signing): its key
+    /// pair, and its signature of the spec's test message.
+    const SVIX_SECRET_KEY: &str = "whsk_6Xb/dCcHpPea21PS1N9VY/NZW723CEc77N4rJCubMbfVKIDij2HKpMKkioLlX0dRqSKJp4AJ6p9lMicMFs6Kvg==";
+    const SVIX_PUBLIC_KEY: &str = "whpk_1SiA4o9hyqTCpIqC5V9HUakiiaeACeqfZTInDBbOir4=";
+    const SVIX_V1A: &str = "v1a,hnO3f9T8Ytu9HwrXslvumlUpqtNVqkhqw/enGzPCXe5BdqzCInXqYXFymVJaA7AZdpXwVLPo3mNl8EM+m7TBAg==";
+
+    /// Made with Python's `cryptography` 48 (an independent ed25519): the key from the seed
+    /// bytes 0, 1, …, 31, `Ed25519PrivateKey.from_private_bytes(seed).sign(message)` over
+    /// `msg_2KWPBgLlAfxdpx2AI54pPJ85f4W.1674087231.{"test": 2432232314}`, everything in padded
+    /// standard base64 (the secret key as seed followed by public key, as Svix writes it).
+    const PY_SECRET_KEY: &str = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8DoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuA==";
+    const PY_SEED: &str = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const PY_PUBLIC_KEY: &str = "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+    const PY_ID: &str = "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W";
+    const PY_TS: u64 = 1_674_087_231;
+    const PY_V1A: &str = "v1a,WGezPSQBN+ncUQHlaJCb1mM9EqbbV3QGhNXd7fi36AohyzGqpJZqe4p0IBgO1Jv4Rj4GsxPl1i5ebiTbe31mDA==";
+
+    fn asymmetric(public_keys: &[&str]) -> StandardScheme {
+        StandardScheme {
+            tolerance: Duration::from_secs(300),
+            public_keys: public_keys.iter().map(|k| public_key(k).unwrap()).collect(),
+        }
+    }
+
+    fn verify_v1a(
+        public_keys: &[&str],
+        id: &str,
+        ts: u64,
+        sig: &str,
+        body: &str,
+    ) -> Result<Verified, VerifyError> {
+        asymmetric(public_keys).verify(
+            &[],
+            &headers(id, &ts.to_string(), sig),
+            body.as_bytes(),
+            at(ts),
+        )
+    }
+
+    #[test]
+    fn v1a_signatures_of_independent_signers_verify() {
+        assert!(verify_v1a(&[SVIX_PUBLIC_KEY], ID, TS, SVIX_V1A, BODY).is_ok());
+        assert!(verify_v1a(&[PY_PUBLIC_KEY], PY_ID, PY_TS, PY_V1A, BODY).is_ok());
+        // Among other entries, and with a second key being rotated in.
+        let mixed = format!("v1,{OTHER} {PY_V1A} v2,whatever");
+        assert!(
+            verify_v1a(
+                &[SVIX_PUBLIC_KEY, PY_PUBLIC_KEY],
+                PY_ID,
+                PY_TS,
+                &mixed,
+                BODY
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn v1a_refuses_what_it_should() {
+        let refused =
+            |keys: &[&str], sig: &str, body: &str| verify_v1a(keys, PY_ID, PY_TS, sig, body);
+        // The other sender's key.
+        assert_eq!(
+            refused(&[SVIX_PUBLIC_KEY], PY_V1A, BODY),
+            Err(VerifyError::Mismatch)
+        );
+        // A tampered body.
+        assert_eq!(
+            refused(&[PY_PUBLIC_KEY], PY_V1A, r#"{"test": 2432232315}"#),
+            Err(VerifyError::Mismatch)
+        );
+        // An ed25519 signature labelled v1 is not checked as one.
+        let as_v1 = PY_V1A.replacen("v1a,", "v1,", 1);
+        assert_eq!(
+            refused(&[PY_PUBLIC_KEY], &as_v1, BODY),
+            Err(VerifyError::Mismatch)
+        );
+        // Truncated, not base64, 63 bytes.
+        let truncated = &PY_V1A[..PY_V1A.len() - 4];
+        assert_eq!(
+            refused(&[PY_PUBLIC_KEY], truncated, BODY),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            refused(&[PY_PUBLIC_KEY], "v1a,n0t*base64!", BODY),
+            Err(VerifyError::Mismatch)
+        );
+        let short = format!("v1a,{}", encode_base64(&[7u8; 63]));
+        assert_eq!(
+            refused(&[PY_PUBLIC_KEY], &short, BODY),
+            Err(VerifyError::Mismatch)
+        );
+        // No public key configured: a v1a entry is nothing this receiver can check.
+        assert_eq!(refused(&[], PY_V1A, BODY), Err(VerifyError::Mismatch));
+        // Outside the window, like v1.
+        assert_eq!(
+            asymmetric(&[PY_PUBLIC_KEY]).verify(
+                &[],
+                &headers(PY_ID, &PY_TS.to_string(), PY_V1A),
+                BODY.as_bytes(),
+                at(PY_TS + 301),
+            ),
+            Err(VerifyError::OutsideWindow)
+        );
+    }
+
+    #[test]
+    fn a_secret_or_a_public_key_each_accept_their_own_signature() {
+        let both = StandardScheme {
+            tolerance: Duration::from_secs(300),
+            public_keys: vec![public_key(SVIX_PUBLIC_KEY).unwrap()],
+        };
+        let h = |sig: &str| headers(ID, "1614265330", sig);
+        assert!(
+            both.verify(&keys(&[SECRET]), &h(SIG), BODY.as_bytes(), at(TS))
+                .is_ok()
+        );
+        assert!(
+            both.verify(&keys(&[SECRET]), &h(SVIX_V1A), BODY.as_bytes(), at(TS))
+                .is_ok()
+        );
+        assert_eq!(
+            both.verify(&keys(&[SECRET]), &h(BAD_SIG), BODY.as_bytes(), at(TS)),
+            Err(VerifyError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn we_sign_v1a_as_the_independent_signers_do() {
+        // ed25519 signatures are deterministic: the same key and content, the same bytes.
+        for secret in [PY_SECRET_KEY, PY_SEED] {
+            let key = secret_key(secret).unwrap();
+            let map = into_map(
+                asymmetric(&[])
+                    .sign_v1a(&key, BODY.as_bytes(), at(PY_TS), PY_ID)
+                    .unwrap(),
+            );
+            assert_eq!(map["webhook-signature"], PY_V1A);
+        }
+        let svix = secret_key(SVIX_SECRET_KEY).unwrap();
+        let map = into_map(
+            asymmetric(&[])
+                .sign_v1a(&svix, BODY.as_bytes(), at(TS), ID)
+                .unwrap(),
+        );
+        assert_eq!(map["webhook-signature"], SVIX_V1A);
+    }
+
+    #[test]
+    fn keys_in_the_wrong_place_are_named_without_echoing_them() {
+        let err = public_key(PY_SECRET_KEY).unwrap_err();
+        assert_eq!(err, SecretError::SecretKeyGiven);
+        assert!(err.to_string().contains("give its public key (whpk_)"));
+        assert_eq!(
+            scheme().key_from_secret(PY_SECRET_KEY).unwrap_err(),
+            SecretError::SecretKeyGiven
+        );
+        assert_eq!(
+            scheme().key_from_secret(PY_PUBLIC_KEY).unwrap_err(),
+            SecretError::PublicKeyAsSecret
+        );
+        for bad in ["whpk_AAAA", "whpk_n0t*v4l1d", "whpk_"] {
+            assert_eq!(
+                public_key(bad).unwrap_err(),
+                SecretError::NotPublicKey,
+                "{bad}"
+            );
+        }
+        for bad in [PY_PUBLIC_KEY, "whsk_AAAA", "whsk_n0t*v4l1d"] {
+            let err = secret_key(bad).unwrap_err();
+            assert_eq!(err, SecretError::NotSecretKey, "{bad}");
+            assert!(!err.to_string().contains(&bad[5..]), "{err}");
+        }
+        // A pair whose public half belongs to another seed.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut pair = b64.decode(&PY_SECRET_KEY[5..]).unwrap();
+        pair.truncate(32);
+        pair.extend(b64.decode(&SVIX_PUBLIC_KEY[5..]).unwrap());
+        let mismatched = format!("whsk_{}", b64.encode(&pair));
+        assert_eq!(
+            secret_key(&mismatched).unwrap_err(),
+            SecretError::NotSecretKey
+        );
     }
 
     #[test]
