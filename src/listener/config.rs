@@ -149,6 +149,7 @@ struct RawProvider {
     tolerance: Option<Duration>,
     #[serde(default)]
     allow_ips: Vec<String>,
+    rate_limit: Option<crate::listener::limit::RawRateLimit>,
 }
 
 /// A validated provider: its route name, how it signs, and where its id and type are.
@@ -165,6 +166,8 @@ pub struct Provider {
     pub event_type: FieldRef,
     /// Source networks allowed; empty allows all.
     pub allow_ips: Vec<IpNet>,
+    /// Requests answered before `429`, when limited.
+    pub rate_limit: Option<crate::listener::limit::RateLimit>,
 }
 
 impl fmt::Debug for Provider {
@@ -336,7 +339,10 @@ impl ListenerConfig {
                     String::new()
                 } else {
                     format!(", {} allowed network(s)", p.allow_ips.len())
-                }
+                } + &p
+                    .rate_limit
+                    .map(|l| format!(", at most {}", l.describe()))
+                    .unwrap_or_default()
             ));
         }
         out
@@ -514,6 +520,19 @@ fn build_provider(doc: &mut Document<'_>, key: &str, raw: RawProvider) -> Option
         ok = false;
     }
 
+    let rate_limit = match raw
+        .rate_limit
+        .map(crate::listener::limit::RateLimit::try_from)
+    {
+        None => None,
+        Some(Ok(limit)) => Some(limit),
+        Some(Err(reason)) => {
+            doc.problem(&format!("{key}.rate_limit"), reason);
+            ok = false;
+            None
+        }
+    };
+
     match (ok, scheme, event_id, event_type) {
         (true, Some(scheme), Some(event_id), Some(event_type)) => Some(Provider {
             name: raw.name,
@@ -522,6 +541,7 @@ fn build_provider(doc: &mut Document<'_>, key: &str, raw: RawProvider) -> Option
             event_id,
             event_type,
             allow_ips,
+            rate_limit,
         }),
         _ => None,
     }
@@ -722,6 +742,35 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_are_checked_at_load_and_summarised() {
+        let limited = |limit: &str| {
+            provider(&format!(
+                "scheme = \"github\"\nsecrets = [\"s\"]\nrate_limit = {limit}\n"
+            ))
+        };
+        let text = format!(
+            "{}\n[server]\nlisten = \"127.0.0.1:1\"\n",
+            limited("{ requests = 1000, per = \"1s\", burst = 2000 }")
+        );
+        let config = ListenerConfig::parse("l.toml", &text, &HashMap::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            config
+                .summary()
+                .contains("at most 1000 per 1s (burst 2000)"),
+            "{}",
+            config.summary()
+        );
+        let zero = only(&limited("{ requests = 0, per = \"1s\" }"), &[]).to_string();
+        assert!(
+            zero.contains("providers[0].rate_limit: requests must be at least 1"),
+            "{zero}"
+        );
+        let typo = only(&limited("{ requests = 5, pr = \"1s\" }"), &[]).to_string();
+        assert!(typo.contains("providers[0].rate_limit"), "{typo}");
+    }
+
+    #[test]
     fn public_keys_are_standard_webhooks_only_and_never_secret_keys() {
         const PUBLIC: &str = "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
         const SECRET_KEY: &str = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8DoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuA==";
@@ -867,7 +916,7 @@ mod tests {
                 "l.toml:4: dedupe.capcity: unknown field `capcity`, expected `capacity` or `ttl`",
                 "l.toml:9: providers[0].secret: unknown field `secret`, expected one of `name`, \
                  `scheme`, `secrets`, `public_keys`, `signature_header`, `encoding`, `prefix`, `timestamp_header`, \
-                 `signed_payload`, `event_id`, `event_type`, `tolerance`, `allow_ips`",
+                 `signed_payload`, `event_id`, `event_type`, `tolerance`, `allow_ips`, `rate_limit`",
             ]
         );
     }

@@ -50,6 +50,12 @@ pub enum RequestError {
     /// Could not hand off durably now.
     #[error("temporarily unable to accept events; retry later")]
     Unavailable,
+    /// The provider sent more than its `rate_limit` allows.
+    #[error("too many requests for this provider; retry in {retry_after} s")]
+    RateLimited {
+        /// Whole seconds until a request would be taken.
+        retry_after: u64,
+    },
 }
 
 impl RequestError {
@@ -67,6 +73,7 @@ impl RequestError {
             Self::Verify(_) => StatusCode::UNAUTHORIZED,
             Self::Json(_) | Self::Extract(_) | Self::Envelope(_) => StatusCode::BAD_REQUEST,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -87,6 +94,7 @@ impl RequestError {
             Self::Extract(ExtractError::Missing { .. }) => "missing_field",
             Self::Extract(ExtractError::Invalid { .. }) | Self::Envelope(_) => "invalid_field",
             Self::Unavailable => "unavailable",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -105,6 +113,11 @@ impl RequestError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            Self::RateLimited { retry_after } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }

@@ -24,6 +24,7 @@ use crate::listener::config::{ListenerConfig, Provider};
 use crate::listener::dedupe::{Admission, Dedupe};
 use crate::listener::error::{RequestError, json_response};
 use crate::listener::extract::{check_body, extract};
+use crate::listener::limit::Limiter;
 use crate::listener::spool::{Spool, SpoolError};
 use crate::telemetry::{self, ErrorChain, ListenerMetrics};
 
@@ -122,6 +123,8 @@ impl Handoff for BrokerHandoff {
 pub struct Handler<H> {
     config: Arc<ListenerConfig>,
     routes: HashMap<String, usize>,
+    /// Per provider (by index), its `rate_limit` bucket.
+    limiters: Vec<Option<Limiter>>,
     dedupe: Dedupe,
     handoff: H,
     metrics: Arc<ListenerMetrics>,
@@ -144,9 +147,15 @@ impl<H: Handoff> Handler<H> {
             .map(|(i, p)| (p.name.clone(), i))
             .collect();
         let dedupe = Dedupe::new(config.dedupe.capacity, config.dedupe.ttl);
+        let limiters = config
+            .providers
+            .iter()
+            .map(|p| p.rate_limit.as_ref().and_then(Limiter::new))
+            .collect();
         Self {
             config,
             routes,
+            limiters,
             dedupe,
             handoff,
             metrics,
@@ -235,6 +244,13 @@ impl<H: Handoff> Handler<H> {
         let source = client_ip(peer, &parts.headers, &self.config.server.trusted_proxy_nets);
         if !provider.allow_ips.is_empty() && !is_in(source, &provider.allow_ips) {
             return Err(RequestError::Forbidden);
+        }
+        // Before the body is read: a storm costs its sender the wait, not us the bytes.
+        // (After allow_ips, so that strangers cannot spend a provider's allowance.)
+        if let Some(Some(limiter)) = self.routes.get(&provider.name).map(|&i| &self.limiters[i]) {
+            limiter
+                .check()
+                .map_err(|retry_after| RequestError::RateLimited { retry_after })?;
         }
         let limit = self.config.server.max_body;
         body::check_declared_length(&parts.headers, limit)?;

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod forwarder;
 pub mod handler;
+pub mod limit;
 pub mod server;
 pub mod spool;
 

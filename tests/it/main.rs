@@ -16,6 +16,7 @@ mod config_files;
 mod handoff;
 mod hostile;
 mod http_answers;
+mod limits;
 mod logs;
 mod readme;
 mod schemes;
