@@ -62,6 +62,10 @@ pub struct ServerConfig {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Connections served at once; beyond it new ones wait in the kernel's backlog instead
+    /// of being accepted, so a flood of idle sockets cannot use up file descriptors. ≥ 1.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Peers whose `X-Forwarded-For` is believed (CIDRs or addresses).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -90,6 +94,11 @@ fn default_body_timeout() -> Duration {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10)
+}
+/// The unit's `LimitNOFILE=65536`, less room for what else the listener keeps open (the
+/// broker's connection, the spool, the admin port, logs).
+fn default_max_connections() -> usize {
+    60_000
 }
 
 /// `[dedupe]`.
@@ -211,6 +220,9 @@ impl ListenerConfig {
             if s.max_body == 0 {
                 doc.problem("server.max_body", "must be greater than 0".to_owned());
             }
+            if s.max_connections == 0 {
+                doc.problem("server.max_connections", "must be at least 1".to_owned());
+            }
             // A zero timeout would cut off every client, not just slow ones.
             for (key, timeout) in [
                 ("server.handoff_timeout", s.handoff_timeout),
@@ -294,11 +306,12 @@ impl ListenerConfig {
     pub fn summary(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(
-            "listen {} (admin {}), max body {} bytes, handoff timeout {}\n",
+            "listen {} (admin {}), max body {} bytes, handoff timeout {}, at most {} connections\n",
             self.server.listen,
             self.server.admin_listen,
             self.server.max_body,
-            humantime::format_duration(self.server.handoff_timeout)
+            humantime::format_duration(self.server.handoff_timeout),
+            self.server.max_connections
         ));
         out.push_str(&format!(
             "broker {} exchange {:?} queue {:?}\n",
@@ -929,7 +942,7 @@ mod tests {
             "environment variable HOOKWARDEN__SERVER__LISTNE: names no key of the listener \
              config (unknown field `listne`, expected one of `listen`, `admin_listen`, \
              `max_body`, `handoff_timeout`, `header_timeout`, `body_timeout`, `shutdown_grace`, \
-             `trusted_proxies`)"
+             `max_connections`, `trusted_proxies`)"
         );
         assert_eq!(typo.variable.as_deref(), Some("HOOKWARDEN__SERVER__LISTNE"));
         assert_eq!(

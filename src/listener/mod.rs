@@ -115,6 +115,7 @@ pub fn start(
     let limits = server::ConnectionLimits {
         header_timeout: config.server.header_timeout,
         shutdown_grace: config.server.shutdown_grace,
+        max_connections: config.server.max_connections,
     };
     let serving = tokio::spawn(server::serve(public, handler.clone(), limits, shutdown));
     let done = tokio::spawn(async move {

@@ -28,6 +28,8 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// Time allowed for open connections to finish after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Connections served at once; the next waits in the backlog until one closes.
+    pub max_connections: usize,
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then drains.
@@ -46,7 +48,17 @@ pub async fn serve<H: Handoff>(
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
+        // A slot first: at the limit nothing is accepted, and new connections wait in the
+        // kernel's backlog (which the kernel bounds) instead of taking file descriptors.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -72,6 +84,7 @@ pub async fn serve<H: Handoff>(
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

@@ -347,7 +347,7 @@ fn environment_problems_name_the_variable_not_a_line_of_the_file() {
             "environment variable HOOKWARDEN__SERVER__LISTN: names no key of the listener config \
              (unknown field `listn`, expected one of `listen`, `admin_listen`, `max_body`, \
              `handoff_timeout`, `header_timeout`, `body_timeout`, `shutdown_grace`, \
-             `trusted_proxies`)",
+             `max_connections`, `trusted_proxies`)",
             "environment variable HOOKWARDEN__DEDUPE__TTL: must be greater than 0",
         ]
     );
