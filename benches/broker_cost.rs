@@ -19,6 +19,7 @@ use futures_util::stream::FuturesUnordered;
 use hookwarden::broker::topology::{self, Topology};
 use hookwarden::config::amqp::ExchangeType;
 use hookwarden::envelope::Envelope;
+use hookwarden::telemetry::trace::TraceContext;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
     QueueDeleteOptions, QueuePurgeOptions,
@@ -76,6 +77,9 @@ enum Route {
     /// A topic exchange with the `#` binding, bound to that queue.
     Topic,
 }
+
+/// The trace the published events name, as a provider's request would have given it.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// Which properties a variant sets.
 #[derive(Clone, Copy)]
@@ -299,7 +303,9 @@ async fn publish_for(
                 IpAddr::from([127, 0, 0, 1]),
                 SystemTime::now(),
                 Bytes::from(body),
-            )?;
+            )?
+            // Every message the listener publishes names its trace.
+            .with_trace(TraceContext::from_headers(Some(TRACEPARENT), None));
             let confirm = channel
                 .basic_publish(
                     exchange.into(),

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::log::LogConfig;
+use crate::config::telemetry::TelemetryConfig;
 use crate::config::{self, ConfigError};
 
 /// Exit code of a config or usage error (EX_USAGE).
@@ -26,6 +27,10 @@ pub struct Loader<T> {
     pub summary: fn(&T) -> String,
     /// Where its `[log]` section is.
     pub log: fn(&T) -> &LogConfig,
+    /// Where its `[telemetry]` section is.
+    pub telemetry: fn(&T) -> &TelemetryConfig,
+    /// Its name as traces show it: `hookwarden-listener`, `hookwarden-worker`.
+    pub service: &'static str,
 }
 
 /// Reads the config at `path`. With `check`, prints the summary or every problem and returns
@@ -54,7 +59,11 @@ pub fn prepare<T>(
         println!("{}: ok", path.display());
         return Err(ExitCode::SUCCESS);
     }
-    if let Err(err) = crate::telemetry::init((loader.log)(&config)) {
+    if let Err(err) = crate::telemetry::init(
+        (loader.log)(&config),
+        (loader.telemetry)(&config),
+        loader.service,
+    ) {
         eprintln!("{err}");
         return Err(ExitCode::from(EXIT_START));
     }
@@ -62,6 +71,7 @@ pub fn prepare<T>(
 }
 
 /// Runs `daemon` on a multi-threaded runtime; an error is logged as `{what} failed to start`.
+/// Queued trace spans are sent before it returns.
 pub fn run(what: &str, daemon: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -73,11 +83,14 @@ pub fn run(what: &str, daemon: impl Future<Output = anyhow::Result<()>>) -> Exit
             return ExitCode::from(EXIT_START);
         }
     };
-    match runtime.block_on(daemon) {
+    let code = match runtime.block_on(daemon) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "{what} failed to start");
             ExitCode::from(EXIT_START)
         }
-    }
+    };
+    // After the runtime: the exporter's last send blocks.
+    crate::telemetry::flush();
+    code
 }

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use crate::telemetry::trace::{TRACEPARENT, TRACESTATE, TraceContext};
+
 /// Header: the provider name the event arrived under.
 pub const HEADER_PROVIDER: &str = "x-provider";
 /// Header: receive time, RFC 3339, on messages of listeners before issue 14 (the `timestamp`
@@ -46,6 +48,8 @@ pub struct Envelope {
     pub received_at: SystemTime,
     /// The raw request body.
     pub body: Bytes,
+    /// The request's place in its trace: the worker's delivery span continues it.
+    pub trace: Option<TraceContext>,
 }
 
 /// Why an id or type cannot travel as AMQP short strings.
@@ -90,11 +94,19 @@ impl Envelope {
             source_ip,
             received_at,
             body,
+            trace: None,
         })
     }
 
+    /// The envelope with `trace` as the context its message hands on.
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
+    }
+
     /// AMQP properties of design.md: persistent JSON with id, type and receive time as
-    /// standard properties, and the three origin headers nothing standard can carry.
+    /// standard properties, the three origin headers nothing standard can carry, and W3C
+    /// `traceparent` (with `tracestate` when the caller sent one).
     ///
     /// No more: RabbitMQ decodes every property and header of every message it routes, and
     /// each costs it CPU. `app_id` and `x-received-at` (the `timestamp` says when) are gone;
@@ -114,6 +126,18 @@ impl Envelope {
             ShortString::from(HEADER_SOURCE_IP),
             AMQPValue::LongString(LongString::from(self.source_ip.to_string())),
         );
+        if let Some(trace) = &self.trace {
+            headers.insert(
+                ShortString::from(TRACEPARENT),
+                AMQPValue::LongString(LongString::from(trace.traceparent())),
+            );
+            if let Some(state) = trace.tracestate() {
+                headers.insert(
+                    ShortString::from(TRACESTATE),
+                    AMQPValue::LongString(LongString::from(state)),
+                );
+            }
+        }
         let timestamp = self
             .received_at
             .duration_since(UNIX_EPOCH)
@@ -186,5 +210,22 @@ mod tests {
         let mut names: Vec<&str> = headers.inner().keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, [HEADER_PROVIDER, HEADER_SCHEME, HEADER_SOURCE_IP]);
+    }
+
+    #[test]
+    fn a_trace_travels_as_w3c_headers() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let trace = TraceContext::from_headers(Some(parent), Some("congo=t61rcWkgMzE"));
+        let props = envelope("evt_1".into(), "identity.scored".into())
+            .unwrap()
+            .with_trace(trace)
+            .properties();
+        let headers = props.headers().clone().unwrap_or_default();
+        let text = |name: &str| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        assert_eq!(text(TRACEPARENT).as_deref(), Some(parent));
+        assert_eq!(text(TRACESTATE).as_deref(), Some("congo=t61rcWkgMzE"));
     }
 }

@@ -24,11 +24,14 @@
 //!   written behind the actions by [`worker::marks`]. [`worker::config`] is the rules file;
 //!   [`worker::facts`] the one list of names conditions and templates see.
 //! - [`config`]: what every config file shares: TOML + `HOOKWARDEN__` overrides → typed
-//!   sections, every problem named with file, line, key and reason; the `[amqp]` and `[log]`
-//!   sections, secrets, units. Each daemon owns its own sections. Imports no daemon.
+//!   sections, every problem named with file, line, key and reason; the `[amqp]`, `[log]`
+//!   and `[telemetry]` sections, secrets, units. Each daemon owns its own sections. Imports
+//!   no daemon.
 //! - [`admin`]: health, readiness (with the reason when not ready) and metrics, for both daemons.
-//! - [`telemetry`]: logs (the subscriber, its JSON line, the request span, `ErrorChain`) and
-//!   each daemon's Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
+//! - [`telemetry`]: logs (the subscriber, its JSON line, the request span, `ErrorChain`), W3C
+//!   trace context ([`telemetry::trace`]: listener request → message header → worker delivery,
+//!   rule and action spans → the action's target) and its OTLP export, and each daemon's
+//!   Prometheus metrics. [`signals`]: SIGTERM/SIGINT/SIGHUP.
 //!   [`systemd`]: readiness, watchdog, socket activation.
 //! - [`cli`]: the operator's `hookwarden` command. [`daemon`]: what both daemons' mains share.
 #![forbid(unsafe_code)]

@@ -36,6 +36,8 @@ fn main() -> ExitCode {
         parse: ListenerConfig::parse,
         summary: ListenerConfig::summary,
         log: |c| &c.log,
+        telemetry: |c| &c.telemetry,
+        service: "hookwarden-listener",
     };
     let config = match daemon::prepare(&args.config, args.check, &env, &loader) {
         Ok(config) => config,

@@ -42,6 +42,8 @@ fn main() -> ExitCode {
         parse: WorkerConfig::parse,
         summary: WorkerConfig::summary,
         log: |c| &c.log,
+        telemetry: |c| &c.telemetry,
+        service: "hookwarden-worker",
     };
     let config = match daemon::prepare(&args.config, args.check, &env, &loader) {
         Ok(config) => config,

@@ -6,6 +6,7 @@ pub mod amqp;
 pub(crate) mod glob;
 pub mod log;
 pub mod secret;
+pub mod telemetry;
 pub mod units;
 
 use std::collections::HashMap;
@@ -41,15 +42,32 @@ impl ConfigKind {
     /// Every top-level section this kind of file may have.
     pub fn sections(self) -> &'static [&'static str] {
         match self {
-            Self::Listener => &["server", "amqp", "dedupe", "log", "spool", "providers"],
+            Self::Listener => &[
+                "server",
+                "amqp",
+                "dedupe",
+                "log",
+                "telemetry",
+                "spool",
+                "providers",
+            ],
             Self::Worker => &[
-                "amqp", "server", "state", "archive", "log", "subjects", "rules", "actions",
-                "lists", "watch",
+                "amqp",
+                "server",
+                "state",
+                "archive",
+                "log",
+                "telemetry",
+                "subjects",
+                "rules",
+                "actions",
+                "lists",
+                "watch",
             ],
         }
     }
 
-    /// The sections only this kind has (`server`, `amqp` and `log` are in both).
+    /// The sections only this kind has (`server`, `amqp`, `log` and `telemetry` are in both).
     fn own_sections(self) -> &'static [&'static str] {
         match self {
             Self::Listener => &["providers", "dedupe", "spool"],

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::config::amqp::AmqpConfig;
 use crate::config::log::LogConfig;
+use crate::config::telemetry::TelemetryConfig;
 use crate::config::{ConfigError, ConfigKind, Document, Problem, secret, units};
 use crate::listener::dedupe;
 use crate::listener::extract::FieldRef;
@@ -29,6 +30,8 @@ pub struct ListenerConfig {
     pub dedupe: DedupeConfig,
     /// `[log]`: level and format.
     pub log: LogConfig,
+    /// `[telemetry]`: where traces are exported.
+    pub telemetry: TelemetryConfig,
     /// `[spool]`: where events wait while the broker cannot take them.
     pub spool: SpoolConfig,
     /// `[[providers]]`, in file order; names are unique.
@@ -211,6 +214,10 @@ impl ListenerConfig {
         let amqp: Option<AmqpConfig> = doc.section("amqp");
         let dedupe: Option<DedupeConfig> = doc.section("dedupe");
         let log: Option<LogConfig> = doc.section("log");
+        let mut telemetry: Option<TelemetryConfig> = doc.section("telemetry");
+        if let Some(telemetry) = &mut telemetry {
+            telemetry.validate(&mut doc);
+        }
         let spool: Option<SpoolConfig> = doc.section("spool");
         let raw_providers: Vec<Option<RawProvider>> = doc.list("providers");
 
@@ -281,13 +288,14 @@ impl ListenerConfig {
         }
 
         doc.finish()?;
-        match (server, amqp, dedupe, log, spool) {
-            (Some(server), Some(amqp), Some(dedupe), Some(log), Some(spool)) => {
+        match (server, amqp, dedupe, log, telemetry, spool) {
+            (Some(server), Some(amqp), Some(dedupe), Some(log), Some(telemetry), Some(spool)) => {
                 Ok(ListenerConfig {
                     server,
                     amqp,
                     dedupe,
                     log,
+                    telemetry,
                     spool,
                     providers,
                 })
@@ -333,6 +341,7 @@ impl ListenerConfig {
             humantime::format_duration(self.dedupe.ttl),
             self.dedupe.capacity * dedupe::BYTES_PER_ENTRY / (1024 * 1024)
         ));
+        out.push_str(&self.telemetry.summary());
         for p in &self.providers {
             out.push_str(&format!(
                 "provider {:?}: POST /hooks/{}, scheme {}, {} secret(s){}, id {}, type {}{}\n",
@@ -755,6 +764,54 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_is_checked_at_load_and_summarised() {
+        let github = provider("scheme = \"github\"\nsecrets = [\"s\"]\n");
+        let with = |telemetry: &str| format!("[telemetry]\n{telemetry}\n{github}");
+        let problems = lines(
+            &with(
+                "otlp_endpoint = \"collector:4318\"\nsample_ratio = 1.5\nqueue_size = 0\n\
+                 otlp_headers = { \"x-key\" = \"env:NO_SUCH_KEY\" }",
+            ),
+            &[],
+        );
+        assert_eq!(
+            problems,
+            [
+                "l.toml:2: telemetry.otlp_endpoint: \"collector:4318\" is not an http:// or https:// address",
+                "l.toml:3: telemetry.sample_ratio: 1.5 is not between 0 and 1",
+                "l.toml:4: telemetry.queue_size: must be at least 1",
+                "l.toml:5: telemetry.otlp_headers.x-key: environment variable NO_SUCH_KEY is not set",
+            ]
+        );
+        let off = parse(&github, &[]).unwrap();
+        assert_eq!(off.telemetry.otlp_endpoint, None);
+        assert!(
+            off.summary().contains("traces: not exported"),
+            "{}",
+            off.summary()
+        );
+        let on = parse(
+            &with(
+                "otlp_endpoint = \"http://collector:4318\"\n\
+                 otlp_headers = { \"x-key\" = \"env:KEY\" }",
+            ),
+            &[("KEY", "k1")],
+        )
+        .unwrap();
+        assert_eq!(
+            on.telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(on.telemetry.otlp_headers[0].1.expose(), "k1");
+        assert!(
+            on.summary()
+                .contains("traces exported to http://collector:4318/v1/traces every 5s"),
+            "{}",
+            on.summary()
+        );
+    }
+
+    #[test]
     fn rate_limits_are_checked_at_load_and_summarised() {
         let limited = |limit: &str| {
             provider(&format!(
@@ -925,7 +982,7 @@ mod tests {
             lines(&text, &[]),
             [
                 "l.toml:1: servre: unknown section; \
-                 expected one of server, amqp, dedupe, log, spool, providers",
+                 expected one of server, amqp, dedupe, log, telemetry, spool, providers",
                 "l.toml:4: dedupe.capcity: unknown field `capcity`, expected `capacity` or `ttl`",
                 "l.toml:9: providers[0].secret: unknown field `secret`, expected one of `name`, \
                  `scheme`, `secrets`, `public_keys`, `signature_header`, `encoding`, `prefix`, `timestamp_header`, \
@@ -954,7 +1011,7 @@ mod tests {
             section.to_string(),
             "environment variable HOOKWARDEN__SERVR__LISTEN: names no key of the listener \
              config (unknown section `servr`; \
-             expected one of server, amqp, dedupe, log, spool, providers)"
+             expected one of server, amqp, dedupe, log, telemetry, spool, providers)"
         );
     }
 

@@ -26,6 +26,7 @@ use crate::listener::error::{RequestError, json_response};
 use crate::listener::extract::{check_body, extract};
 use crate::listener::limit::Limiter;
 use crate::listener::spool::{Spool, SpoolError};
+use crate::telemetry::trace::{self, Parent, TRACEPARENT, TRACESTATE, TraceContext};
 use crate::telemetry::{self, ErrorChain, ListenerMetrics};
 
 /// Takes a verified event somewhere durable; `Ok` only once it is safe there.
@@ -167,18 +168,26 @@ impl<H: Handoff> Handler<H> {
         &self.dedupe
     }
 
-    /// Answers one request from `peer`, inside its own [`telemetry::request_span`].
+    /// Answers one request from `peer`, inside its own [`telemetry::request_span`], which
+    /// continues the caller's trace when it sent a valid `traceparent` and starts one if not.
     pub async fn handle<B>(&self, request: Request<B>, peer: IpAddr) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.answer(request, peer)
-            .instrument(telemetry::request_span())
-            .await
+        let span = telemetry::request_span();
+        let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let caller = TraceContext::from_headers(header(TRACEPARENT), header(TRACESTATE));
+        let trace = trace::enter(&span, Parent::Remote(caller.as_ref()));
+        self.answer(request, peer, trace).instrument(span).await
     }
 
-    async fn answer<B>(&self, request: Request<B>, peer: IpAddr) -> Response<Full<Bytes>>
+    async fn answer<B>(
+        &self,
+        request: Request<B>,
+        peer: IpAddr,
+        trace: TraceContext,
+    ) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -188,7 +197,7 @@ impl<H: Handoff> Handler<H> {
         let label = route.as_ref().map_or(UNKNOWN, |p| p.name.as_str());
         Span::current().record("provider", label);
         let result = match route {
-            Ok(provider) => self.process(provider, request, peer).await,
+            Ok(provider) => self.process(provider, request, peer, trace).await,
             Err(err) => Err(err),
         };
         let (response, outcome) = match result {
@@ -223,6 +232,7 @@ impl<H: Handoff> Handler<H> {
         provider: &Provider,
         request: Request<B>,
         peer: IpAddr,
+        trace: TraceContext,
     ) -> Result<(Admission, String), RequestError>
     where
         B: Body<Data = Bytes>,
@@ -290,7 +300,8 @@ impl<H: Handoff> Handler<H> {
             source,
             received_at,
             body,
-        )?;
+        )?
+        .with_trace(Some(trace));
         Ok((self.admit(envelope).await?, id))
     }
 
@@ -314,25 +325,28 @@ impl<H: Handoff> Handler<H> {
         // confirm) is kilobytes, and tokio copies a task's future into its cell and its stage
         // on every transition; behind a box each copy is a pointer (memmove was 8 % of the
         // listener's CPU under load, `perf record --call-graph dwarf`).
-        let task = tokio::spawn(Box::pin(async move {
-            let provider = envelope.provider.to_string();
-            let id = envelope.event_id.to_string();
-            let started = Instant::now();
-            let observer = metrics.clone();
-            let result = dedupe
-                .admit(&provider, &id, async move {
-                    let result = handoff.handoff(envelope).await;
-                    if result.is_ok() {
-                        observer.handed_off(started.elapsed());
-                    }
-                    result
-                })
-                .await;
-            if let Err(err) = &result {
-                metrics.handoff_failed(&provider, err.reason(), &ErrorChain(&**err));
+        let task = tokio::spawn(Box::pin(
+            async move {
+                let provider = envelope.provider.to_string();
+                let id = envelope.event_id.to_string();
+                let started = Instant::now();
+                let observer = metrics.clone();
+                let result = dedupe
+                    .admit(&provider, &id, async move {
+                        let result = handoff.handoff(envelope).await;
+                        if result.is_ok() {
+                            observer.handed_off(started.elapsed());
+                        }
+                        result
+                    })
+                    .await;
+                if let Err(err) = &result {
+                    metrics.handoff_failed(&provider, err.reason(), &ErrorChain(&**err));
+                }
+                result
             }
-            result
-        }));
+            .instrument(Span::current()),
+        ));
         match task.await {
             Ok(Ok(admission)) => Ok(admission),
             Ok(Err(_)) | Err(_) => Err(RequestError::Unavailable),

@@ -13,6 +13,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::envelope::Envelope;
+use crate::telemetry::trace::TraceContext;
 
 /// Why the spool could not take an event. Clone: one failed group write answers every
 /// request in the group.
@@ -120,9 +121,15 @@ CREATE TABLE IF NOT EXISTS spool (
     scheme TEXT NOT NULL,
     source_ip TEXT NOT NULL,
     received_ms INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    traceparent TEXT,
+    tracestate TEXT
 );
 ";
+
+/// Columns added since the first spool file: a spool left by an older listener gains them,
+/// its rows reading NULL (no trace).
+const ADDED_COLUMNS: [&str; 2] = ["traceparent", "tracestate"];
 
 fn ms(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
@@ -162,6 +169,16 @@ impl Spool {
         db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
+        for column in ADDED_COLUMNS {
+            let present: bool = db.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('spool') WHERE name = ?1",
+                params![column],
+                |r| r.get(0),
+            )?;
+            if !present {
+                db.execute_batch(&format!("ALTER TABLE spool ADD COLUMN {column} TEXT"))?;
+            }
+        }
         let (depth, bytes): (i64, i64) = db.query_row(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM spool",
             [],
@@ -240,7 +257,8 @@ impl Spool {
     pub fn oldest(&self, limit: usize) -> Result<Vec<Spooled>, SpoolError> {
         let db = self.inner.db.lock().map_err(|_| Unwritable::Poisoned)?;
         let mut stmt = db.prepare_cached(
-            "SELECT seq, provider, event_id, event_type, scheme, source_ip, received_ms, body
+            "SELECT seq, provider, event_id, event_type, scheme, source_ip, received_ms, body,
+                    traceparent, tracestate
              FROM spool ORDER BY seq LIMIT ?1",
         )?;
         let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
@@ -253,11 +271,13 @@ impl Spool {
                 r.get::<_, String>(5)?,
                 r.get::<_, i64>(6)?,
                 r.get::<_, Vec<u8>>(7)?,
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, Option<String>>(9)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, provider, id, kind, scheme, ip, received, body) = row?;
+            let (seq, provider, id, kind, scheme, ip, received, body, parent, state) = row?;
             let received_at =
                 UNIX_EPOCH + Duration::from_millis(u64::try_from(received).unwrap_or(0));
             let source_ip = ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -271,7 +291,11 @@ impl Spool {
                 received_at,
                 Bytes::from(body),
             ) {
-                Ok(envelope) => out.push(Spooled { seq, envelope }),
+                Ok(envelope) => {
+                    let trace = TraceContext::from_headers(parent.as_deref(), state.as_deref());
+                    let envelope = envelope.with_trace(trace);
+                    out.push(Spooled { seq, envelope });
+                }
                 Err(err) => {
                     tracing::error!(seq, error = %err, "unreadable spool entry left in place")
                 }
@@ -365,8 +389,9 @@ fn write_group(inner: &Inner, envelopes: &[Envelope]) -> Result<(), SpoolError> 
     let tx = db.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO spool (provider, event_id, event_type, scheme, source_ip, received_ms, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO spool (provider, event_id, event_type, scheme, source_ip, received_ms, body,
+                                traceparent, tracestate)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         for e in envelopes {
             stmt.execute(params![
@@ -376,7 +401,9 @@ fn write_group(inner: &Inner, envelopes: &[Envelope]) -> Result<(), SpoolError> 
                 e.scheme,
                 e.source_ip.to_string(),
                 ms(e.received_at),
-                e.body.as_ref()
+                e.body.as_ref(),
+                e.trace.as_ref().map(TraceContext::traceparent),
+                e.trace.as_ref().and_then(TraceContext::tracestate),
             ])?;
         }
     }
@@ -435,6 +462,38 @@ mod tests {
             spool.oldest(1).unwrap()[0].envelope.event_id.as_str(),
             "e010"
         );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn a_trace_survives_the_spool_and_an_older_spool_file_is_upgraded() {
+        let path =
+            std::env::temp_dir().join(format!("hw-spool-{}.db", uuid::Uuid::new_v4().simple()));
+        // A spool as listeners before trace context wrote it, with one event waiting.
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, provider TEXT NOT NULL,
+                 event_id TEXT NOT NULL, event_type TEXT NOT NULL, scheme TEXT NOT NULL,
+                 source_ip TEXT NOT NULL, received_ms INTEGER NOT NULL, body BLOB NOT NULL);
+                 INSERT INTO spool (provider, event_id, event_type, scheme, source_ip,
+                 received_ms, body) VALUES ('dregs', 'old', 'identity.scored', 'stripe',
+                 '192.0.2.1', 0, X'7B7D');",
+            )
+            .unwrap();
+        }
+        let spool = Spool::open(&path, 1 << 20).unwrap();
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let trace = TraceContext::from_headers(Some(parent), Some("congo=t61rcWkgMzE"));
+        spool
+            .put(envelope("new", b"{}").with_trace(trace.clone()))
+            .await
+            .unwrap();
+        let waiting = spool.oldest(10).unwrap();
+        assert_eq!(waiting.len(), 2);
+        assert_eq!(waiting[0].envelope.event_id.as_str(), "old");
+        assert_eq!(waiting[0].envelope.trace, None);
+        assert_eq!(waiting[1].envelope.trace, trace);
         let _ = std::fs::remove_file(&path);
     }
 

@@ -1,17 +1,19 @@
-//! What the daemons log through: the global subscriber ([`init`], JSON lines or text), the
-//! listener's per-request span, and [`ErrorChain`], the one way an error becomes a log value.
+//! What the daemons log through: the global subscriber ([`init`], JSON lines or text, and
+//! the trace exporter when there is one), the listener's per-request span, and [`ErrorChain`], the one way an error becomes a log value.
 
 use std::fmt;
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use super::json_line::json_layer;
 use crate::config::log::LogConfig;
+use crate::config::telemetry::TelemetryConfig;
 
-/// Installs the global `tracing` subscriber. `RUST_LOG`, when set, wins over `config.level`.
+/// Installs the global `tracing` subscriber for the daemon `service`
+/// (`hookwarden-listener`, …). `RUST_LOG`, when set, wins over `log.level`.
 ///
 /// The JSON lines carry `timestamp`, `level`, `message` and `target` of their own, beside the
 /// event's fields and the fields of the spans it happened in (see `JsonLine`): no field may take
@@ -22,26 +24,45 @@ use crate::config::log::LogConfig;
 /// cost more (waking it for every line is a context switch; about 25 µs of CPU per request
 /// against 6 µs for the direct write, measured with `benches/listener.sh`).
 ///
+/// With `[telemetry] otlp_endpoint` set, spans are exported too ([`super::otlp`]), and the
+/// log filter moves onto the log layer so that it does not decide which spans are exported.
+/// Without it the subscriber is what it was before traces existed.
+///
 /// # Errors
-/// An invalid filter, or a subscriber already installed.
-pub fn init(config: &LogConfig) -> anyhow::Result<()> {
+/// An invalid filter, an exporter that cannot be built, or a subscriber already installed.
+pub fn init(
+    log: &LogConfig,
+    telemetry: &TelemetryConfig,
+    service: &'static str,
+) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
-        _ => EnvFilter::try_new(&config.level)?,
+        _ => EnvFilter::try_new(&log.level)?,
     };
-    let json = match config.format.as_str() {
+    let json = match log.format.as_str() {
         "json" => true,
         "text" => false,
         _ => !std::io::stdout().is_terminal(),
     };
-    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = if json {
-        tracing_subscriber::registry()
+    let export = super::otlp::layer(telemetry, service)?;
+    let registry = tracing_subscriber::registry();
+    let result = match (export, json) {
+        (None, true) => registry
             .with(filter)
             .with(json_layer(std::io::stdout))
-            .try_init()
-            .map_err(Into::into)
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).try_init()
+            .try_init(),
+        (None, false) => registry
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer())
+            .try_init(),
+        (Some(export), true) => registry
+            .with(export)
+            .with(json_layer(std::io::stdout).with_filter(filter))
+            .try_init(),
+        (Some(export), false) => registry
+            .with(export)
+            .with(tracing_subscriber::fmt::layer().with_filter(filter))
+            .try_init(),
     };
     result.map_err(|err| anyhow::anyhow!("cannot install the log subscriber: {err}"))
 }
@@ -57,7 +78,8 @@ pub fn request_span() -> tracing::Span {
     tracing::warn_span!(
         "request",
         provider = tracing::field::Empty,
-        event_id = tracing::field::Empty
+        event_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty
     )
 }
 

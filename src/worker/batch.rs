@@ -13,6 +13,7 @@ use tracing::Instrument as _;
 
 use crate::envelope::HEADER_PROVIDER;
 use crate::telemetry::WorkerMetrics;
+use crate::telemetry::trace::{self, Parent, TRACEPARENT, TRACESTATE, TraceContext};
 use crate::worker::action::{ActionOutcome, Runner, idempotency_key};
 use crate::worker::config::WorkerConfig;
 use crate::worker::decide::{self, Event, EventOutcome, Sighting, SubjectDecision, Verdict};
@@ -91,6 +92,14 @@ impl Item {
             .as_ref()
             .map(|s| s.to_string())
             .filter(|s| !s.is_empty())
+    }
+
+    /// The trace the listener handed on (`traceparent`, `tracestate`), if any.
+    pub fn trace(&self) -> Option<TraceContext> {
+        TraceContext::from_headers(
+            text_header(&self.properties, TRACEPARENT).as_deref(),
+            text_header(&self.properties, TRACESTATE).as_deref(),
+        )
     }
 
     /// The provider (the `x-provider` header, else the routing key's first part).
@@ -406,7 +415,10 @@ async fn handle_subject(
                 now,
             )
         });
-        let mut evaluation = match decide::decide_for(rules, &event, subject, &state, now) {
+        let span = delivery_span(&event, &subject.id);
+        let trace = trace::enter(&span, Parent::Remote(items[index].trace().as_ref()));
+        let decided = span.in_scope(|| decide::decide_for(rules, &event, subject, &state, now));
+        let mut evaluation = match decided {
             SubjectDecision::Evaluated(evaluation) => evaluation,
             SubjectDecision::Stale(_) => {
                 ctx.metrics.event(EventOutcome::Stale.as_str());
@@ -420,7 +432,6 @@ async fn handle_subject(
                 continue;
             }
         };
-        let span = delivery_span(&event, &evaluation.subject.id);
         let trips = admit(
             ctx,
             breakers,
@@ -430,11 +441,13 @@ async fn handle_subject(
             &state,
             now,
             done,
+            &trace,
         )
         .instrument(span.clone())
         .await?;
-        let (mut rules_json, failure, acted) =
-            carry_out(ctx, &evaluation, done).instrument(span).await;
+        let (mut rules_json, failure, acted) = carry_out(ctx, &evaluation, done, &trace)
+            .instrument(span)
+            .await;
         for (position, results) in trips {
             if let Some(Value::Object(entry)) = rules_json.get_mut(position) {
                 entry.insert("on_trip".to_owned(), Value::from(results));
@@ -485,6 +498,7 @@ async fn admit(
     prior: &SubjectState,
     now: i64,
     done: &HashSet<String>,
+    trace: &TraceContext,
 ) -> Result<Vec<(usize, Vec<Value>)>, StoreError> {
     let rules = &ctx.config.rules;
     let mut trips = Vec::new();
@@ -538,7 +552,10 @@ async fn admit(
         );
         let mut results = Vec::new();
         for action in &planned {
-            let result = ctx.runner.run(action, &HashSet::new()).await;
+            let result = ctx
+                .runner
+                .run(action, &HashSet::new(), Parent::Local(trace))
+                .await;
             ctx.metrics
                 .action(&result.action, result.outcome.as_str(), result.latency_ms);
             if result.outcome == ActionOutcome::Failed {
@@ -568,7 +585,7 @@ fn subject_key(event: &Event, subject: &SubjectRead) -> String {
 }
 
 /// The span of one delivery's rules and actions: the lines logged inside it (a condition
-/// that fails, a `log` action) carry its `provider`, `event_id` and `subject`.
+/// that fails, a `log` action) carry its `provider`, `event_id`, `subject` and `trace_id`.
 ///
 /// WARN, though it marks no warning: a span's level decides whether it exists at all, and
 /// it must exist whenever a WARN line inside it can be written (`log.level = "warn"`).
@@ -577,17 +594,20 @@ fn delivery_span(event: &Event, subject: &str) -> tracing::Span {
         "delivery",
         provider = %event.provider,
         event_id = %event.id,
-        subject = %subject
+        subject = %subject,
+        trace_id = tracing::field::Empty
     )
 }
 
 /// Runs the actions of `evaluation`'s enforcing rules in order, stopping at the first that
 /// fails: the rules' record entries, the dead-letter fate of a failure, and whether an
-/// action ran (or had run before).
+/// action ran (or had run before). Each acting rule is a `rule` span, a child of the
+/// delivery's (`trace`), its actions' spans children of it.
 async fn carry_out(
     ctx: &Context,
     evaluation: &decide::Evaluation,
     done: &HashSet<String>,
+    trace: &TraceContext,
 ) -> (Vec<Value>, Option<Fate>, bool) {
     let rules = &ctx.config.rules;
     let mut rules_json = Vec::new();
@@ -606,9 +626,19 @@ async fn carry_out(
             );
         }
         let mut actions_json = Vec::new();
-        if decided.verdict == Verdict::Acts && failure.is_none() {
+        if decided.verdict == Verdict::Acts && failure.is_none() && !decided.actions.is_empty() {
+            let span = tracing::info_span!(
+                "rule",
+                rule = %rule.name,
+                trace_id = tracing::field::Empty
+            );
+            let rule_trace = trace::enter(&span, Parent::Local(trace));
             for planned in &decided.actions {
-                let result = ctx.runner.run(planned, done).await;
+                let result = ctx
+                    .runner
+                    .run(planned, done, Parent::Local(&rule_trace))
+                    .instrument(span.clone())
+                    .await;
                 ctx.metrics
                     .action(&result.action, result.outcome.as_str(), result.latency_ms);
                 actions_json.push(result.to_json());

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::config::amqp::{AmqpConfig, redact};
 use crate::config::log::LogConfig;
+use crate::config::telemetry::TelemetryConfig;
 use crate::config::{ConfigError, ConfigKind, Document, Problem};
 use crate::worker::rules::Rules;
 use crate::worker::state::PgOptions;
@@ -26,6 +27,8 @@ pub struct WorkerConfig {
     pub archive: ArchiveConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[telemetry]`: where traces are exported.
+    pub telemetry: TelemetryConfig,
     /// `[[subjects]]`, `[[rules]]` and `[actions.*]`, compiled.
     pub rules: Rules,
 }
@@ -245,6 +248,10 @@ impl WorkerConfig {
         let state: Option<StateConfig> = doc.section("state");
         let archive: Option<ArchiveConfig> = doc.section("archive");
         let log: Option<LogConfig> = doc.section("log");
+        let mut telemetry: Option<TelemetryConfig> = doc.section("telemetry");
+        if let Some(telemetry) = &mut telemetry {
+            telemetry.validate(&mut doc);
+        }
         if let Some(amqp) = &amqp {
             amqp.validate(&mut doc, "amqp");
         }
@@ -254,15 +261,18 @@ impl WorkerConfig {
             .unwrap_or_default();
         let rules = Rules::compile(&mut doc, env, &review_queue);
         doc.finish()?;
-        match (amqp, server, state, archive, log) {
-            (Some(amqp), Some(server), Some(state), Some(archive), Some(log)) => Ok(WorkerConfig {
-                amqp,
-                server,
-                state,
-                archive,
-                log,
-                rules,
-            }),
+        match (amqp, server, state, archive, log, telemetry) {
+            (Some(amqp), Some(server), Some(state), Some(archive), Some(log), Some(telemetry)) => {
+                Ok(WorkerConfig {
+                    amqp,
+                    server,
+                    state,
+                    archive,
+                    log,
+                    telemetry,
+                    rules,
+                })
+            }
             _ => Err(ConfigError {
                 problems: vec![Problem {
                     file: file.to_owned(),
@@ -278,13 +288,14 @@ impl WorkerConfig {
     /// A short human summary for `--check`.
     pub fn summary(&self) -> String {
         format!(
-            "broker {} queue {:?} prefetch {}; state {} (decisions kept {}; {})\n{}",
+            "broker {} queue {:?} prefetch {}; state {} (decisions kept {}; {})\n{}{}",
             self.amqp.redacted_url(),
             self.amqp.queue,
             self.amqp.prefetch,
             self.state.describe(),
             humantime::format_duration(self.state.retention),
             self.archive.describe(),
+            self.telemetry.summary(),
             self.rules.summary()
         )
     }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use wildmatch::WildMatch;
 
 use crate::config::Document;
+use crate::telemetry::trace::Parent;
 use crate::worker::action::{self, Firing, Runner};
 use crate::worker::config::WorkerConfig;
 use crate::worker::decide::{PlannedAction, rfc3339_ms};
@@ -326,7 +327,8 @@ async fn tick(w: &Watching, ticking: &mut Ticking) -> Result<(), StoreError> {
         let done = blocking(move || store.done_among(&keys)).await?;
         let mut failed = false;
         for action in &planned {
-            let result = runner.run(action, &done).await;
+            // A watch's actions start a trace of their own: no event caused them.
+            let result = runner.run(action, &done, Parent::Remote(None)).await;
             w.metrics
                 .action(&result.action, result.outcome.as_str(), result.latency_ms);
             if result.outcome == action::ActionOutcome::Failed {

@@ -343,7 +343,7 @@ fn environment_problems_name_the_variable_not_a_line_of_the_file() {
         lines,
         [
             "environment variable HOOKWARDEN__SERVR__LISTEN: names no key of the listener config \
-             (unknown section `servr`; expected one of server, amqp, dedupe, log, spool, providers)",
+             (unknown section `servr`; expected one of server, amqp, dedupe, log, telemetry, spool, providers)",
             "environment variable HOOKWARDEN__SERVER__LISTN: names no key of the listener config \
              (unknown field `listn`, expected one of `listen`, `admin_listen`, `max_body`, \
              `handoff_timeout`, `header_timeout`, `body_timeout`, `shutdown_grace`, \
@@ -410,7 +410,7 @@ fn a_file_for_the_other_daemon_is_named_as_such() {
     assert_eq!(
         err.to_string(),
         "l.toml:1: state: a section of the worker rules file, not of the listener config; \
-         expected one of server, amqp, dedupe, log, spool, providers"
+         expected one of server, amqp, dedupe, log, telemetry, spool, providers"
     );
     // Sections both daemons have are no sign either.
     let err = WorkerConfig::parse("r.toml", "[server]\nlisten = \"x\"\n", &HashMap::new())

@@ -2,6 +2,7 @@
 //! `HOOKWARDEN_TEST_AMQP`), each with its own uniquely named exchanges and queues.
 //! Prerequisite: RabbitMQ running (`.ci/run` starts it).
 
+mod daemon;
 mod harness;
 mod pg;
 mod sink;
@@ -23,6 +24,7 @@ mod schemes;
 mod spool;
 mod state;
 mod systemd;
+mod traces;
 mod worker;
 mod worker_backtest;
 mod worker_breaker;

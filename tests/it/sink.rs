@@ -20,6 +20,7 @@ pub struct Received {
     pub method: String,
     pub path: String,
     pub idempotency_key: Option<String>,
+    pub traceparent: Option<String>,
     pub body: String,
 }
 
@@ -64,6 +65,11 @@ impl Sink {
                                 .get("idempotency-key")
                                 .and_then(|v| v.to_str().ok())
                                 .map(str::to_owned);
+                            let traceparent = req
+                                .headers()
+                                .get("traceparent")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
                             let body = req
                                 .into_body()
                                 .collect()
@@ -88,6 +94,7 @@ impl Sink {
                             } else {
                                 s.received.lock().unwrap().push(Received {
                                     method,
+                                    traceparent,
                                     path,
                                     idempotency_key,
                                     body: String::from_utf8_lossy(&body).into_owned(),

@@ -7,12 +7,13 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use lapin::BasicProperties;
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, LongString, ShortString};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Compiler, Firing, Kind, Registration, Request, Runner, Sent};
 use crate::broker::publisher::publish_confirmed;
+use crate::telemetry::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 use crate::worker::facts::Name;
 use crate::worker::template::TemplateId;
 
@@ -124,8 +125,9 @@ impl Request for Rendered {
         })
     }
 
-    fn send<'a>(&'a self, with: &'a Runner) -> BoxFuture<'a, Sent> {
+    fn send<'a>(&'a self, with: &'a Runner, trace: &'a TraceContext) -> BoxFuture<'a, Sent> {
         async move {
+            let properties = traced(&self.properties, trace);
             let mut last = String::new();
             for attempt in 1..=ATTEMPTS {
                 match publish_confirmed(
@@ -133,7 +135,7 @@ impl Request for Rendered {
                     self.exchange.clone(),
                     self.routing_key.clone(),
                     &self.body,
-                    self.properties.clone(),
+                    properties.clone(),
                     CONFIRM_TIMEOUT,
                 )
                 .await
@@ -156,4 +158,22 @@ impl Request for Rendered {
         }
         .boxed()
     }
+}
+
+/// `properties` with the action span's `traceparent` (and `tracestate`) among the headers,
+/// as the listener hands them to the worker, so that a consumer of the review queue can
+/// continue the trace.
+fn traced(properties: &BasicProperties, trace: &TraceContext) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from(TRACEPARENT),
+        AMQPValue::LongString(LongString::from(trace.traceparent())),
+    );
+    if let Some(state) = trace.tracestate() {
+        headers.insert(
+            ShortString::from(TRACESTATE),
+            AMQPValue::LongString(LongString::from(state)),
+        );
+    }
+    properties.clone().with_headers(headers)
 }

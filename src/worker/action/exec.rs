@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Compiler, Firing, Kind, Registration, Request, Runner, Sent};
+use crate::telemetry::trace::TraceContext;
 use crate::worker::template::TemplateId;
 
 pub(super) const KIND: Registration = Registration {
@@ -94,10 +95,15 @@ impl Request for Rendered {
         })
     }
 
-    fn send<'a>(&'a self, _: &'a Runner) -> BoxFuture<'a, Sent> {
+    fn send<'a>(&'a self, _: &'a Runner, trace: &'a TraceContext) -> BoxFuture<'a, Sent> {
         async move {
+            // As OpenTelemetry's environment carrier names them, for a script that traces.
+            let mut env = vec![("TRACEPARENT".to_owned(), trace.traceparent())];
+            if let Some(state) = trace.tracestate() {
+                env.push(("TRACESTATE".to_owned(), state));
+            }
             let outcome =
-                crate::worker::exec::run(&self.argv, &[], self.timeout, OUTPUT_BYTES).await;
+                crate::worker::exec::run(&self.argv, &env, self.timeout, OUTPUT_BYTES).await;
             let error = (!outcome.ok).then(|| {
                 outcome.error.clone().unwrap_or_else(|| {
                     match (outcome.timed_out, outcome.exit_code) {

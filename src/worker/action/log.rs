@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Compiler, Firing, Kind, Registration, Request, Runner, Sent};
+use crate::telemetry::trace::TraceContext;
 use crate::worker::template::TemplateId;
 
 pub(super) const KIND: Registration = Registration {
@@ -62,7 +63,7 @@ impl Request for Rendered {
         serde_json::json!({ "message": self.text })
     }
 
-    fn send<'a>(&'a self, _: &'a Runner) -> BoxFuture<'a, Sent> {
+    fn send<'a>(&'a self, _: &'a Runner, _: &'a TraceContext) -> BoxFuture<'a, Sent> {
         // The rendered text goes under `text`: `message` is the formatter's own key (here
         // "action"), and a JSON line naming it twice is ambiguous to log readers.
         tracing::info!(rule = %self.rule, text = %self.text, "action");

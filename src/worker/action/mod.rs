@@ -18,8 +18,10 @@ use lapin::Channel;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tracing::Instrument as _;
 
 use crate::config::Document;
+use crate::telemetry::trace::{self, Parent, TraceContext};
 use crate::worker::facts::Facts;
 use crate::worker::marks::DoneMarks;
 use crate::worker::template::{TemplateId, Templates};
@@ -53,8 +55,10 @@ pub trait Kind: Send + Sync {
 pub trait Request: Send + Sync + fmt::Debug {
     /// What it sends, kind-specific fields as JSON (`hookwarden rules test` prints this).
     fn describe(&self) -> Value;
-    /// Sends it, with the kind's own retries.
-    fn send<'a>(&'a self, with: &'a Runner) -> BoxFuture<'a, Sent>;
+    /// Sends it, with the kind's own retries, as the span whose context is `trace`: what
+    /// reaches a target (`traceparent` of `http` and `amqp`, `TRACEPARENT` of `exec`) names
+    /// that span as its parent.
+    fn send<'a>(&'a self, with: &'a Runner, trace: &'a TraceContext) -> BoxFuture<'a, Sent>;
 }
 
 /// What sending a request came to.
@@ -287,12 +291,13 @@ pub fn idempotency_key(event_key: &str, rule: &str, action: &str) -> String {
 
 impl Runner {
     /// Runs a planned action: skipped when its key is among `done` (the batch's done-marks, read
-    /// once up front), failed when it could not be rendered, else sent; a success leaves its
-    /// done-mark with the writer.
+    /// once up front), failed when it could not be rendered, else sent in an `action` span
+    /// that is a child of `parent`; a success leaves its done-mark with the writer.
     pub async fn run(
         &self,
         planned: &crate::worker::decide::PlannedAction,
         done: &HashSet<String>,
+        parent: Parent<'_>,
     ) -> ActionResult {
         let started = Instant::now();
         let mut result = ActionResult {
@@ -308,7 +313,15 @@ impl Runner {
             return result;
         }
         let sent = match &planned.request {
-            Ok(request) => request.send(self).await,
+            Ok(request) => {
+                let span = tracing::info_span!(
+                    "action",
+                    action = %planned.action,
+                    trace_id = tracing::field::Empty
+                );
+                let trace = trace::enter(&span, parent);
+                request.send(self, &trace).instrument(span).await
+            }
             Err(error) => Sent {
                 error: Some(error.clone()),
                 ..Sent::default()

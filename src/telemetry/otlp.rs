@@ -1,0 +1,96 @@
+//! Trace export over OTLP/HTTP: the `tracing` layer that turns the daemons' spans into
+//! OpenTelemetry spans, and the batch exporter behind it. Built only when
+//! `[telemetry] otlp_endpoint` is set; [`flush`] sends what is queued as a daemon exits.
+//!
+//! The exporter runs on a thread of its own (the SDK's batch processor) with a bounded queue:
+//! a span finished while the queue is full is dropped, never waited for, so a collector that
+//! is slow or away costs requests nothing but their spans.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use anyhow::Context as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
+use tracing::Subscriber;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::telemetry::TelemetryConfig;
+
+/// The provider of the installed layer, kept to be flushed at exit.
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// The layer exporting the spans of `service` (`hookwarden-listener`, …), or `None` when no
+/// endpoint is configured.
+///
+/// Only this crate's spans (and the lines logged inside them, as span events) at INFO and
+/// above are exported, whatever `[log] level` says: the trace of a quarantine should not
+/// depend on how much the daemon prints.
+///
+/// # Errors
+/// The exporter cannot be built.
+pub(super) fn layer<S>(
+    config: &TelemetryConfig,
+    service: &'static str,
+) -> anyhow::Result<Option<impl Layer<S> + use<S>>>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let Some(endpoint) = &config.otlp_endpoint else {
+        return Ok(None);
+    };
+    let headers: HashMap<String, String> = config
+        .otlp_headers
+        .iter()
+        .map(|(name, value)| (name.clone(), value.expose().to_owned()))
+        .collect();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint.clone())
+        .with_headers(headers)
+        .build()
+        .with_context(|| format!("cannot set up trace export to {endpoint}"))?;
+    let batch = BatchConfigBuilder::default()
+        .with_max_queue_size(config.queue_size)
+        .with_scheduled_delay(config.export_interval)
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(
+            BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch)
+                .build(),
+        )
+        // A caller's sampled flag decides for the traces it started; the ratio for ours.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            config.sample_ratio,
+        ))))
+        .with_resource(Resource::builder().with_service_name(service).build())
+        .build();
+    let tracer = provider.tracer("hookwarden");
+    let _ = PROVIDER.set(provider);
+    super::trace::set_exporting();
+    Ok(Some(
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            // Enter/exit timing of every span, which nothing here reads.
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_filter(Targets::new().with_target("hookwarden", tracing::Level::INFO)),
+    ))
+}
+
+/// Sends the spans still queued and stops the exporter (blocking: call once the runtime
+/// has finished). Nothing when traces are not exported.
+pub fn flush() {
+    if let Some(provider) = PROVIDER.get()
+        && let Err(err) = provider.shutdown()
+    {
+        tracing::warn!(error = %err, "the last traces could not be exported");
+    }
+}
