@@ -55,7 +55,19 @@ async fn the_queue_holds_the_bytes_sent_with_the_contract_properties() {
     // The quorum queue adds its own count on delivery.
     names.retain(|n| n != "x-delivery-count");
     names.sort();
-    assert_eq!(names, ["x-provider", "x-signature-scheme", "x-source-ip"]);
+    assert_eq!(
+        names,
+        ["traceparent", "x-provider", "x-signature-scheme", "x-source-ip"]
+    );
+    // The request had no traceparent: a trace of its own, sampled, the listener's span the parent.
+    let trace = header(p, "traceparent").unwrap();
+    let parts: Vec<&str> = trace.split('-').collect();
+    assert_eq!(
+        parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+        [2, 32, 16, 2],
+        "{trace}"
+    );
+    assert_eq!((parts[0], parts[3]), ("00", "01"), "{trace}");
     assert!(broker.get(&l.names.queue).await.is_none());
 }
 
