@@ -3,6 +3,8 @@
 # under `hookwarden bench` (64 connections) with [telemetry] unset, then exporting every
 # request's span over OTLP/HTTP to a local receiver, then exporting to a collector that is
 # down; rounds interleaved. Each line: requests/s, and the listener's CPU per request.
+# HOOKWARDEN_BASELINE=DIR adds a round of DIR/hookwarden-listener (an older build, e.g. one
+# from before trace context) on the config without [telemetry].
 #   bash benches/traces.sh [seconds per round] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,9 +54,16 @@ trap cleanup EXIT
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 hz=$(getconf CLK_TCK)
 echo "== machine: $(nproc) cores; $secs s per round, $rounds rounds"
+modes="off on down"
+if [ -n "${HOOKWARDEN_BASELINE:-}" ]; then
+  modes="base $modes"
+  cp "$dir/off.toml" "$dir/base.toml"
+fi
 for round in $(seq 1 "$rounds"); do
-  for mode in off on down; do
-    ./target/release/hookwarden-listener --config "$dir/$mode.toml" > "$dir/$mode.log" 2>&1 &
+  for mode in $modes; do
+    bin=./target/release
+    [ "$mode" = base ] && bin="$HOOKWARDEN_BASELINE"
+    "$bin/hookwarden-listener" --config "$dir/$mode.toml" > "$dir/$mode.log" 2>&1 &
     pid=$!
     wait_broker_connected
     before=$(ticks "$pid")

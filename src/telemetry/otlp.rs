@@ -18,7 +18,7 @@ use opentelemetry_sdk::trace::{
 };
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::telemetry::TelemetryConfig;
@@ -29,9 +29,10 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// The layer exporting the spans of `service` (`hookwarden-listener`, …), or `None` when no
 /// endpoint is configured.
 ///
-/// Only this crate's spans (and the lines logged inside them, as span events) at INFO and
-/// above are exported, whatever `[log] level` says: the trace of a quarantine should not
-/// depend on how much the daemon prints.
+/// This crate's spans at INFO and above are exported, and the WARN and ERROR lines logged
+/// inside them as their events, whatever `[log] level` says: the trace of a quarantine should
+/// not depend on how much the daemon prints, and a line per request would double what each
+/// span costs to send.
 ///
 /// # Errors
 /// The exporter cannot be built.
@@ -81,8 +82,20 @@ where
             // Enter/exit timing of every span, which nothing here reads.
             .with_tracked_inactivity(false)
             .with_threads(false)
-            .with_filter(Targets::new().with_target("hookwarden", tracing::Level::INFO)),
+            // Source file and line of every span: bytes per span nobody filters on.
+            .with_location(false)
+            .with_filter(filter_fn(exported)),
     ))
+}
+
+/// Whether the layer sees what `meta` describes: see [`layer`].
+fn exported(meta: &tracing::Metadata<'_>) -> bool {
+    let level = if meta.is_span() {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    };
+    meta.target().starts_with("hookwarden") && *meta.level() <= level
 }
 
 /// Sends the spans still queued and stops the exporter (blocking: call once the runtime

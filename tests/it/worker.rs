@@ -89,8 +89,16 @@ async fn thresholds_drops_crossings_cooldown_shadow_and_stale_events() {
     w.publish_dregs("f1", "u2", "2026-11-21T10:00:00Z", 80)
         .await;
     assert_eq!(w.decision("dregs", "f1").await.outcome, "no_match");
-    w.publish_dregs("f2", "u2", "2026-11-21T10:01:00Z", 50)
-        .await;
+    // The listener's span for f2, whose trace the review message carries on.
+    let (trace, listener_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    w.publish_dregs_traced(
+        "f2",
+        "u2",
+        "2026-11-21T10:01:00Z",
+        50,
+        &format!("00-{trace}-{listener_span}-01"),
+    )
+    .await;
     let d = w.decision("dregs", "f2").await;
     assert_eq!(d.outcome, "acted", "{}", d.record);
     let review = w
@@ -98,6 +106,9 @@ async fn thresholds_drops_crossings_cooldown_shadow_and_stale_events() {
         .get(&w.names.review_queue)
         .await
         .unwrap_or_else(|| panic!("review message; {}", d.record));
+    let sent = header(&review.delivery.properties, "traceparent").unwrap();
+    assert!(sent.starts_with(&format!("00-{trace}-")), "{sent}");
+    assert!(!sent.contains(listener_span), "the action's own span: {sent}");
     let body: serde_json::Value = serde_json::from_slice(&review.delivery.data).unwrap();
     assert_eq!(body["decision"]["rule"], "drop");
     assert_eq!(body["decision"]["subject"], "u2");
@@ -284,6 +295,46 @@ command = ["/usr/bin/touch", "{}/{{{{ subject }}}}"]
         dir.path.join("a; rm -rf x").exists(),
         "the argument arrived as one literal argv entry"
     );
+}
+
+#[tokio::test]
+async fn exec_actions_get_the_events_trace_in_their_environment() {
+    let sink = Sink::start().await;
+    let dir = crate::harness::tempdir::Dir::new();
+    let rules = format!(
+        r#"
+[[subjects]]
+provider = "dregs"
+types = ["*"]
+subject = "/data/identity_id"
+scores = {{ humanity = "/data/scores/humanity" }}
+
+[[rules]]
+name = "trace"
+events = ["dregs:*"]
+when = "score.humanity < 30.0"
+actions = ["trace"]
+
+[actions.trace]
+kind = "exec"
+command = ["/bin/sh", "-c", "printf %s \"$TRACEPARENT\" > \"$0\"", "{}/{{{{ subject }}}}"]
+"#,
+        dir.path.display()
+    );
+    let w = WorkerHarness::new(&rules).start(&sink.url()).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    w.publish_dregs_traced(
+        "t1",
+        "traced",
+        "2026-11-21T10:00:00Z",
+        10,
+        &format!("00-{trace}-00f067aa0ba902b7-01"),
+    )
+    .await;
+    assert_eq!(w.decision("dregs", "t1").await.outcome, "acted");
+    let seen = std::fs::read_to_string(dir.path.join("traced")).unwrap();
+    assert!(seen.starts_with(&format!("00-{trace}-")), "{seen:?}");
+    assert_eq!(seen.len(), 55, "{seen:?}");
 }
 
 /// The broker link goes silent without a word (frozen proxy: sockets open, nothing

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use hookwarden::broker::publisher::publish_confirmed;
 use hookwarden::envelope::Envelope;
+use hookwarden::telemetry::trace::TraceContext;
 use hookwarden::worker::config::{Backend, WorkerConfig};
 use std::sync::Arc;
 
@@ -207,6 +208,36 @@ impl TestWorker {
             "identity.scored",
             id,
             &dregs(id, subject, at, humanity),
+        )
+        .await;
+    }
+
+    /// As [`Self::publish_dregs`], the message naming the trace `traceparent`, as the
+    /// listener's request span would.
+    pub async fn publish_dregs_traced(
+        &self,
+        id: &str,
+        subject: &str,
+        at: &str,
+        humanity: u32,
+        traceparent: &str,
+    ) {
+        let body = dregs(id, subject, at, humanity);
+        let envelope = Envelope::new(
+            "dregs",
+            id.to_owned(),
+            "identity.scored".to_owned(),
+            "hmac-sha256",
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            SystemTime::now(),
+            Bytes::from(body.clone()),
+        )
+        .unwrap()
+        .with_trace(TraceContext::from_headers(Some(traceparent), None));
+        self.publish_raw(
+            &envelope.routing_key.to_string(),
+            envelope.properties(),
+            body.as_bytes(),
         )
         .await;
     }
