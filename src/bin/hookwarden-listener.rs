@@ -39,17 +39,18 @@ fn main() -> ExitCode {
         telemetry: |c| &c.telemetry,
         service: "hookwarden-listener",
     };
-    let config = match daemon::prepare(&args.config, args.check, &env, &loader) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    // Before the runtime starts: taking the socket edits the environment.
+    // Before any thread starts (the runtime's, the trace exporter's): taking the socket edits
+    // the environment.
     let activated = match hookwarden::systemd::activated_listener() {
         Ok(l) => l,
         Err(err) => {
             eprintln!("the socket passed by systemd is unusable: {err}");
             return ExitCode::from(daemon::EXIT_START);
         }
+    };
+    let config = match daemon::prepare(&args.config, args.check, &env, &loader) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
     daemon::run("listener", run(config, activated))
 }

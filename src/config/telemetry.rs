@@ -37,6 +37,10 @@ pub struct TelemetryConfig {
     pub queue_size: usize,
 }
 
+/// The largest `queue_size`: the SDK allocates every slot at start (a few hundred bytes each),
+/// and the units cap the daemons' memory.
+const MAX_QUEUE_SIZE: usize = 100_000;
+
 fn default_sample_ratio() -> f64 {
     1.0
 }
@@ -70,11 +74,14 @@ impl TelemetryConfig {
                 }
                 Ok(_) => doc.problem(
                     "telemetry.otlp_endpoint",
-                    format!("{endpoint:?} is not an http:// or https:// address"),
+                    format!(
+                        "{:?} is not an http:// or https:// address",
+                        redacted(endpoint)
+                    ),
                 ),
                 Err(err) => doc.problem(
                     "telemetry.otlp_endpoint",
-                    format!("{endpoint:?} is not a URL: {err}"),
+                    format!("{:?} is not a URL: {err}", redacted(endpoint)),
                 ),
             }
         }
@@ -104,22 +111,36 @@ impl TelemetryConfig {
                 "must be greater than 0".to_owned(),
             );
         }
-        if self.queue_size == 0 {
-            doc.problem("telemetry.queue_size", "must be at least 1".to_owned());
+        if !(1..=MAX_QUEUE_SIZE).contains(&self.queue_size) {
+            doc.problem(
+                "telemetry.queue_size",
+                format!("must be between 1 and {MAX_QUEUE_SIZE}"),
+            );
         }
     }
 
     /// The `--check` line.
     pub fn summary(&self) -> String {
-        match &self.otlp_endpoint {
+        match self.otlp_endpoint.as_deref().map(redacted) {
             Some(endpoint) => format!(
-                "traces exported to {endpoint} every {} (sampling {} of new traces, up to {} spans queued)\n",
+                "traces exported to {endpoint} every {} (sampling {} of traces, up to {} spans queued)\n",
                 humantime::format_duration(self.export_interval),
                 self.sample_ratio,
                 self.queue_size
             ),
             None => "traces: not exported (trace ids in logs and headers only)\n".to_owned(),
         }
+    }
+}
+
+/// `endpoint` with any password in it shown as `***`.
+fn redacted(endpoint: &str) -> String {
+    match reqwest::Url::parse(endpoint) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => endpoint.to_owned(),
     }
 }
 

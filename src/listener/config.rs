@@ -779,7 +779,7 @@ mod tests {
             [
                 "l.toml:2: telemetry.otlp_endpoint: \"collector:4318\" is not an http:// or https:// address",
                 "l.toml:3: telemetry.sample_ratio: 1.5 is not between 0 and 1",
-                "l.toml:4: telemetry.queue_size: must be at least 1",
+                "l.toml:4: telemetry.queue_size: must be between 1 and 100000",
                 "l.toml:5: telemetry.otlp_headers.x-key: environment variable NO_SUCH_KEY is not set",
             ]
         );

@@ -176,8 +176,7 @@ impl<H: Handoff> Handler<H> {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let span = telemetry::request_span();
-        let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
-        let caller = TraceContext::from_headers(header(TRACEPARENT), header(TRACESTATE));
+        let caller = caller_trace(request.headers());
         let trace = trace::enter(&span, Parent::Remote(caller.as_ref()));
         self.answer(request, peer, trace).instrument(span).await
     }
@@ -354,6 +353,23 @@ impl<H: Handoff> Handler<H> {
     }
 }
 
+/// The trace a request names: its one `traceparent` (two or more: none, as W3C says), and
+/// its `tracestate` headers joined as one list.
+fn caller_trace(headers: &http::HeaderMap) -> Option<TraceContext> {
+    let mut parents = headers.get_all(TRACEPARENT).iter();
+    let parent = parents.next()?.to_str().ok()?;
+    if parents.next().is_some() {
+        return None;
+    }
+    let states: Vec<&str> = headers
+        .get_all(TRACESTATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let state = states.join(",");
+    TraceContext::from_headers(Some(parent), Some(state.as_str()).filter(|s| !s.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     //! The pipeline driven request by request, with no socket and no broker: a fake handoff
@@ -506,6 +522,22 @@ allow_ips = ["203.0.113.0/24"]
 
     /// Every refusal of design.md's HTTP table that needs no broker: its status and `code`,
     /// and nothing handed off or remembered.
+    #[test]
+    fn a_callers_trace_is_one_traceparent_and_every_tracestate() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut headers = http::HeaderMap::new();
+        headers.append(TRACEPARENT, HeaderValue::from_static(parent));
+        headers.append(TRACESTATE, HeaderValue::from_static("a=1"));
+        headers.append(TRACESTATE, HeaderValue::from_static("b=2"));
+        let trace = caller_trace(&headers).unwrap();
+        assert_eq!(trace.traceparent(), parent);
+        assert_eq!(trace.tracestate().as_deref(), Some("a=1,b=2"));
+        // Two parents: which one? Neither; the request starts a trace of its own.
+        headers.append(TRACEPARENT, HeaderValue::from_static(parent));
+        assert_eq!(caller_trace(&headers), None);
+        assert_eq!(caller_trace(&http::HeaderMap::new()), None);
+    }
+
     #[tokio::test]
     async fn refusals_answer_their_status_and_code_and_hand_nothing_off() {
         type Build = fn(&Handler<FakeHandoff>) -> Request<Full<Bytes>>;

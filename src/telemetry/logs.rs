@@ -1,5 +1,6 @@
 //! What the daemons log through: the global subscriber ([`init`], JSON lines or text, and
-//! the trace exporter when there is one), the listener's per-request span, and [`ErrorChain`], the one way an error becomes a log value.
+//! the trace exporter when there is one), the listener's per-request span, and
+//! [`ErrorChain`], the one way an error becomes a log value.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -44,6 +45,7 @@ pub fn init(
         "text" => false,
         _ => !std::io::stdout().is_terminal(),
     };
+    super::trace::set_sample_ratio(telemetry.sample_ratio);
     let export = super::otlp::layer(telemetry, service)?;
     let registry = tracing_subscriber::registry();
     let result = match (export, json) {

@@ -1,6 +1,7 @@
 //! Logs, traces and metrics: `tracing` set up once per process (JSON when stdout is not a
-//! terminal, spans exported when a collector is configured), and the Prometheus registry each daemon serves on its admin address. Each
-//! notable event is one function that counts and logs together.
+//! terminal, spans exported when a collector is configured), and the Prometheus registry each
+//! daemon serves on its admin address. Each notable event is one function that counts and
+//! logs together.
 //!
 //! A file per concern: [`init`], [`request_span`] and [`ErrorChain`] in `logs.rs`, the JSON
 //! line they write in `json_line.rs`, W3C trace context in [`trace`], its export over OTLP in

@@ -18,7 +18,7 @@ use opentelemetry_sdk::trace::{
 };
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::telemetry::TelemetryConfig;
@@ -67,10 +67,13 @@ where
                 .with_batch_config(batch)
                 .build(),
         )
-        // A caller's sampled flag decides for the traces it started; the ratio for ours.
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            config.sample_ratio,
-        ))))
+        // The ratio decides for new traces and for callers asking to be recorded (anyone can
+        // send a traceparent); a caller that says not to record is followed, and spans under
+        // a span of this process follow it (see `trace`).
+        .with_sampler(
+            Sampler::parent_based(Sampler::TraceIdRatioBased(config.sample_ratio))
+                .with_remote_parent_sampled(Sampler::TraceIdRatioBased(config.sample_ratio)),
+        )
         .with_resource(Resource::builder().with_service_name(service).build())
         .build();
     let tracer = provider.tracer("hookwarden");
@@ -84,7 +87,7 @@ where
             .with_threads(false)
             // Source file and line of every span: bytes per span nobody filters on.
             .with_location(false)
-            .with_filter(filter_fn(exported)),
+            .with_filter(filter_fn(exported).with_max_level_hint(LevelFilter::INFO)),
     ))
 }
 

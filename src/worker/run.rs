@@ -51,8 +51,11 @@ impl Running {
             if slot.amqp.url != next.amqp.url
                 || slot.amqp.queue != next.amqp.queue
                 || slot.state.describe() != next.state.describe()
+                || slot.telemetry.summary() != next.telemetry.summary()
             {
-                tracing::warn!("[amqp] and [state] changes take effect at the next restart");
+                tracing::warn!(
+                    "[amqp], [state] and [telemetry] changes take effect at the next restart"
+                );
             }
             *slot = Arc::new(next);
         }
@@ -430,6 +433,8 @@ impl Batches {
                 tracing::warn!(
                     provider = item.provider().as_deref(),
                     event_id = item.event_id().as_deref(),
+                    // The trace the listener started; a message without one has none here.
+                    trace_id = item.trace().map(|t| t.trace_id()),
                     subject = subject.as_deref(),
                     rule = rule.as_deref(),
                     action = action.as_deref(),

@@ -57,7 +57,12 @@ async fn the_queue_holds_the_bytes_sent_with_the_contract_properties() {
     names.sort();
     assert_eq!(
         names,
-        ["traceparent", "x-provider", "x-signature-scheme", "x-source-ip"]
+        [
+            "traceparent",
+            "x-provider",
+            "x-signature-scheme",
+            "x-source-ip"
+        ]
     );
     // The request had no traceparent: a trace of its own, sampled, the listener's span the parent.
     let trace = header(p, "traceparent").unwrap();

@@ -108,7 +108,10 @@ async fn thresholds_drops_crossings_cooldown_shadow_and_stale_events() {
         .unwrap_or_else(|| panic!("review message; {}", d.record));
     let sent = header(&review.delivery.properties, "traceparent").unwrap();
     assert!(sent.starts_with(&format!("00-{trace}-")), "{sent}");
-    assert!(!sent.contains(listener_span), "the action's own span: {sent}");
+    assert!(
+        !sent.contains(listener_span),
+        "the action's own span: {sent}"
+    );
     let body: serde_json::Value = serde_json::from_slice(&review.delivery.data).unwrap();
     assert_eq!(body["decision"]["rule"], "drop");
     assert_eq!(body["decision"]["subject"], "u2");

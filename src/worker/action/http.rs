@@ -195,10 +195,14 @@ impl Request for Rendered {
 }
 
 /// `request` with the action span's `traceparent` and `tracestate`, unless its own headers
-/// set a `traceparent` (a target that wants another trace's, say).
+/// set either (a target that wants another trace's, say).
 fn traced(request: &HttpRequest, trace: &TraceContext) -> HttpRequest {
     let mut request = request.clone();
-    if request.headers.iter().any(|(n, _)| n == TRACEPARENT) {
+    if request
+        .headers
+        .iter()
+        .any(|(n, _)| n == TRACEPARENT || n == TRACESTATE)
+    {
         return request;
     }
     let mut add = |name: &'static str, value: String| {
