@@ -1,5 +1,5 @@
 //! The worker's Prometheus metrics (`hookwarden_worker_*`): events by outcome, rule matches,
-//! actions run and how long they took, and whether it is consuming; and the rule breakers'
+//! actions run, how long they took and how long paced ones waited for their turn, and whether it is consuming; and the rule breakers'
 //! state (`hookwarden_rule_tripped`).
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -34,6 +34,13 @@ pub struct ActionLabels {
     pub outcome: &'static str,
 }
 
+/// Labels naming an action alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabels {
+    /// Action name.
+    pub action: String,
+}
+
 /// Labels of a rule's breaker.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TripLabels {
@@ -57,6 +64,8 @@ pub struct WorkerMetrics {
     rule_matches: Family<RuleLabels, Counter>,
     actions: Family<ActionLabels, Counter>,
     action_seconds: Histogram,
+    action_waiting: Family<NameLabels, Gauge>,
+    action_wait_seconds: Histogram,
     /// 1 while consuming.
     pub consuming: Gauge,
     /// Messages ready in the events queue at the last (re)connect, when known.
@@ -96,6 +105,20 @@ impl WorkerMetrics {
             "Time an action took, retries included",
             action_seconds.clone(),
         );
+        let action_waiting = Family::<NameLabels, Gauge>::default();
+        worker.register(
+            "action_waiting",
+            "Actions waiting for a turn under their rate or concurrency",
+            action_waiting.clone(),
+        );
+        let action_wait_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
+        );
+        worker.register(
+            "action_wait_seconds",
+            "Time a paced action waited for its turn (not in action_seconds)",
+            action_wait_seconds.clone(),
+        );
         let consuming = Gauge::default();
         worker.register(
             "consuming",
@@ -129,6 +152,8 @@ impl WorkerMetrics {
             rule_matches,
             actions,
             action_seconds,
+            action_waiting,
+            action_wait_seconds,
             consuming,
             queue_depth,
         }
@@ -171,6 +196,20 @@ impl WorkerMetrics {
                 mode,
             })
             .inc();
+    }
+
+    /// The gauge of `action`'s firings waiting for their turn.
+    pub fn action_waiting(&self, action: &str) -> Gauge {
+        self.action_waiting
+            .get_or_create(&NameLabels {
+                action: action.to_owned(),
+            })
+            .clone()
+    }
+
+    /// A paced action got its turn after `waited`.
+    pub fn action_waited(&self, waited: std::time::Duration) {
+        self.action_wait_seconds.observe(waited.as_secs_f64());
     }
 
     /// An action ran (or was skipped by its done-mark).

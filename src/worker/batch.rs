@@ -554,7 +554,12 @@ async fn admit(
         for action in &planned {
             let result = ctx
                 .runner
-                .run(action, &HashSet::new(), Parent::Local(trace))
+                .run(
+                    action,
+                    &HashSet::new(),
+                    Parent::Local(trace),
+                    &rules.actions[action.index].pace,
+                )
                 .await;
             ctx.metrics
                 .action(&result.action, result.outcome.as_str(), result.latency_ms);
@@ -636,7 +641,12 @@ async fn carry_out(
             for planned in &decided.actions {
                 let result = ctx
                     .runner
-                    .run(planned, done, Parent::Local(&rule_trace))
+                    .run(
+                        planned,
+                        done,
+                        Parent::Local(&rule_trace),
+                        &rules.actions[planned.index].pace,
+                    )
                     .instrument(span.clone())
                     .await;
                 ctx.metrics

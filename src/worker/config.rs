@@ -565,12 +565,26 @@ message = "{{ subjekt }}"
 [actions.f]
 kind = "http"
 url = "http://x/{{ env.TOKEN }}"
+
+[actions.g]
+kind = "log"
+message = "paced"
+rate = { max = 0, per = "1s" }
+concurrency = 0
+
+[actions.h]
+kind = "log"
+message = "paced"
+rate = 50
 "#,
             &[],
         );
         for expected in [
+            "actions.g.rate: max must be at least 1 and per longer than 0",
+            "actions.g.concurrency: must be a whole number, at least 1",
+            "actions.h.rate: must be { max = N, per = \"1s\" }",
             "actions.a.kind: unknown kind \"carrier-pigeon\"; expected one of http, amqp, exec, log",
-            "actions.b.url: not a key of kind \"log\" (it takes message)",
+            "actions.b.url: not a key of kind \"log\" (it takes message, and rate, concurrency)",
             "actions.c.url: required for kind \"http\"",
             "actions.d.command: required for kind \"exec\"",
             "actions.e.message: undefined name 'subjekt'; templates see event, provider, type, \
@@ -587,6 +601,22 @@ url = "http://x/{{ env.TOKEN }}"
         assert!(
             amqp.contains("actions.a: exchange and routing_key are at most 255 bytes"),
             "{amqp}"
+        );
+    }
+
+    #[test]
+    fn a_paced_action_is_named_in_the_check_summary() {
+        let text = "[actions.q]\nkind = \"log\"\nmessage = \"m\"\n\
+                    rate = { max = 50, per = \"1s\" }\nconcurrency = 2\n";
+        let config =
+            WorkerConfig::parse("rules.toml", &format!("{SUBJECTS}{text}"), &HashMap::new())
+                .unwrap_or_else(|err| panic!("{err}"));
+        assert!(
+            config
+                .summary()
+                .contains("action \"q\" paced: 50 per 1s, 2 at once"),
+            "{}",
+            config.summary()
         );
     }
 

@@ -162,7 +162,12 @@ pub async fn start(
     let seen = Arc::new(crate::worker::watch::Seen::default());
     let session: Arc<Mutex<Option<Channel>>> = Arc::default();
     let runner = {
-        let (session, http, marks) = (session.clone(), http.clone(), marks.clone());
+        let (session, http, marks, metrics) = (
+            session.clone(),
+            http.clone(),
+            marks.clone(),
+            metrics.clone(),
+        );
         Arc::new(move || {
             let channel = session
                 .lock()
@@ -172,6 +177,7 @@ pub async fn start(
                 http: http.clone(),
                 channel,
                 marks: marks.clone(),
+                metrics: metrics.clone(),
             })
         })
     };
@@ -404,6 +410,7 @@ impl Batches {
                 http: self.http.clone(),
                 channel: publish.clone(),
                 marks: self.marks.clone(),
+                metrics: self.metrics.clone(),
             }),
             store: self.store.clone(),
             metrics: self.metrics.clone(),

@@ -328,7 +328,8 @@ async fn tick(w: &Watching, ticking: &mut Ticking) -> Result<(), StoreError> {
         let mut failed = false;
         for action in &planned {
             // A watch's actions start a trace of their own: no event caused them.
-            let result = runner.run(action, &done, Parent::Remote(None)).await;
+            let pace = &config.rules.actions[action.index].pace;
+            let result = runner.run(action, &done, Parent::Remote(None), pace).await;
             w.metrics
                 .action(&result.action, result.outcome.as_str(), result.latency_ms);
             if result.outcome == action::ActionOutcome::Failed {

@@ -29,6 +29,7 @@ mod worker;
 mod worker_backtest;
 mod worker_breaker;
 mod worker_lists;
+mod worker_pace;
 mod worker_postgres;
 mod worker_stats;
 mod worker_watch;

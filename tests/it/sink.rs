@@ -22,6 +22,8 @@ pub struct Received {
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
     pub body: String,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -33,6 +35,9 @@ struct State {
     fail_always: AtomicU32,
     /// Delay every answer by this many milliseconds.
     delay_ms: AtomicU64,
+    /// Requests being answered now, and the most there have been at once.
+    open: AtomicU32,
+    max_open: AtomicU32,
 }
 
 /// The sink; stops when dropped.
@@ -58,6 +63,8 @@ impl Sink {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let s = s.clone();
                         async move {
+                            let now_open = s.open.fetch_add(1, Ordering::SeqCst) + 1;
+                            s.max_open.fetch_max(now_open, Ordering::SeqCst);
                             let method = req.method().to_string();
                             let path = req.uri().path().to_owned();
                             let idempotency_key = req
@@ -98,9 +105,11 @@ impl Sink {
                                     path,
                                     idempotency_key,
                                     body: String::from_utf8_lossy(&body).into_owned(),
+                                    at: std::time::Instant::now(),
                                 });
                                 200
                             };
+                            s.open.fetch_sub(1, Ordering::SeqCst);
                             let mut response = hyper::Response::new(Full::new(Bytes::new()));
                             *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                             Ok::<_, Infallible>(response)
@@ -143,6 +152,11 @@ impl Sink {
             async move { verdict }
         })
         .await
+    }
+
+    /// The most requests the sink has had open at once.
+    pub fn max_open(&self) -> u32 {
+        self.state.max_open.load(Ordering::SeqCst)
     }
 
     pub fn fail_first(&self, n: u32) {

@@ -8,9 +8,13 @@ mod amqp;
 mod exec;
 mod http;
 mod log;
+mod pace;
+
+pub use pace::Pace;
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
@@ -21,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument as _;
 
 use crate::config::Document;
+use crate::telemetry::WorkerMetrics;
 use crate::telemetry::trace::{self, Parent, TraceContext};
 use crate::worker::facts::Facts;
 use crate::worker::marks::DoneMarks;
@@ -80,6 +85,8 @@ pub struct Runner {
     pub channel: Channel,
     /// Done-marks of completed actions.
     pub marks: DoneMarks,
+    /// Where waits for an action's pace are counted.
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 /// One firing of a rule on an event, as an action's templates see it.
@@ -168,14 +175,18 @@ impl Compiler<'_, '_> {
     }
 }
 
-/// Compiles the table `key` (`actions.NAME`); `None` after reporting its problems.
+/// Keys every kind takes: what it is, and its pace.
+const COMMON_KEYS: [&str; 3] = ["kind", "rate", "concurrency"];
+
+/// Compiles the table `key` (`actions.NAME`) into its kind and pace; `None` after reporting
+/// its problems.
 pub(crate) fn compile(
     doc: &mut Document<'_>,
     key: &str,
     table: ::config::Value,
     templates: &mut Templates,
     review_queue: &str,
-) -> Option<Box<dyn Kind>> {
+) -> Option<(Box<dyn Kind>, Pace)> {
     let fields = match table.clone().into_table() {
         Ok(fields) => fields,
         Err(_) => {
@@ -207,14 +218,14 @@ pub(crate) fn compile(
     };
     let mut foreign: Vec<&String> = fields
         .keys()
-        .filter(|f| f.as_str() != "kind" && !registration.keys.contains(&f.as_str()))
+        .filter(|f| !COMMON_KEYS.contains(&f.as_str()) && !registration.keys.contains(&f.as_str()))
         .collect();
     foreign.sort_by_key(|f| doc.offset_of(&format!("{key}.{f}")));
     for field in &foreign {
         doc.problem(
             &format!("{key}.{field}"),
             format!(
-                "not a key of kind {kind:?} (it takes {})",
+                "not a key of kind {kind:?} (it takes {}, and rate, concurrency)",
                 registration.keys.join(", ")
             ),
         );
@@ -226,8 +237,14 @@ pub(crate) fn compile(
         templates,
         review_queue,
     };
+    let pace = Pace::compile(
+        &mut compiler,
+        fields.get("rate").cloned(),
+        fields.get("concurrency").cloned(),
+    );
     let compiled = (registration.compile)(&mut compiler)?;
-    foreign.is_empty().then_some(compiled)
+    let pace = pace?;
+    foreign.is_empty().then_some((compiled, pace))
 }
 
 /// How running one action ended.
@@ -292,14 +309,16 @@ pub fn idempotency_key(event_key: &str, rule: &str, action: &str) -> String {
 impl Runner {
     /// Runs a planned action: skipped when its key is among `done` (the batch's done-marks, read
     /// once up front), failed when it could not be rendered, else sent in an `action` span
-    /// that is a child of `parent`; a success leaves its done-mark with the writer.
+    /// that is a child of `parent`, once `pace` gives it a turn; a success leaves its
+    /// done-mark with the writer. The time taken counts from the turn, the wait apart.
     pub async fn run(
         &self,
         planned: &crate::worker::decide::PlannedAction,
         done: &HashSet<String>,
         parent: Parent<'_>,
+        pace: &Pace,
     ) -> ActionResult {
-        let started = Instant::now();
+        let mut started = Instant::now();
         let mut result = ActionResult {
             action: planned.action.clone(),
             outcome: ActionOutcome::Failed,
@@ -314,6 +333,17 @@ impl Runner {
         }
         let sent = match &planned.request {
             Ok(request) => {
+                let _turn = if pace.is_paced() {
+                    let waiting = self.metrics.action_waiting(&planned.action);
+                    waiting.inc();
+                    let turn = pace.turn().await;
+                    waiting.dec();
+                    self.metrics.action_waited(turn.waited);
+                    started = Instant::now();
+                    Some(turn)
+                } else {
+                    None
+                };
                 let span = tracing::info_span!(
                     "action",
                     action = %planned.action,

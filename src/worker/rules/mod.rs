@@ -85,6 +85,8 @@ pub struct Action {
     pub name: String,
     /// What it does.
     pub kind: Box<dyn Kind>,
+    /// How fast and how many at once it may be sent (`rate`, `concurrency`).
+    pub pace: action::Pace,
 }
 
 /// Everything a rules file says about deciding and acting.
@@ -129,8 +131,10 @@ impl Rules {
         let mut actions = Vec::new();
         for (name, table) in raw_actions.unwrap_or_default() {
             let key = format!("actions.{name}");
-            if let Some(kind) = action::compile(doc, &key, table, &mut templates, review_queue) {
-                actions.push(Action { name, kind });
+            if let Some((kind, pace)) =
+                action::compile(doc, &key, table, &mut templates, review_queue)
+            {
+                actions.push(Action { name, kind, pace });
             }
         }
         let template_env = check_templates(doc, &templates, env, &score_names);
@@ -205,6 +209,11 @@ impl Rules {
                         ))
                         .unwrap_or_default()
             ));
+        }
+        for a in &self.actions {
+            if let Some(pace) = a.pace.describe() {
+                out.push_str(&format!("action {:?} paced: {pace}\n", a.name));
+            }
         }
         for name in self.lists.names() {
             if let Some(list) = self.lists.get(name) {
