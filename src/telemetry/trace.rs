@@ -36,6 +36,12 @@ pub(super) fn set_exporting() {
     EXPORTING.store(true, Ordering::Relaxed);
 }
 
+/// Whether spans are exported: spans that exist only for the trace (a rule's, an action's)
+/// are not made otherwise, as they would cost each firing and show nobody anything.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 pub(super) fn set_sample_ratio(ratio: f64) {
     SAMPLE_RATIO.store(ratio.to_bits(), Ordering::Relaxed);
 }

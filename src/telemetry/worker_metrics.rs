@@ -1,6 +1,6 @@
 //! The worker's Prometheus metrics (`hookwarden_worker_*`): events by outcome, rule matches,
-//! actions run, how long they took and how long paced ones waited for their turn, and whether it is consuming; and the rule breakers'
-//! state (`hookwarden_rule_tripped`).
+//! actions run, how long they took and how long paced ones waited for their turn, and
+//! whether it is consuming; and the rule breakers' state (`hookwarden_rule_tripped`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -111,8 +111,9 @@ impl WorkerMetrics {
             "Actions waiting for a turn under their rate or concurrency",
             action_waiting.clone(),
         );
+        // Up to about 9 minutes: a paced storm can hold a firing that long.
         let action_wait_seconds = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 20),
         );
         worker.register(
             "action_wait_seconds",

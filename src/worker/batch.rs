@@ -632,11 +632,14 @@ async fn carry_out(
         }
         let mut actions_json = Vec::new();
         if decided.verdict == Verdict::Acts && failure.is_none() && !decided.actions.is_empty() {
-            let span = tracing::info_span!(
-                "rule",
-                rule = %rule.name,
-                trace_id = tracing::field::Empty
-            );
+            let span = match trace::exporting() {
+                true => tracing::info_span!(
+                    "rule",
+                    rule = %rule.name,
+                    trace_id = tracing::field::Empty
+                ),
+                false => tracing::Span::none(),
+            };
             let rule_trace = trace::enter(&span, Parent::Local(trace));
             for planned in &decided.actions {
                 let result = ctx

@@ -580,8 +580,8 @@ rate = 50
             &[],
         );
         for expected in [
-            "actions.g.rate: max must be at least 1 and per longer than 0",
-            "actions.g.concurrency: must be a whole number, at least 1",
+            "actions.g.rate: max must be at least 1, per longer than 0, and per / max at most 1day",
+            "actions.g.concurrency: must be a whole number from 1 to 10000",
             "actions.h.rate: must be { max = N, per = \"1s\" }",
             "actions.a.kind: unknown kind \"carrier-pigeon\"; expected one of http, amqp, exec, log",
             "actions.b.url: not a key of kind \"log\" (it takes message, and rate, concurrency)",

@@ -22,7 +22,7 @@ pub struct Received {
     pub idempotency_key: Option<String>,
     pub traceparent: Option<String>,
     pub body: String,
-    /// When it arrived.
+    /// When it arrived (its headers parsed).
     pub at: std::time::Instant,
 }
 
@@ -63,6 +63,7 @@ impl Sink {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let s = s.clone();
                         async move {
+                            let arrived = std::time::Instant::now();
                             let now_open = s.open.fetch_add(1, Ordering::SeqCst) + 1;
                             s.max_open.fetch_max(now_open, Ordering::SeqCst);
                             let method = req.method().to_string();
@@ -105,7 +106,7 @@ impl Sink {
                                     path,
                                     idempotency_key,
                                     body: String::from_utf8_lossy(&body).into_owned(),
-                                    at: std::time::Instant::now(),
+                                    at: arrived,
                                 });
                                 200
                             };

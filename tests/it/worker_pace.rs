@@ -34,7 +34,9 @@ fn rules(pace: &str) -> String {
     RULES.replace("PACE", pace)
 }
 
-#[tokio::test]
+// Several threads: the worker, the publisher and the sink must not share one, or a stall of
+// one would bunch the sink's arrival times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_spreads_a_storm_and_every_action_still_arrives_once() {
     let sink = Sink::start().await;
     let w = WorkerHarness::for_dregs(&rules("rate = { max = 50, per = \"1s\" }"))

@@ -334,21 +334,25 @@ impl Runner {
         let sent = match &planned.request {
             Ok(request) => {
                 let _turn = if pace.is_paced() {
-                    let waiting = self.metrics.action_waiting(&planned.action);
-                    waiting.inc();
-                    let turn = pace.turn().await;
-                    waiting.dec();
+                    let turn = {
+                        // Counted down on drop too: a wait cut short must not stay counted.
+                        let _waiting = Waiting::new(self.metrics.action_waiting(&planned.action));
+                        pace.turn().await
+                    };
                     self.metrics.action_waited(turn.waited);
                     started = Instant::now();
                     Some(turn)
                 } else {
                     None
                 };
-                let span = tracing::info_span!(
-                    "action",
-                    action = %planned.action,
-                    trace_id = tracing::field::Empty
-                );
+                let span = match trace::exporting() {
+                    true => tracing::info_span!(
+                        "action",
+                        action = %planned.action,
+                        trace_id = tracing::field::Empty
+                    ),
+                    false => tracing::Span::none(),
+                };
                 let trace = trace::enter(&span, parent);
                 request.send(self, &trace).instrument(span).await
             }
@@ -369,6 +373,22 @@ impl Runner {
             Some(error) => result.error = Some(error),
         }
         result
+    }
+}
+
+/// One firing counted in `hookwarden_worker_action_waiting` while it lives.
+struct Waiting(prometheus_client::metrics::gauge::Gauge);
+
+impl Waiting {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -1,9 +1,11 @@
-//! Pacing one action: `rate = { max, per }` starts at most `max` sends per `per`, one every
-//! `per / max` (governor's GCRA bucket without a burst, so that no window of length `per`
-//! ever holds more than `max`), `concurrency = N` keeps at most N open at once. An
-//! action over its pace waits for its turn; it is neither dropped nor failed. Only the firing
-//! that waits is held: other subjects' events, and other actions, go on meanwhile, and a
-//! subject's own events keep their order because its actions run one after another.
+//! Pacing one action in one worker: `rate = { max, per }` starts at most `max` firings per
+//! `per`, one every `per / max` rounded up (governor's GCRA bucket without a burst, so that no
+//! window of length `per` holds more than `max`), `concurrency = N` keeps at most N open at
+//! once. A firing over its pace waits for its turn; it is neither dropped nor failed. The
+//! wait holds that firing and what follows it for its subject (a subject's actions and events
+//! keep their order); the batch's other subjects go on, but the batch is acked only when its
+//! last paced firing has gone, so the batches behind it wait too. Retries inside one firing
+//! are not paced again.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use super::Compiler;
 
@@ -24,11 +26,20 @@ struct RateTable {
     per: Duration,
 }
 
+/// Most firings one action may have open at once.
+const MAX_CONCURRENCY: u32 = 10_000;
+
+/// The longest gap between two starts a rate may ask for.
+const MAX_GAP: Duration = Duration::from_secs(24 * 3600);
+
 /// An action's pace; unpaced by default.
 #[derive(Default)]
 pub struct Pace {
     rate: Option<(RateTable, DefaultDirectRateLimiter)>,
     slots: Option<(u32, Arc<Semaphore>)>,
+    /// Waiters ask the bucket one at a time, first come first served: otherwise every one of
+    /// them wakes at each free start and an arbitrary one wins.
+    queue: Mutex<()>,
 }
 
 impl std::fmt::Debug for Pace {
@@ -61,7 +72,10 @@ impl Pace {
                     None => {
                         c.problem(
                             "rate",
-                            "max must be at least 1 and per longer than 0".to_owned(),
+                            format!(
+                                "max must be at least 1, per longer than 0, and per / max at most {}",
+                                humantime::format_duration(MAX_GAP)
+                            ),
                         );
                         ok = false;
                     }
@@ -77,13 +91,13 @@ impl Pace {
         }
         if let Some(value) = concurrency {
             match value.try_deserialize::<u32>() {
-                Ok(n) if n >= 1 => {
+                Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => {
                     pace.slots = Some((n, Arc::new(Semaphore::new(n as usize))));
                 }
                 _ => {
                     c.problem(
                         "concurrency",
-                        "must be a whole number, at least 1".to_owned(),
+                        format!("must be a whole number from 1 to {MAX_CONCURRENCY}"),
                     );
                     ok = false;
                 }
@@ -97,7 +111,7 @@ impl Pace {
         self.rate.is_some() || self.slots.is_some()
     }
 
-    /// `20 per 1s, 4 at once`, for `--check` and `rules test`; `None` when unpaced.
+    /// `20 per 1s, 4 at once`, for `--check`; `None` when unpaced.
     pub fn describe(&self) -> Option<String> {
         let mut parts = Vec::new();
         if let Some((table, _)) = &self.rate {
@@ -125,6 +139,7 @@ impl Pace {
             None => None,
         };
         if let Some((_, limiter)) = &self.rate {
+            let _first = self.queue.lock().await;
             limiter.until_ready().await;
         }
         Turn {
@@ -134,15 +149,18 @@ impl Pace {
     }
 }
 
-/// `max` per `per`, spread evenly: one every `per / max`, even after a quiet spell (a burst
-/// of `max` then would put nearly `2 × max` into the following `per`); `None` for a zero
-/// `max` or `per`.
+/// `max` per `per`, spread evenly: one every `per / max` (rounded up, so a window of `per`
+/// never holds `max + 1`), even after a quiet spell (a burst of `max` then would put nearly
+/// `2 × max` into the following `per`); `None` for a zero `max` or `per`, or a gap over a day
+/// (governor's clock panics on durations of centuries).
 fn quota(table: RateTable) -> Option<Quota> {
-    NonZeroU32::new(table.max)?;
-    if table.per.is_zero() {
+    let max = NonZeroU32::new(table.max)?;
+    let gap = table.per.as_nanos().div_ceil(u128::from(max.get()));
+    let gap = Duration::from_nanos(u64::try_from(gap).ok()?);
+    if gap.is_zero() || gap > MAX_GAP {
         return None;
     }
-    Quota::with_period(table.per / table.max)
+    Quota::with_period(gap)
 }
 
 #[cfg(test)]
@@ -154,6 +172,7 @@ mod tests {
             rate: quota(RateTable { max, per })
                 .map(|q| (RateTable { max, per }, RateLimiter::direct(q))),
             slots: slots.map(|n| (n, Arc::new(Semaphore::new(n as usize)))),
+            queue: Mutex::new(()),
         }
     }
 
@@ -173,6 +192,18 @@ mod tests {
             })
             .is_none()
         );
+        // A gap of centuries: refused, not a panic in governor's clock. (A gap under a
+        // nanosecond rounds up to one: slower than asked, never faster.)
+        let per = Duration::from_secs(1);
+        let centuries = Duration::from_secs(600 * 365 * 24 * 3600);
+        assert!(
+            quota(RateTable {
+                max: 1,
+                per: centuries
+            })
+            .is_none()
+        );
+        assert!(quota(RateTable { max: 3, per }).is_some());
         let pace = paced(20, Duration::from_secs(1), Some(4));
         assert_eq!(pace.describe().as_deref(), Some("20 per 1s, 4 at once"));
         assert!(Pace::default().describe().is_none());
@@ -201,7 +232,7 @@ mod tests {
         }
         let took = started.elapsed();
         assert!(
-            took >= Duration::from_millis(370) && took < Duration::from_millis(700),
+            took >= Duration::from_millis(370) && took < Duration::from_secs(2),
             "{took:?} for 20 turns at 10 per 200ms"
         );
     }
