@@ -260,6 +260,9 @@ impl WorkerConfig {
             .map(|a| a.review_queue.clone())
             .unwrap_or_default();
         let rules = Rules::compile(&mut doc, env, &review_queue);
+        if let Some(amqp) = &amqp {
+            check_pace(&mut doc, &rules, amqp.prefetch.get());
+        }
         doc.finish()?;
         match (amqp, server, state, archive, log, telemetry) {
             (Some(amqp), Some(server), Some(state), Some(archive), Some(log), Some(telemetry)) => {
@@ -298,6 +301,33 @@ impl WorkerConfig {
             self.telemetry.summary(),
             self.rules.summary()
         )
+    }
+}
+
+/// How long RabbitMQ lets a delivery go unacked before it closes the channel (its default
+/// `consumer_timeout`).
+const CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Refuses a rate so slow that a batch of `prefetch` firings, all paced, would outlast the
+/// broker's `consumer_timeout`: the channel would close, the batch be redelivered, and each
+/// redelivery count towards the delivery limit until the events are dead-lettered.
+fn check_pace(doc: &mut Document<'_>, rules: &Rules, prefetch: u16) {
+    for action in &rules.actions {
+        let Some(gap) = action.pace.gap() else {
+            continue;
+        };
+        let full = gap.saturating_mul(u32::from(prefetch));
+        if full > CONSUMER_TIMEOUT {
+            doc.problem(
+                &format!("actions.{}.rate", action.name),
+                format!(
+                    "a batch of {prefetch} firings at this rate takes {}, past RabbitMQ's \
+                     consumer_timeout ({}): raise the rate or lower amqp.prefetch",
+                    humantime::format_duration(full),
+                    humantime::format_duration(CONSUMER_TIMEOUT)
+                ),
+            );
+        }
     }
 }
 
@@ -576,6 +606,11 @@ concurrency = 0
 kind = "log"
 message = "paced"
 rate = 50
+
+[actions.i]
+kind = "log"
+message = "paced"
+rate = { max = 5, per = "1m" }
 "#,
             &[],
         );
@@ -583,6 +618,8 @@ rate = 50
             "actions.g.rate: max must be at least 1, per longer than 0, and per / max at most 1day",
             "actions.g.concurrency: must be a whole number from 1 to 10000",
             "actions.h.rate: must be { max = N, per = \"1s\" }",
+            "actions.i.rate: a batch of 256 firings at this rate takes 51m 12s, past RabbitMQ's \
+             consumer_timeout (30m): raise the rate or lower amqp.prefetch",
             "actions.a.kind: unknown kind \"carrier-pigeon\"; expected one of http, amqp, exec, log",
             "actions.b.url: not a key of kind \"log\" (it takes message, and rate, concurrency)",
             "actions.c.url: required for kind \"http\"",

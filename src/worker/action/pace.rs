@@ -106,6 +106,13 @@ impl Pace {
         ok.then_some(pace)
     }
 
+    /// The time between two starts under `rate`, if it has one.
+    pub fn gap(&self) -> Option<Duration> {
+        let (table, _) = self.rate.as_ref()?;
+        let gap = table.per.as_nanos().div_ceil(u128::from(table.max.max(1)));
+        Some(Duration::from_nanos(u64::try_from(gap).unwrap_or(u64::MAX)))
+    }
+
     /// Whether anything limits the action.
     pub fn is_paced(&self) -> bool {
         self.rate.is_some() || self.slots.is_some()
