@@ -24,8 +24,8 @@ pub struct TelemetryConfig {
     /// Resolved from `otlp_headers` at load.
     #[serde(skip)]
     pub otlp_headers: Vec<(String, Secret)>,
-    /// The share of traces started here that are recorded, 0 to 1; a trace continued from
-    /// a caller follows the caller's sampled flag.
+    /// The share of traces recorded, 0 to 1, decided by trace id: new traces and those a
+    /// caller asks to be recorded alike; a caller's "do not record" is followed.
     #[serde(default = "default_sample_ratio")]
     pub sample_ratio: f64,
     /// How often finished spans are sent.

@@ -75,9 +75,11 @@ fn well_formed(header: &str) -> bool {
     };
     let dashes = [2, 35, 52].iter().all(|&i| bytes[i] == b'-');
     let fields = hex(0..2) && hex(3..35) && hex(36..52) && hex(53..55);
-    let version_ok = match &header[..2] {
-        "ff" => false,
-        "00" => bytes.len() == 55,
+    // Bytes, not `&header[..2]`: a header read from a message may hold any UTF-8, and a
+    // slice through a character would panic.
+    let version_ok = match &bytes[..2] {
+        b"ff" => false,
+        b"00" => bytes.len() == 55,
         _ => bytes.len() == 55 || bytes[55] == b'-',
     };
     dashes && fields && version_ok
@@ -281,6 +283,8 @@ mod tests {
             "0A-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
             "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            // A character across the version's end, as a message header could carry.
+            "0\u{e9}0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ] {
             assert_eq!(TraceContext::from_headers(Some(bad), None), None, "{bad:?}");
         }
