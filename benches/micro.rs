@@ -160,6 +160,7 @@ fn cel(c: &mut Criterion) {
     let previous = BTreeMap::from([("humanity".to_owned(), 74.0)]);
     let env = BTreeMap::new();
     let lists = hookwarden::worker::lists::Lists::default();
+    let enrich = BTreeMap::new();
     let input = Facts {
         event: &event,
         provider: "dregs",
@@ -171,6 +172,7 @@ fn cel(c: &mut Criterion) {
         previous_at: Some("2026-11-21T14:00:00Z"),
         env: &env,
         lists: &lists,
+        enrich: &enrich,
     };
     // The crossing rule of deploy/rules.toml: below 30 now, at or above it before.
     let rule =

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """A local action target for trying hookwarden: answers 200 to every request and prints
-its method, path, Idempotency-Key and body, one line each. Usage: sink.py [port]"""
+its method, path, Idempotency-Key and body, one line each. It also stands in for an account
+service that lookups ask: GET /accounts/ID answers that account as JSON, 12 days old.
+Usage: sink.py [port]"""
 import http.server
+import json
 import sys
 
 
@@ -18,6 +21,17 @@ class Sink(http.server.BaseHTTPRequestHandler):
     do_PUT = do_POST
 
     def do_GET(self):
+        if self.path.startswith("/accounts/"):
+            # The lookup deploy/rules.toml's [enrich.account] makes.
+            account = self.path[len("/accounts/"):]
+            print(f"lookup received: GET {self.path}", flush=True)
+            body = json.dumps({"id": account, "age_days": 12, "payout_pending": False}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         # A readiness check (run-local waits for it before sending); not an action.
         self.send_response(200)
         self.send_header("Content-Length", "0")

@@ -23,6 +23,8 @@ use crate::listener::extract::{self, ExtractError, FieldRef, parse_body};
 use crate::scheme::Verified;
 use crate::worker::config::WorkerConfig;
 use crate::worker::decide::{self, Decision, Event, EventOutcome};
+use crate::worker::enrich::{self, Answers, Failure, OnError};
+use crate::worker::http::HttpRequest;
 use crate::worker::state::{SubjectState, now_ms};
 use crate::worker::subject::{self, SubjectRead};
 
@@ -112,6 +114,11 @@ pub struct TestArgs {
     /// JSON file with the subject's previous score, time, version and rule firings.
     #[arg(long, value_name = "STATE.json")]
     pub previous: Option<PathBuf>,
+    /// The answer of lookup NAME (`[enrich.NAME]`), from a JSON file, instead of calling
+    /// it (nothing is ever called); repeat for several. A lookup the event needs without one
+    /// is shown with its rendered request, and the rules reading it as errors.
+    #[arg(long = "enrich", value_name = "NAME=FILE.json")]
+    pub enrich: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -160,8 +167,24 @@ pub struct Report {
     pub outcome: &'static str,
     /// Why no rule was evaluated, when none was.
     pub note: Option<String>,
+    /// The lookups the event's rules read, in name order.
+    pub lookups: Vec<LookupReport>,
     /// Every rule whose `events` patterns take this event, in file order.
     pub rules: Vec<RuleReport>,
+}
+
+/// A lookup the event's rules read.
+#[derive(Debug, Serialize)]
+pub struct LookupReport {
+    /// Its name (`enrich.NAME`).
+    pub lookup: String,
+    /// The request the worker would send (method, url, headers); `null` when it cannot be
+    /// rendered.
+    pub request: Value,
+    /// Why the request cannot be rendered; the rules reading it would record this error.
+    pub error: Option<String>,
+    /// The file its answer was read from (`--enrich`); `None`: not called, no answer.
+    pub answer_from: Option<PathBuf>,
 }
 
 impl Report {
@@ -323,15 +346,25 @@ pub fn test(args: &TestArgs, env: &HashMap<String, String>) -> anyhow::Result<Re
         previous,
         outcome: "no_match",
         note: None,
+        lookups: Vec::new(),
         rules: Vec::new(),
     };
     let rules = &config.rules;
+    let supplied = supplied_answers(&args.enrich, rules)?;
+    let answers = match decide::sight(rules, &event) {
+        decide::Sighting::Subject(subject) if !decide::is_stale(&prior, &subject) => {
+            let (answers, lookups) = lookups(rules, &event, &subject, &prior, supplied);
+            report.lookups = lookups;
+            answers
+        }
+        _ => Answers::default(),
+    };
     let score_names: BTreeSet<&str> = rules
         .subjects
         .iter()
         .flat_map(|s| s.scores.iter().map(|(n, _)| n.as_str()))
         .collect();
-    let evaluation = match decide::decide(rules, &event, &prior, now_ms()) {
+    let evaluation = match decide::decide(rules, &event, &prior, &answers, now_ms()) {
         Decision::NoSubject => {
             report.outcome = EventOutcome::NoSubject.as_str();
             report.note = Some(format!(
@@ -422,6 +455,97 @@ pub fn test(args: &TestArgs, env: &HashMap<String, String>) -> anyhow::Result<Re
     }
     report.outcome = evaluation.expected_outcome().as_str();
     Ok(report)
+}
+
+/// The `--enrich NAME=FILE.json` answers, by lookup name, with their files.
+fn supplied_answers(
+    args: &[String],
+    rules: &crate::worker::rules::Rules,
+) -> anyhow::Result<BTreeMap<String, (PathBuf, Value)>> {
+    let mut supplied = BTreeMap::new();
+    for arg in args {
+        let Some((name, file)) = arg.split_once('=') else {
+            bail!("--enrich {arg}: expected NAME=FILE.json");
+        };
+        if !rules.lookups.iter().any(|l| l.name == name) {
+            let known: Vec<&str> = rules.lookups.iter().map(|l| l.name.as_str()).collect();
+            bail!(
+                "--enrich {arg}: the rules file has no [enrich.{name}]; defined: {}",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            );
+        }
+        let path = PathBuf::from(file);
+        let text = std::fs::read(&path)
+            .with_context(|| format!("--enrich {arg}: cannot read {}", path.display()))?;
+        let value: Value = serde_json::from_slice(&text)
+            .with_context(|| format!("--enrich {arg}: {} is not JSON", path.display()))?;
+        supplied.insert(name.to_owned(), (path, value));
+    }
+    Ok(supplied)
+}
+
+/// The lookups the event's rules read: each request rendered as the worker would send it,
+/// answered from `supplied` or not at all.
+fn lookups(
+    rules: &crate::worker::rules::Rules,
+    event: &Event,
+    subject: &SubjectRead,
+    prior: &SubjectState,
+    mut supplied: BTreeMap<String, (PathBuf, Value)>,
+) -> (Answers, Vec<LookupReport>) {
+    let needed = rules.lookups_for(&event.provider, &event.event_type);
+    let requests = decide::with_facts(rules, event, subject, prior, &BTreeMap::new(), |facts| {
+        enrich::requests(&rules.lookups, &rules.templates, &needed, facts)
+    });
+    let mut answers = Answers::default();
+    let mut reports = Vec::new();
+    for (i, request) in requests {
+        let name = rules.lookups[i].name.clone();
+        let (request, error) = match request {
+            Ok(request) => (describe_request(&request), None),
+            Err(reason) => (Value::Null, Some(format!("cannot render: {reason}"))),
+        };
+        let answer_from = match (supplied.remove(&name), &error) {
+            (Some((path, value)), None) => {
+                answers.values.insert(name.clone(), value);
+                Some(path)
+            }
+            (_, Some(reason)) => {
+                answers.failed.insert(name.clone(), failure(reason.clone()));
+                None
+            }
+            // Not run: the rules reading it say so.
+            (None, None) => None,
+        };
+        reports.push(LookupReport {
+            lookup: name,
+            request,
+            error,
+            answer_from,
+        });
+    }
+    (answers, reports)
+}
+
+/// A lookup with no answer here: the rules reading it show its reason. (The worker would
+/// dead-letter the event instead for `on_error = "retry"`; a dry run shows the rules.)
+fn failure(reason: String) -> Failure {
+    Failure {
+        reason,
+        on_error: OnError::SkipRule,
+    }
+}
+
+fn describe_request(request: &HttpRequest) -> Value {
+    serde_json::json!({
+        "method": request.method.as_str(),
+        "url": request.url,
+        "headers": request
+            .headers
+            .iter()
+            .map(|(n, v)| vec![n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()])
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// Where the listener reads a provider's event id and type, and from which config.
@@ -763,6 +887,31 @@ impl fmt::Display for Report {
         writeln!(f, "decision: {} (dry run, nothing sent)", self.outcome)?;
         if let Some(note) = &self.note {
             writeln!(f, "{note}")?;
+        }
+        for lookup in &self.lookups {
+            writeln!(f)?;
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            match (&lookup.error, &lookup.answer_from) {
+                (Some(e), _) => writeln!(f, "lookup {}: {e}", lookup.lookup)?,
+                (None, Some(path)) => writeln!(
+                    f,
+                    "lookup {}: answered from {} (not called)",
+                    lookup.lookup,
+                    path.display()
+                )?,
+                (None, None) => writeln!(
+                    f,
+                    "lookup {}: not called (give --enrich {}=FILE.json for an answer)",
+                    lookup.lookup, lookup.lookup
+                )?,
+            }
+            if lookup.error.is_none() {
+                let r = &lookup.request;
+                writeln!(f, "    {} {}", text(&r["method"]), text(&r["url"]))?;
+                for pair in r["headers"].as_array().into_iter().flatten() {
+                    writeln!(f, "    {}: {}", text(&pair[0]), text(&pair[1]))?;
+                }
+            }
         }
         for rule in &self.rules {
             writeln!(f)?;

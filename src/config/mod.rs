@@ -62,6 +62,7 @@ impl ConfigKind {
                 "rules",
                 "actions",
                 "lists",
+                "enrich",
                 "watch",
             ],
         }
@@ -72,7 +73,7 @@ impl ConfigKind {
         match self {
             Self::Listener => &["providers", "dedupe", "spool"],
             Self::Worker => &[
-                "subjects", "rules", "actions", "state", "archive", "lists", "watch",
+                "subjects", "rules", "actions", "state", "archive", "lists", "enrich", "watch",
             ],
         }
     }

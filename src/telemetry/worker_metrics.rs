@@ -1,6 +1,6 @@
 //! The worker's Prometheus metrics (`hookwarden_worker_*`): events by outcome, rule matches,
-//! actions run, how long they took and how long paced ones waited for their turn, and
-//! whether it is consuming; and the rule breakers' state (`hookwarden_rule_tripped`).
+//! lookups and how long they took, actions run, how long they took and how long paced ones
+//! waited for their turn, and whether it is consuming; and the rule breakers' state (`hookwarden_rule_tripped`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,6 +41,15 @@ pub struct NameLabels {
     pub action: String,
 }
 
+/// Labels of a lookup's answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    /// Lookup name (`[enrich.NAME]`).
+    pub lookup: String,
+    /// `answered`, `cached`, `failed`.
+    pub outcome: &'static str,
+}
+
 /// Labels of a rule's breaker.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TripLabels {
@@ -66,6 +75,8 @@ pub struct WorkerMetrics {
     action_seconds: Histogram,
     action_waiting: Family<NameLabels, Gauge>,
     action_wait_seconds: Histogram,
+    lookups: Family<LookupLabels, Counter>,
+    lookup_seconds: Histogram,
     /// 1 while consuming.
     pub consuming: Gauge,
     /// Messages ready in the events queue at the last (re)connect, when known.
@@ -120,6 +131,20 @@ impl WorkerMetrics {
             "Time a paced action waited for its turn (not in action_seconds)",
             action_wait_seconds.clone(),
         );
+        let lookups = Family::<LookupLabels, Counter>::default();
+        worker.register(
+            "lookups",
+            "Enrichment lookups, by lookup and outcome (answered, cached, failed)",
+            lookups.clone(),
+        );
+        let lookup_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
+        );
+        worker.register(
+            "lookup_seconds",
+            "Time a lookup that was not cached took, retries included",
+            lookup_seconds.clone(),
+        );
         let consuming = Gauge::default();
         worker.register(
             "consuming",
@@ -155,6 +180,8 @@ impl WorkerMetrics {
             action_seconds,
             action_waiting,
             action_wait_seconds,
+            lookups,
+            lookup_seconds,
             consuming,
             queue_depth,
         }
@@ -223,6 +250,20 @@ impl WorkerMetrics {
             .inc();
         if outcome != "skipped" {
             self.action_seconds.observe(latency_ms as f64 / 1000.0);
+        }
+    }
+
+    /// A lookup answered (`answered`, from the cache: `cached`) or not (`failed`), after
+    /// `took` when it was not cached.
+    pub fn lookup(&self, lookup: &str, outcome: &'static str, took: Option<std::time::Duration>) {
+        self.lookups
+            .get_or_create(&LookupLabels {
+                lookup: lookup.to_owned(),
+                outcome,
+            })
+            .inc();
+        if let Some(took) = took {
+            self.lookup_seconds.observe(took.as_secs_f64());
         }
     }
 }

@@ -115,6 +115,8 @@ impl<'r> Replay<'r> {
             event,
             read,
             prior.unwrap_or(&empty),
+            // Lookups are not replayed: a rule that reads one counts as an error.
+            &crate::worker::enrich::Answers::default(),
             at_ms,
             Rendering::VerdictsOnly,
         );

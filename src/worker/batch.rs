@@ -1,6 +1,7 @@
 //! One batch of deliveries: read each, skip what was decided before, group by subject, handle
-//! each subject's events in delivery order (subjects concurrently), and say for each
-//! delivery whether it is acked as handled or dead-lettered, with the state to commit.
+//! each subject's events in delivery order (subjects concurrently: their lookups, decisions
+//! and actions), and say for each delivery whether it is acked as handled or dead-lettered,
+//! with the state to commit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::telemetry::trace::{self, Parent, TRACEPARENT, TRACESTATE, TraceContex
 use crate::worker::action::{ActionOutcome, Runner, idempotency_key};
 use crate::worker::config::WorkerConfig;
 use crate::worker::decide::{self, Event, EventOutcome, Sighting, SubjectDecision, Verdict};
+use crate::worker::enrich::{self, Answers};
 use crate::worker::rules::{Mode, Rules};
 use crate::worker::state::{
     Admission, ArchivedEvent, Batch, DecisionRecord, Store, StoreError, SubjectLock, SubjectState,
@@ -417,7 +419,29 @@ async fn handle_subject(
         });
         let span = delivery_span(&event, &subject.id);
         let trace = trace::enter(&span, Parent::Remote(items[index].trace().as_ref()));
-        let decided = span.in_scope(|| decide::decide_for(rules, &event, subject, &state, now));
+        let answers = lookups(ctx, &event, &subject, &state, &trace)
+            .instrument(span.clone())
+            .await;
+        if !answers.is_empty() {
+            record["enrich"] = answers.record();
+        }
+        if let Some((_, error)) = answers.dead_letter() {
+            // Nothing of the event is decided: its replay, once the lookup's service is
+            // back, decides it as if for the first time.
+            ctx.metrics.event(EventOutcome::DeadLettered.as_str());
+            let fate = Fate::DeadLetter {
+                error,
+                rule: None,
+                action: None,
+                subject: Some(subject.id.clone()),
+            };
+            let record = decision(&event, &key, EventOutcome::DeadLettered, record, now);
+            results.push((index, fate, record, archived));
+            continue;
+        }
+        let decided = span.in_scope(|| {
+            decide::decide_for(rules, &event, subject, &state, &answers, now)
+        });
         let mut evaluation = match decided {
             SubjectDecision::Evaluated(evaluation) => evaluation,
             SubjectDecision::Stale(_) => {
@@ -436,9 +460,12 @@ async fn handle_subject(
             ctx,
             breakers,
             &mut evaluation,
-            &event,
-            &key,
-            &state,
+            Admitting {
+                event: &event,
+                subject_key: &key,
+                prior: &state,
+                answers: &answers,
+            },
             now,
             done,
             &trace,
@@ -488,18 +515,21 @@ async fn handle_subject(
 /// actions; their results come back by the rule's position in `evaluation.rules`, for the
 /// decision record. A redelivered firing whose actions all completed before is not counted
 /// again.
-#[allow(clippy::too_many_arguments)]
 async fn admit(
     ctx: &Context,
     breakers: &Breakers,
     evaluation: &mut decide::Evaluation,
-    event: &Event,
-    subject_key: &str,
-    prior: &SubjectState,
+    admitting: Admitting<'_>,
     now: i64,
     done: &HashSet<String>,
     trace: &TraceContext,
 ) -> Result<Vec<(usize, Vec<Value>)>, StoreError> {
+    let Admitting {
+        event,
+        subject_key,
+        prior,
+        answers,
+    } = admitting;
     let rules = &ctx.config.rules;
     let mut trips = Vec::new();
     let mut held = Vec::new();
@@ -548,6 +578,7 @@ async fn admit(
             event,
             &evaluation.subject,
             prior,
+            answers,
             &trip,
         );
         let mut results = Vec::new();
@@ -582,6 +613,41 @@ async fn admit(
         };
     }
     Ok(trips)
+}
+
+/// The event a firing being admitted past its breaker belongs to.
+struct Admitting<'a> {
+    event: &'a Event,
+    subject_key: &'a str,
+    prior: &'a SubjectState,
+    answers: &'a Answers,
+}
+
+/// Runs the lookups that the rules applying to `event` read, once each, unless the event is
+/// stale (no rule is evaluated then).
+async fn lookups(
+    ctx: &Context,
+    event: &Event,
+    subject: &SubjectRead,
+    prior: &SubjectState,
+    trace: &TraceContext,
+) -> Answers {
+    let rules = &ctx.config.rules;
+    let needed = rules.lookups_for(&event.provider, &event.event_type);
+    if needed.is_empty() || decide::is_stale(prior, subject) {
+        return Answers::default();
+    }
+    let requests = decide::with_facts(rules, event, subject, prior, &Default::default(), |facts| {
+        enrich::requests(&rules.lookups, &rules.templates, &needed, facts)
+    });
+    enrich::answer(
+        &rules.lookups,
+        requests,
+        &ctx.runner.http,
+        &ctx.metrics,
+        trace,
+    )
+    .await
 }
 
 /// The key a subject's state and lock are stored under: `provider/subject`.

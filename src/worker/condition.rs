@@ -45,6 +45,7 @@ pub struct PreparedInput<'a> {
     score: CelMap<'a>,
     previous: CelMap<'a>,
     lists: &'a CelMap<'static>,
+    enrich: CelMap<'a>,
 }
 
 impl<'a> PreparedInput<'a> {
@@ -70,6 +71,13 @@ impl<'a> PreparedInput<'a> {
             score: scores_to_map(input.score),
             previous: CelMap::from(previous),
             lists: input.lists.cel(),
+            enrich: CelMap::from(
+                input
+                    .enrich
+                    .iter()
+                    .map(|(name, answer)| (CelMapKey::from(name.as_str()), json_to_val(answer)))
+                    .collect::<HashMap<_, _>>(),
+            ),
         }
     }
 }
@@ -86,6 +94,7 @@ impl VariableResolver for PreparedInput<'_> {
             Name::Score => &self.score,
             Name::Previous => &self.previous,
             Name::Lists => self.lists,
+            Name::Enrich => &self.enrich,
             Name::Rule
             | Name::EventId
             | Name::Env
@@ -212,9 +221,18 @@ impl Condition {
     /// The lists the condition names as `lists.NAME` (or `lists["NAME"]`), in order of first
     /// appearance, for the load-time check that each exists.
     pub fn list_names(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        list_names(&self.expr, &mut names);
-        names
+        let mut members = Members::default();
+        member_names(&self.expr, "lists", &mut members);
+        members.names
+    }
+
+    /// The lookups the condition reads as `enrich.NAME` (or `enrich["NAME"]`), in order of
+    /// first appearance: the worker runs them before evaluating it. `None` when it reads
+    /// `enrich` otherwise (`enrich[name]`, `size(enrich)`), which needs every lookup.
+    pub fn enrich_names(&self) -> Option<Vec<String>> {
+        let mut members = Members::default();
+        member_names(&self.expr, "enrich", &mut members);
+        (!members.whole).then_some(members.names)
     }
 
     /// Evaluate: `Ok(true/false)`, or `Err(reason)` for evaluation errors and non-bool
@@ -519,28 +537,39 @@ fn is_declared(env: &Arc<Env>, probe: &str, missing: &str) -> bool {
     !matches!(result, Ok(Err(ExecutionError::UndeclaredReference(name))) if name.as_str() == missing)
 }
 
-/// Collects the `NAME` of every `lists.NAME` and `lists["NAME"]` in `expr`.
-fn list_names(expr: &IdedExpr, out: &mut Vec<String>) {
-    let is_lists = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(name) if name == "lists");
+/// The members of one name a condition reads (`lists`, `enrich`).
+#[derive(Default)]
+struct Members {
+    /// Each `root.NAME` and `root["NAME"]`, in order of first appearance.
+    names: Vec<String>,
+    /// Whether `root` is also read some other way, as a whole.
+    whole: bool,
+}
+
+/// Collects into `out` the `NAME` of every `root.NAME` and `root["NAME"]` in `expr`.
+fn member_names(expr: &IdedExpr, root: &str, out: &mut Members) {
+    let is_root = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(name) if name == root);
     let mut push = |name: &str| {
-        if !out.iter().any(|n| n == name) {
-            out.push(name.to_owned());
+        if !out.names.iter().any(|n| n == name) {
+            out.names.push(name.to_owned());
         }
     };
+    let mut children: Vec<&IdedExpr> = Vec::new();
     match &expr.expr {
-        Expr::Select(select) if is_lists(&select.operand) => push(&select.field),
+        Expr::Select(select) if is_root(&select.operand) => {
+            push(&select.field);
+            return;
+        }
         Expr::Call(call)
             if call.func_name == operators::INDEX
                 && call.args.len() == 2
-                && is_lists(&call.args[0])
+                && is_root(&call.args[0])
                 && string_literal(&call.args[1]).is_some() =>
         {
             push(string_literal(&call.args[1]).unwrap_or_default());
+            return;
         }
-        _ => {}
-    }
-    let mut children: Vec<&IdedExpr> = Vec::new();
-    match &expr.expr {
+        Expr::Ident(name) if name == root => out.whole = true,
         Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => {}
         Expr::Select(select) => children.push(&select.operand),
         Expr::Call(call) => {
@@ -561,7 +590,7 @@ fn list_names(expr: &IdedExpr, out: &mut Vec<String>) {
         Expr::Struct(literal) => children.extend(literal.entries.iter().flat_map(entry_parts)),
     }
     for child in children {
-        list_names(child, out);
+        member_names(child, root, out);
     }
 }
 
@@ -800,6 +829,7 @@ mod tests {
         previous_at: Option<String>,
         env: BTreeMap<String, String>,
         lists: crate::worker::lists::Lists,
+        enrich: BTreeMap<String, serde_json::Value>,
     }
 
     impl Fixture {
@@ -827,6 +857,9 @@ mod tests {
                 previous_score,
                 env: BTreeMap::new(),
                 lists: crate::worker::lists::Lists::default(),
+                enrich: [("account".to_owned(), json!({"age_days": 12, "payout_pending": true}))]
+                    .into_iter()
+                    .collect(),
             }
         }
 
@@ -842,6 +875,7 @@ mod tests {
                 previous_at: self.previous_at.as_deref(),
                 env: &self.env,
                 lists: &self.lists,
+                enrich: &self.enrich,
             }
         }
     }
@@ -926,6 +960,25 @@ mod tests {
         let mut other = Fixture::new(20.0, None);
         other.provider = "elsewhere".to_owned();
         assert_eq!(eval(source, &other), Ok(false));
+    }
+
+    #[test]
+    fn lookups_answer_as_enrich_and_are_listed_by_name() {
+        let fixture = Fixture::new(20.0, None);
+        assert_eq!(eval("enrich.account.age_days < 30", &fixture), Ok(true));
+        assert_eq!(eval(r#"enrich["account"].payout_pending"#, &fixture), Ok(true));
+        // A lookup that did not answer is missing, as a missing event field is.
+        assert!(eval("enrich.ledger.balance > 0", &fixture).is_err());
+        assert_eq!(eval("has(enrich.ledger)", &fixture), Ok(false));
+        let names = |source: &str| Condition::compile(source).map(|c| c.enrich_names());
+        assert_eq!(
+            names(r#"enrich.account.age_days < 30 && enrich["ledger"].x > 1 && has(enrich.account.y)"#),
+            Ok(Some(vec!["account".to_owned(), "ledger".to_owned()]))
+        );
+        assert_eq!(names("score.humanity < 30.0"), Ok(Some(Vec::new())));
+        // Read as a whole, it needs every lookup.
+        assert_eq!(names("size(enrich) > 0"), Ok(None));
+        assert_eq!(names(r#"enrich[type].x == 1"#), Ok(None));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! has seen, which rules apply, what their conditions say, which are cooling down, the
 //! actions the firing rules run (rendered, with their idempotency keys) and the subject's
 //! next state. Pure: no I/O and no clock, so the worker ([`crate::worker::batch`] carries a
-//! [`Decision`] out), `hookwarden rules test` and replays decide alike.
+//! [`Decision`] out), `hookwarden rules test` and replays decide alike. What the event's
+//! lookups answered comes in as a value ([`Answers`]), as the event does.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use serde_json::Value;
 
 use crate::worker::action::{self, Firing, Request};
 use crate::worker::condition::PreparedInput;
+use crate::worker::enrich::Answers;
 use crate::worker::facts::{Facts, Name};
 use crate::worker::rules::{Mode, Rules};
 use crate::worker::state::{SubjectState, Trip};
@@ -177,12 +179,21 @@ pub struct PlannedAction {
     pub request: Result<Box<dyn Request>, String>,
 }
 
-/// Decides `event` for a subject whose state is `prior`, at `now_ms` (Unix milliseconds).
-pub fn decide(rules: &Rules, event: &Event, prior: &SubjectState, now_ms: i64) -> Decision {
+/// Decides `event` for a subject whose state is `prior`, with the answers of its lookups,
+/// at `now_ms` (Unix milliseconds).
+pub fn decide(
+    rules: &Rules,
+    event: &Event,
+    prior: &SubjectState,
+    answers: &Answers,
+    now_ms: i64,
+) -> Decision {
     match sight(rules, event) {
         Sighting::NoSubject => Decision::NoSubject,
         Sighting::Unreadable(reason) => Decision::Unreadable(reason),
-        Sighting::Subject(subject) => decide_for(rules, event, subject, prior, now_ms).into(),
+        Sighting::Subject(subject) => {
+            decide_for(rules, event, subject, prior, answers, now_ms).into()
+        }
     }
 }
 
@@ -212,9 +223,18 @@ pub fn decide_for(
     event: &Event,
     subject: SubjectRead,
     prior: &SubjectState,
+    answers: &Answers,
     now_ms: i64,
 ) -> SubjectDecision {
-    decide_rendering(rules, event, subject, prior, now_ms, Rendering::Actions)
+    decide_rendering(
+        rules,
+        event,
+        subject,
+        prior,
+        answers,
+        now_ms,
+        Rendering::Actions,
+    )
 }
 
 /// Whether a decision renders the actions of its firing rules.
@@ -234,13 +254,16 @@ pub fn decide_rendering(
     event: &Event,
     subject: SubjectRead,
     prior: &SubjectState,
+    answers: &Answers,
     now_ms: i64,
     rendering: Rendering,
 ) -> SubjectDecision {
     if is_stale(prior, &subject) {
         return SubjectDecision::Stale(subject);
     }
-    let decided = evaluate(rules, event, &subject, prior, now_ms, rendering);
+    let decided = with_facts(rules, event, &subject, prior, &answers.values, |facts| {
+        evaluate(rules, event, facts, prior, answers, now_ms, rendering)
+    });
     let fired: Vec<&str> = decided
         .iter()
         .filter(|d| d.verdict.fires())
@@ -254,17 +277,18 @@ pub fn decide_rendering(
     })
 }
 
-/// Every rule that applies to `event`, evaluated.
-fn evaluate(
+/// What rules see of `event`, about `subject` whose state is `prior`, with the lookups'
+/// `enrich` answers, handed to `f`.
+pub fn with_facts<R>(
     rules: &Rules,
     event: &Event,
     subject: &SubjectRead,
     prior: &SubjectState,
-    now_ms: i64,
-    rendering: Rendering,
-) -> Vec<RuleDecision> {
+    enrich: &BTreeMap<String, Value>,
+    f: impl FnOnce(&Facts<'_>) -> R,
+) -> R {
     let previous_at = prior.at_ms.and_then(rfc3339_ms);
-    let facts = Facts {
+    f(&Facts {
         event: &event.json,
         provider: &event.provider,
         event_type: &event.event_type,
@@ -275,7 +299,21 @@ fn evaluate(
         previous_at: previous_at.as_deref(),
         env: &rules.template_env,
         lists: &rules.lists,
-    };
+        enrich,
+    })
+}
+
+/// Every rule that applies to `event`, evaluated. A rule that reads a lookup that gave no
+/// answer is not evaluated: its verdict is the lookup's error.
+fn evaluate(
+    rules: &Rules,
+    event: &Event,
+    facts: &Facts<'_>,
+    prior: &SubjectState,
+    answers: &Answers,
+    now_ms: i64,
+    rendering: Rendering,
+) -> Vec<RuleDecision> {
     // Converted to CEL once for all the rules that apply, and only if one does.
     let mut prepared: Option<PreparedInput<'_>> = None;
     let mut decided = Vec::new();
@@ -283,7 +321,15 @@ fn evaluate(
         if !rule.applies(&event.provider, &event.event_type) {
             continue;
         }
-        let prepared = prepared.get_or_insert_with(|| PreparedInput::new(&facts));
+        if let Some(reason) = answers.missing(&rule.enrich) {
+            decided.push(RuleDecision {
+                rule: i,
+                verdict: Verdict::Error(reason),
+                actions: Vec::new(),
+            });
+            continue;
+        }
+        let prepared = prepared.get_or_insert_with(|| PreparedInput::new(facts));
         let verdict = match rule.when.evaluate_prepared(prepared) {
             Err(reason) => Verdict::Error(reason),
             Ok(false) => Verdict::NotMatched,
@@ -297,10 +343,10 @@ fn evaluate(
         // would do before it does it.
         let actions = match verdict.fires() && rendering == Rendering::Actions {
             true => {
-                let context = Firing::context(&facts, &rule.name);
+                let context = Firing::context(facts, &rule.name);
                 rule.actions
                     .iter()
-                    .map(|&index| plan(rules, index, &rule.name, event, &facts, context.clone()))
+                    .map(|&index| plan(rules, index, &rule.name, event, facts, context.clone()))
                     .collect()
             }
             false => Vec::new(),
@@ -421,22 +467,16 @@ pub fn plan_trip(
     event: &Event,
     subject: &SubjectRead,
     prior: &SubjectState,
+    answers: &Answers,
     trip: &Trip,
 ) -> Vec<PlannedAction> {
+    with_facts(rules, event, subject, prior, &answers.values, |facts| {
+        plan_trip_with(rules, rule, facts, trip)
+    })
+}
+
+fn plan_trip_with(rules: &Rules, rule: usize, facts: &Facts<'_>, trip: &Trip) -> Vec<PlannedAction> {
     let rule = &rules.rules[rule];
-    let previous_at = prior.at_ms.and_then(rfc3339_ms);
-    let facts = Facts {
-        event: &event.json,
-        provider: &event.provider,
-        event_type: &event.event_type,
-        event_id: &event.id,
-        subject: &subject.id,
-        score: &subject.scores,
-        previous_score: &prior.scores,
-        previous_at: previous_at.as_deref(),
-        env: &rules.template_env,
-        lists: &rules.lists,
-    };
     let mut context = facts.template_context(&rule.name);
     if let Value::Object(names) = &mut context {
         names.insert(Name::Count.as_str().to_owned(), Value::from(trip.count));
@@ -458,7 +498,7 @@ pub fn plan_trip(
             let key = action::idempotency_key(&trip_key, &rule.name, &action.name);
             let request = action.kind.render(&Firing::new(
                 &rules.templates,
-                &facts,
+                facts,
                 &rule.name,
                 &key,
                 context.clone(),
@@ -561,7 +601,7 @@ fn next_state(
 }
 
 /// True when `subject` is older than what the subject's state has seen.
-fn is_stale(prior: &SubjectState, subject: &SubjectRead) -> bool {
+pub fn is_stale(prior: &SubjectState, subject: &SubjectRead) -> bool {
     matches!((prior.version, subject.version), (Some(seen), Some(v)) if v < seen)
 }
 
@@ -804,7 +844,7 @@ message = "{{ rule }} on {{ subject }}"
             ),
         ];
         for (case, event, prior, expected, outcome) in table {
-            let decision = decide(&rules, &event, &prior, NOW);
+            let decision = decide(&rules, &event, &prior, &Answers::default(), NOW);
             let mut got = verdicts(&decision, &rules);
             // cel's wording of a missing key is its own; that it is an error is ours.
             for (_, verdict) in &mut got {
@@ -821,7 +861,7 @@ message = "{{ rule }} on {{ subject }}"
     #[test]
     fn firing_rules_carry_their_rendered_actions_and_keys() {
         let rules = rules();
-        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), NOW));
+        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), &Answers::default(), NOW));
         let quarantine = &e.rules[0];
         let names: Vec<(&str, &str)> = quarantine
             .actions
@@ -850,14 +890,14 @@ message = "{{ rule }} on {{ subject }}"
         let running: Vec<&str> = e.enforced().map(|(_, a)| a.action.as_str()).collect();
         assert_eq!(running, ["quarantine", "note", "note"]);
         // A rule that does not fire plans nothing.
-        let calm = evaluation(decide(&rules, &scored("u1", 90.0), &seen(95.0, 1), NOW));
+        let calm = evaluation(decide(&rules, &scored("u1", 90.0), &seen(95.0, 1), &Answers::default(), NOW));
         assert!(calm.rules.iter().all(|r| r.actions.is_empty()));
     }
 
     #[test]
     fn next_state_remembers_scores_version_time_and_firings() {
         let rules = rules();
-        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), NOW));
+        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), &Answers::default(), NOW));
         assert_eq!(e.next.version, Some(10));
         assert_eq!(e.next.scores.get("humanity"), Some(&20.0));
         assert_eq!(e.next.at_ms, Some(NOW));
@@ -870,23 +910,23 @@ message = "{{ rule }} on {{ subject }}"
     fn stale_unknown_and_unreadable_events_are_not_evaluated() {
         let rules = rules();
         assert!(matches!(
-            decide(&rules, &scored("u1", 20.0), &seen(60.0, 11), NOW),
+            decide(&rules, &scored("u1", 20.0), &seen(60.0, 11), &Answers::default(), NOW),
             Decision::Stale(s) if s.version == Some(10)
         ));
         // The same version again is not stale: a provider may rescore at one version.
         assert!(matches!(
-            decide(&rules, &scored("u1", 20.0), &seen(60.0, 10), NOW),
+            decide(&rules, &scored("u1", 20.0), &seen(60.0, 10), &Answers::default(), NOW),
             Decision::Evaluated(_)
         ));
         let mut other = scored("u1", 20.0);
         other.provider = "elsewhere".into();
         assert!(matches!(
-            decide(&rules, &other, &SubjectState::default(), NOW),
+            decide(&rules, &other, &SubjectState::default(), &Answers::default(), NOW),
             Decision::NoSubject
         ));
         let unreadable = event("identity.scored", json!({"v": 1, "humanity": 3}));
         assert!(matches!(
-            decide(&rules, &unreadable, &SubjectState::default(), NOW),
+            decide(&rules, &unreadable, &SubjectState::default(), &Answers::default(), NOW),
             Decision::Unreadable(SubjectError::Missing(pointer)) if pointer == "/data/id"
         ));
     }
@@ -894,7 +934,7 @@ message = "{{ rule }} on {{ subject }}"
     #[test]
     fn outcomes_after_running() {
         let rules = rules();
-        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), NOW));
+        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), &Answers::default(), NOW));
         assert_eq!(e.outcome(true, false), EventOutcome::Acted);
         assert_eq!(e.outcome(true, true), EventOutcome::DeadLettered);
         assert_eq!(e.outcome(false, false), EventOutcome::Matched);
@@ -929,7 +969,7 @@ message = "{{ rule }} on {{ subject }}"
         let rules = rules();
         let mut state = seen(60.0, 1);
         state.fired_ms.insert("quarantine".into(), NOW - 1);
-        let e = evaluation(decide(&rules, &scored("u1", 20.0), &state, NOW));
+        let e = evaluation(decide(&rules, &scored("u1", 20.0), &state, &Answers::default(), NOW));
         let records: Vec<Value> = e
             .rules
             .iter()

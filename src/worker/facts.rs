@@ -44,11 +44,14 @@ pub enum Name {
     /// In a silence watch's actions, the watch (name, provider, state, silent_for,
     /// last_seen, silent_since); null otherwise.
     Watch,
+    /// The answers of the `[enrich.*]` lookups the event's rules use, by lookup name
+    /// (`enrich.account.age_days`).
+    Enrich,
 }
 
 impl Name {
     /// Every name, in the order messages list them.
-    pub const ALL: [Name; 14] = [
+    pub const ALL: [Name; 15] = [
         Name::Event,
         Name::Provider,
         Name::Type,
@@ -63,6 +66,7 @@ impl Name {
         Name::Per,
         Name::Subjects,
         Name::Watch,
+        Name::Enrich,
     ];
 
     /// How rules spell it.
@@ -82,6 +86,7 @@ impl Name {
             Self::Per => "per",
             Self::Subjects => "subjects",
             Self::Watch => "watch",
+            Self::Enrich => "enrich",
         }
     }
 
@@ -157,6 +162,9 @@ pub struct Facts<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// The rules file's lists.
     pub lists: &'a Lists,
+    /// The answers of the lookups run for this event, by lookup name (only those that
+    /// answered).
+    pub enrich: &'a BTreeMap<String, Value>,
 }
 
 impl Facts<'_> {
@@ -178,6 +186,11 @@ impl Facts<'_> {
                 self.env
                     .iter()
                     .map(|(k, v)| (k.clone(), Value::from(v.as_str()))),
+            ),
+            Name::Enrich => Value::from_iter(
+                self.enrich
+                    .iter()
+                    .map(|(name, answer)| (name.clone(), answer.clone())),
             ),
             // A trip's own: [`crate::worker::decide::plan_trip`] sets them.
             Name::Count | Name::Per | Name::Subjects | Name::Watch => Value::Null,
@@ -206,6 +219,7 @@ pub struct Sample {
     scores: BTreeMap<String, f64>,
     env: BTreeMap<String, String>,
     lists: Lists,
+    enrich: BTreeMap<String, Value>,
 }
 
 impl Sample {
@@ -222,7 +236,18 @@ impl Sample {
                 .collect(),
             env,
             lists: Lists::default(),
+            enrich: BTreeMap::new(),
         }
+    }
+
+    /// The sample with an empty answer from each of the lookups `names`, so that
+    /// `enrich.NAME` resolves (its fields, like the sample event's, do not).
+    pub fn with_lookups<'n>(mut self, names: impl IntoIterator<Item = &'n str>) -> Self {
+        self.enrich = names
+            .into_iter()
+            .map(|name| (name.to_owned(), Value::Object(serde_json::Map::new())))
+            .collect();
+        self
     }
 
     /// The sample with the rules file's lists, so that conditions naming them evaluate.
@@ -249,6 +274,7 @@ impl Sample {
             previous_at: Some("2026-01-01T00:00:00Z"),
             env: &self.env,
             lists: &self.lists,
+            enrich: &self.enrich,
         }
     }
 }

@@ -1,11 +1,14 @@
-//! HTTP actions: one shared pooled rustls client and a `send` that retries transient failures
-//! with capped, fully jittered exponential backoff and reports what happened instead of failing.
+//! HTTP actions and lookups: one shared pooled rustls client, a `send` that retries transient
+//! failures with capped, fully jittered exponential backoff and reports what happened instead
+//! of failing, and a `fetch` that does the same and keeps the whole answer (within a limit).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
+
+use crate::telemetry::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 
 /// Bytes of the last response body kept in [`HttpOutcome::response_snippet`].
 const SNIPPET_BYTES: usize = 512;
@@ -86,16 +89,56 @@ pub async fn send(
     timeout: Duration,
     policy: RetryPolicy,
 ) -> HttpOutcome {
+    exchange(client, request, timeout, policy, SNIPPET_BYTES).await.0
+}
+
+/// [`send`], keeping the whole body of a 2xx answer up to `limit` bytes: the body, or why
+/// there is none (not a 2xx after the retries, or longer than `limit`, which is not retried).
+pub async fn fetch(
+    client: &reqwest::Client,
+    request: &HttpRequest,
+    timeout: Duration,
+    policy: RetryPolicy,
+    limit: usize,
+) -> (HttpOutcome, Result<Vec<u8>, String>) {
+    let (outcome, body) = exchange(client, request, timeout, policy, limit).await;
+    let body = match (&outcome.error, body) {
+        (Some(error), _) => Err(error.clone()),
+        (None, Body::Whole(bytes)) => Ok(bytes),
+        (None, Body::Cut) => Err(format!(
+            "answer cut short: longer than {limit} bytes, or broken off"
+        )),
+    };
+    (outcome, body)
+}
+
+/// A 2xx answer's body as read.
+enum Body {
+    /// All of it.
+    Whole(Vec<u8>),
+    /// Longer than asked for, or broken off.
+    Cut,
+}
+
+async fn exchange(
+    client: &reqwest::Client,
+    request: &HttpRequest,
+    timeout: Duration,
+    policy: RetryPolicy,
+    keep: usize,
+) -> (HttpOutcome, Body) {
     let max_attempts = policy.retries.saturating_add(1);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let result = attempt(client, request, timeout).await;
+        let result = attempt(client, request, timeout, keep).await;
+        let mut body = Body::Cut;
         let (outcome, retryable, retry_after) = match result {
             Attempt::Response {
                 status,
                 retry_after,
-                snippet,
+                prefix,
+                whole,
             } => {
                 let ok = status.is_success();
                 let outcome = HttpOutcome {
@@ -103,8 +146,11 @@ pub async fn send(
                     attempts,
                     status: Some(status.as_u16()),
                     error: (!ok).then(|| format!("HTTP {status}")),
-                    response_snippet: Some(snippet),
+                    response_snippet: Some(lossy_prefix(&prefix[..prefix.len().min(SNIPPET_BYTES)])),
                 };
+                if whole {
+                    body = Body::Whole(prefix);
+                }
                 (outcome, retryable_status(status), retry_after)
             }
             Attempt::Failed { error, retryable } => {
@@ -119,7 +165,7 @@ pub async fn send(
             }
         };
         if outcome.ok || !retryable || attempts >= max_attempts {
-            return outcome;
+            return (outcome, body);
         }
         let delay = match retry_after {
             Some(wait) => wait.min(policy.max),
@@ -129,11 +175,37 @@ pub async fn send(
     }
 }
 
+/// `request` with the span's `traceparent` and `tracestate` (`trace`), unless its own headers
+/// set either (a target that wants another trace's, say).
+pub fn traced(request: &HttpRequest, trace: &TraceContext) -> HttpRequest {
+    let mut request = request.clone();
+    if request
+        .headers
+        .iter()
+        .any(|(n, _)| n == TRACEPARENT || n == TRACESTATE)
+    {
+        return request;
+    }
+    let mut add = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            request.headers.push((HeaderName::from_static(name), value));
+        }
+    };
+    add(TRACEPARENT, trace.traceparent());
+    if let Some(state) = trace.tracestate() {
+        add(TRACESTATE, state);
+    }
+    request
+}
+
 enum Attempt {
     Response {
         status: StatusCode,
         retry_after: Option<Duration>,
-        snippet: String,
+        /// The body's first bytes, as many as asked for.
+        prefix: Vec<u8>,
+        /// Whether `prefix` is the whole body.
+        whole: bool,
     },
     Failed {
         error: String,
@@ -141,7 +213,12 @@ enum Attempt {
     },
 }
 
-async fn attempt(client: &reqwest::Client, request: &HttpRequest, timeout: Duration) -> Attempt {
+async fn attempt(
+    client: &reqwest::Client,
+    request: &HttpRequest,
+    timeout: Duration,
+    keep: usize,
+) -> Attempt {
     // One deadline for the whole attempt, so a slow body cannot extend it.
     let deadline = Instant::now() + timeout;
     let mut builder = client.request(request.method.clone(), request.url.as_str());
@@ -184,28 +261,34 @@ async fn attempt(client: &reqwest::Client, request: &HttpRequest, timeout: Durat
     let retry_after = retry_after(response.headers());
     let mut prefix = Vec::new();
     // The status is already final; a body that is slow or breaks only truncates the snippet.
-    let _ = tokio::time::timeout_at(deadline, read_prefix(&mut response, &mut prefix)).await;
+    let whole = tokio::time::timeout_at(deadline, read_prefix(&mut response, &mut prefix, keep))
+        .await
+        .unwrap_or(false);
     Attempt::Response {
         status,
         retry_after,
-        snippet: lossy_prefix(&prefix),
+        prefix,
+        whole,
     }
 }
 
-/// Appends up to `SNIPPET_BYTES` of the body to `prefix` and drains up to `DRAIN_BYTES`.
-/// Writes into the caller's buffer so the bytes survive a timeout cancelling this future.
-async fn read_prefix(response: &mut reqwest::Response, prefix: &mut Vec<u8>) {
+/// Appends up to `keep` bytes of the body to `prefix` and drains up to `DRAIN_BYTES` (or
+/// just past `keep`): whether `prefix` then holds the whole body. Writes into the caller's
+/// buffer so the bytes survive a timeout cancelling this future.
+async fn read_prefix(response: &mut reqwest::Response, prefix: &mut Vec<u8>, keep: usize) -> bool {
     let mut seen = 0usize;
-    while seen < DRAIN_BYTES {
+    while seen < DRAIN_BYTES.max(keep.saturating_add(1)) {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = SNIPPET_BYTES.saturating_sub(prefix.len());
+                let room = keep.saturating_sub(prefix.len());
                 prefix.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 seen = seen.saturating_add(chunk.len());
             }
-            Ok(None) | Err(_) => return,
+            Ok(None) => return seen <= keep,
+            Err(_) => return false,
         }
     }
+    false
 }
 
 fn retryable_status(status: StatusCode) -> bool {

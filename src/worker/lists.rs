@@ -371,6 +371,7 @@ actions = []
             previous_at: None,
             env: &BTreeMap::new(),
             lists: &rules.lists,
+            enrich: &BTreeMap::new(),
         };
         rules.rules[0].when.evaluate(&facts)
     }

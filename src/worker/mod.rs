@@ -2,7 +2,8 @@
 //! actions, exactly once in effect and in order per subject.
 //!
 //! Path of a delivery: [`crate::broker::consumer`] takes a batch and hands it to [`run`] →
-//! [`batch`] reads, dedupes and groups it ([`subject`] reads who each event is about) →
+//! [`batch`] reads, dedupes and groups it ([`subject`] reads who each event is about) and
+//! runs the [`enrich`] lookups the event's rules read →
 //! [`decide`], pure, evaluates the [`rules`]' [`condition`]s over the event's [`facts`] and
 //! renders the firing rules' actions ([`template`]s) into a `Decision` → the batch carries it
 //! out: [`action`] runs each planned action (a file per kind: http over [`http`], exec over
@@ -15,6 +16,7 @@ pub mod batch;
 pub mod condition;
 pub mod config;
 pub mod decide;
+pub mod enrich;
 pub mod exec;
 pub mod facts;
 pub mod http;

@@ -10,6 +10,15 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 /// Longest source excerpt quoted in an error message; keeps log lines bounded.
 const MAX_SNIPPET: usize = 80;
 
+/// What a template reads of one name ([`Templates::member_refs`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MemberRefs {
+    /// Its members read as `root.X`, sorted.
+    pub names: Vec<String>,
+    /// Whether it reads the name in some other way, so possibly any member.
+    pub whole: bool,
+}
+
 /// All action templates of one rules file, compiled once at load.
 ///
 /// `Send + Sync`: rendering takes `&self`, so one instance can be shared by all workers.
@@ -91,20 +100,32 @@ impl Templates {
     /// is what a load-time "is every secret defined?" check wants. Subscript forms such as
     /// `env["X"]` or `env[name]` are not seen; they still fail at render if undefined.
     pub fn env_refs(&self, id: TemplateId) -> Vec<String> {
+        self.member_refs(id, "env").names
+    }
+
+    /// The members `X` of every dotted `root.X` reference (sorted, deduplicated), and
+    /// whether `root` is also read otherwise (`root["X"]`, `root | items`), which may read
+    /// any member. A static scan, as [`Templates::env_refs`].
+    pub fn member_refs(&self, id: TemplateId, root: &str) -> MemberRefs {
+        let mut refs = MemberRefs::default();
         let Some(tmpl) = self.compiled(id) else {
-            return Vec::new();
+            return refs;
         };
-        let refs: BTreeSet<String> = tmpl
-            .undeclared_variables(true)
-            .into_iter()
-            .filter_map(|var| {
-                let rest = var.strip_prefix("env.")?;
-                // `env.A.b` is still a reference to variable A.
+        let prefix = format!("{root}.");
+        let mut names = BTreeSet::new();
+        for var in tmpl.undeclared_variables(true) {
+            if var == root {
+                refs.whole = true;
+            } else if let Some(rest) = var.strip_prefix(&prefix) {
+                // `env.A.b` is still a reference to member A.
                 let first = rest.split('.').next().unwrap_or(rest);
-                (!first.is_empty()).then(|| first.to_owned())
-            })
-            .collect();
-        refs.into_iter().collect()
+                if !first.is_empty() {
+                    names.insert(first.to_owned());
+                }
+            }
+        }
+        refs.names = names.into_iter().collect();
+        refs
     }
 
     /// Every template as (name, id), in the order added.

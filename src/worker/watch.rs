@@ -407,6 +407,7 @@ fn plan(
         previous_at: None,
         env: &rules.template_env,
         lists: &rules.lists,
+        enrich: &std::collections::BTreeMap::new(),
     };
     let mut context = facts.template_context(&watch.name);
     if let Value::Object(names) = &mut context {

@@ -244,7 +244,8 @@ const EXAMPLE: &str = concat!(
 
 #[tokio::test]
 async fn rules_test_shows_what_the_shipped_rules_decide_and_would_send() {
-    let out = rules_test(&["--provider", "dregs", EXAMPLE]).await;
+    let answer = format!("account={}", example(ACCOUNT_ANSWER));
+    let out = rules_test(&["--provider", "dregs", "--enrich", &answer, EXAMPLE]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let text = stdout(&out);
     let key = hookwarden::worker::action::idempotency_key(
@@ -281,6 +282,8 @@ async fn rules_test_shows_what_the_shipped_rules_decide_and_would_send() {
         "dregs",
         "--previous",
         previous.to_str().unwrap(),
+        "--enrich",
+        &answer,
         "--json",
         EXAMPLE,
     ])
@@ -425,6 +428,68 @@ async fn rules_test(args: &[&str]) -> std::process::Output {
     run(&all).await
 }
 
+/// What deploy/rules.toml's account lookup answers for the example's subject.
+const ACCOUNT_ANSWER: &str = "enrich/account-usr_48213.json";
+
+#[tokio::test]
+async fn rules_test_shows_the_lookups_an_event_needs_and_takes_their_answers_from_files() {
+    let event = example("dregs-identity-scored.json");
+    // Without an answer: the request the worker would send, and the rule reading it errs.
+    let out = rules_test(&["--config", LISTENER_TOML, "--provider", "dregs", &event]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "lookup account: not called (give --enrich account=FILE.json for an answer)\n    \
+             GET http://127.0.0.1:8089/accounts/usr_48213\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "rule quarantine-low-humanity (enforce): error: lookup \"account\" was not run"
+        ),
+        "{text}"
+    );
+    // With one: the condition reads it and the alert's template renders it.
+    let answer = format!("account={}", example(ACCOUNT_ANSWER));
+    let args = ["--config", LISTENER_TOML, "--provider", "dregs", "--enrich", &answer];
+    let out = rules_test(&[&args[..], &[event.as_str()]].concat()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let text = stdout(&out);
+    assert!(text.contains("decision: acted"), "{text}");
+    assert!(text.contains("account 12 days old"), "{text}");
+    // An old account: the same event does not quarantine.
+    let dir = crate::harness::tempdir::Dir::new();
+    let old = dir.path.join("old.json");
+    std::fs::write(&old, r#"{"age_days": 400}"#).unwrap();
+    let answer = format!("account={}", old.display());
+    let args = ["--config", LISTENER_TOML, "--provider", "dregs", "--enrich", &answer, "--json"];
+    let out = rules_test(&[&args[..], &[event.as_str()]].concat()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rules"][0]["rule"], "quarantine-low-humanity");
+    assert_eq!(report["rules"][0]["result"], "not_matched");
+    assert_eq!(report["lookups"][0]["answer_from"], old.display().to_string());
+    // A lookup the rules file does not define, and an answer that is not JSON.
+    let out = rules_test(&["--provider", "dregs", "--enrich", "acount=x.json", &event]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--enrich acount=x.json: the rules file has no [enrich.acount]; defined: account"),
+        "{}",
+        explain(&out)
+    );
+    std::fs::write(&old, "age: 400").unwrap();
+    let out = rules_test(&["--provider", "dregs", "--enrich", &answer, &event]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not JSON"),
+        "{}",
+        explain(&out)
+    );
+}
+
 fn example(file: &str) -> String {
     format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -435,6 +500,8 @@ async fn rules_test_runs_every_example_with_the_shipped_files() {
         std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            // examples/enrich holds lookup answers, not events.
+            .filter(|name| name.ends_with(".json"))
             .collect();
     shipped.sort();
     let mut known: Vec<&str> = EXAMPLES.iter().map(|(f, _)| *f).collect();
@@ -449,6 +516,8 @@ async fn rules_test_runs_every_example_with_the_shipped_files() {
             LISTENER_TOML,
             "--provider",
             provider,
+            "--enrich",
+            &format!("account={}", example(ACCOUNT_ANSWER)),
             "--json",
             &example(file),
         ])
@@ -630,6 +699,8 @@ fn a_reader_that_goes_away_is_not_a_panic() {
             LISTENER_TOML,
             "--provider",
             "dregs",
+            "--enrich",
+            &format!("account={}", example(ACCOUNT_ANSWER)),
             &example("dregs-identity-scored.json"),
         ])
         .stdout(std::process::Stdio::piped())

@@ -28,6 +28,7 @@ mod traces;
 mod worker;
 mod worker_backtest;
 mod worker_breaker;
+mod worker_enrich;
 mod worker_lists;
 mod worker_pace;
 mod worker_postgres;

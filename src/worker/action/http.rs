@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Compiler, Firing, Kind, Registration, Request, Runner, Sent};
-use crate::telemetry::trace::{TRACEPARENT, TRACESTATE, TraceContext};
+use crate::telemetry::trace::TraceContext;
 use crate::worker::http::{self as send, HttpRequest, RetryPolicy};
 use crate::worker::template::TemplateId;
 
@@ -169,7 +169,7 @@ impl Request for Rendered {
 
     fn send<'a>(&'a self, with: &'a Runner, trace: &'a TraceContext) -> BoxFuture<'a, Sent> {
         async move {
-            let request = traced(&self.request, trace);
+            let request = send::traced(&self.request, trace);
             let policy = RetryPolicy {
                 retries: self.retries,
                 base: Duration::from_millis(200),
@@ -192,27 +192,4 @@ impl Request for Rendered {
         }
         .boxed()
     }
-}
-
-/// `request` with the action span's `traceparent` and `tracestate`, unless its own headers
-/// set either (a target that wants another trace's, say).
-fn traced(request: &HttpRequest, trace: &TraceContext) -> HttpRequest {
-    let mut request = request.clone();
-    if request
-        .headers
-        .iter()
-        .any(|(n, _)| n == TRACEPARENT || n == TRACESTATE)
-    {
-        return request;
-    }
-    let mut add = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            request.headers.push((HeaderName::from_static(name), value));
-        }
-    };
-    add(TRACEPARENT, trace.traceparent());
-    if let Some(state) = trace.tracestate() {
-        add(TRACESTATE, state);
-    }
-    request
 }

@@ -14,10 +14,11 @@ use wildmatch::WildMatch;
 use crate::config::Document;
 use crate::worker::action::{self, Kind};
 use crate::worker::condition::Condition;
+use crate::worker::enrich::{self, Lookup};
 use crate::worker::facts::{Name, Sample};
 use crate::worker::lists::Lists;
 use crate::worker::subject::SubjectSpec;
-use crate::worker::template::Templates;
+use crate::worker::template::{MemberRefs, Templates};
 
 /// Whether a rule acts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,9 @@ pub struct Rule {
     pub limit: Option<Limit>,
     /// Indexes into [`Rules::actions`]: run once when the rule trips.
     pub on_trip: Vec<usize>,
+    /// The lookups its condition and its actions' templates read (`enrich.NAME`), sorted:
+    /// run before it is evaluated.
+    pub enrich: Vec<String>,
 }
 
 /// A rule's breaker (`limit = { actions = 100, per = "10m" }`).
@@ -106,6 +110,8 @@ pub struct Rules {
     pub lists: Lists,
     /// `[[watch]]`: silence watches.
     pub watches: Vec<crate::worker::watch::Watch>,
+    /// `[enrich.*]`: lookups, in name order.
+    pub lookups: Vec<Lookup>,
 }
 
 impl Rules {
@@ -128,6 +134,7 @@ impl Rules {
             .collect();
 
         let mut templates = Templates::new();
+        let lookups = enrich::compile(doc, &mut templates);
         let mut actions = Vec::new();
         for (name, table) in raw_actions.unwrap_or_default() {
             let key = format!("actions.{name}");
@@ -137,8 +144,11 @@ impl Rules {
                 actions.push(Action { name, kind, pace });
             }
         }
-        let template_env = check_templates(doc, &templates, env, &score_names);
+        let lookup_names: Vec<&str> = lookups.iter().map(|l| l.name.as_str()).collect();
+        let template_env = check_templates(doc, &templates, env, &score_names, &lookup_names);
         let watches = crate::worker::watch::compile(doc, &actions);
+        let reads = action_lookups(&actions, &templates, &lookup_names);
+        check_watch_lookups(doc, &watches, &actions, &reads);
 
         let mut rules = Vec::new();
         let mut names = BTreeSet::new();
@@ -151,9 +161,15 @@ impl Rules {
                     format!("rule {:?} is defined twice", raw.name),
                 );
             }
-            if let Some(rule) =
-                build_rule(doc, &key, raw, &actions, &subjects, &score_names, &lists)
-            {
+            let known = Known {
+                actions: &actions,
+                subjects: &subjects,
+                score_names: &score_names,
+                lists: &lists,
+                lookups: &lookup_names,
+                reads: &reads,
+            };
+            if let Some(rule) = build_rule(doc, &key, raw, &known) {
                 rules.push(rule);
             }
         }
@@ -165,7 +181,26 @@ impl Rules {
             template_env,
             lists,
             watches,
+            lookups,
         }
+    }
+
+    /// The lookups (indexes into [`Rules::lookups`]) that the rules applying to events of
+    /// `provider` and `event_type` read, each once.
+    pub fn lookups_for(&self, provider: &str, event_type: &str) -> Vec<usize> {
+        if self.lookups.is_empty() {
+            return Vec::new();
+        }
+        let mut needed: Vec<usize> = self
+            .rules
+            .iter()
+            .filter(|r| !r.enrich.is_empty() && r.applies(provider, event_type))
+            .flat_map(|r| r.enrich.iter())
+            .filter_map(|name| self.lookups.iter().position(|l| &l.name == name))
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        needed
     }
 
     /// The first subject spec that reads events of `provider` and `event_type`.
@@ -208,6 +243,24 @@ impl Rules {
                             humantime::format_duration(l.per)
                         ))
                         .unwrap_or_default()
+            ));
+        }
+        for l in &self.lookups {
+            let readers: Vec<&str> = self
+                .rules
+                .iter()
+                .filter(|r| r.enrich.contains(&l.name))
+                .map(|r| r.name.as_str())
+                .collect();
+            out.push_str(&format!(
+                "lookup {:?}: {}; read by {}\n",
+                l.name,
+                l.describe(),
+                if readers.is_empty() {
+                    "no rule (never run)".to_owned()
+                } else {
+                    readers.join(", ")
+                }
             ));
         }
         for a in &self.actions {
@@ -316,15 +369,26 @@ fn build_subjects(doc: &mut Document<'_>, raw: Vec<Option<RawSubject>>) -> Vec<S
     out
 }
 
-fn build_rule(
-    doc: &mut Document<'_>,
-    key: &str,
-    raw: RawRule,
-    actions: &[Action],
-    subjects: &[SubjectSpec],
-    score_names: &BTreeSet<String>,
-    lists: &Lists,
-) -> Option<Rule> {
+/// What a rule may refer to.
+struct Known<'k> {
+    actions: &'k [Action],
+    subjects: &'k [SubjectSpec],
+    score_names: &'k BTreeSet<String>,
+    lists: &'k Lists,
+    /// The `[enrich.*]` names.
+    lookups: &'k [&'k str],
+    /// What each action's templates read of `enrich`, by action index.
+    reads: &'k [MemberRefs],
+}
+
+fn build_rule(doc: &mut Document<'_>, key: &str, raw: RawRule, known: &Known<'_>) -> Option<Rule> {
+    let Known {
+        actions,
+        subjects,
+        score_names,
+        lists,
+        ..
+    } = *known;
     let mut ok = true;
     let mut events = Vec::new();
     for (j, pattern) in raw.events.iter().enumerate() {
@@ -349,7 +413,8 @@ fn build_rule(
         ok = false;
     }
     let sample = Sample::new(score_names.iter().map(String::as_str), BTreeMap::new())
-        .with_lists(lists.clone());
+        .with_lists(lists.clone())
+        .with_lookups(known.lookups.iter().copied());
     let when = match Condition::compile_checked(&raw.when, &sample.facts()) {
         Ok(c) => {
             scores::check_names(doc, &format!("{key}.when"), &c, &events, subjects);
@@ -367,6 +432,12 @@ fn build_rule(
                             }
                         ),
                     );
+                    ok = false;
+                }
+            }
+            for name in c.enrich_names().unwrap_or_default() {
+                if !known.lookups.contains(&name.as_str()) {
+                    doc.problem(&format!("{key}.when"), no_lookup(&name, known.lookups));
                     ok = false;
                 }
             }
@@ -423,6 +494,7 @@ fn build_rule(
             Mode::Shadow
         }
     };
+    let enrich = rule_lookups(when.as_ref(), &indexes, &on_trip, known);
     match (ok, when) {
         (true, Some(when)) => Some(Rule {
             name: raw.name,
@@ -433,6 +505,7 @@ fn build_rule(
             mode,
             limit: raw.limit,
             on_trip,
+            enrich,
         }),
         _ => None,
     }
@@ -464,6 +537,91 @@ fn action_indexes(
     indexes
 }
 
+/// The lookups a rule reads: those its condition names and those its actions' and on_trip
+/// actions' templates name; every lookup when either reads `enrich` as a whole. Sorted.
+fn rule_lookups(
+    when: Option<&Condition>,
+    actions: &[usize],
+    on_trip: &[usize],
+    known: &Known<'_>,
+) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    let mut whole = false;
+    match when.map(Condition::enrich_names) {
+        Some(Some(read)) => names.extend(read),
+        Some(None) => whole = true,
+        None => {}
+    }
+    for &a in actions.iter().chain(on_trip) {
+        if let Some(reads) = known.reads.get(a) {
+            whole |= reads.whole;
+            names.extend(reads.names.iter().cloned());
+        }
+    }
+    if whole {
+        names.extend(known.lookups.iter().map(|n| (*n).to_owned()));
+    }
+    names
+        .into_iter()
+        .filter(|n| known.lookups.contains(&n.as_str()))
+        .collect()
+}
+
+/// What each action's templates read of `enrich`, by action index.
+fn action_lookups(actions: &[Action], templates: &Templates, lookups: &[&str]) -> Vec<MemberRefs> {
+    actions
+        .iter()
+        .map(|action| {
+            let prefix = format!("actions.{}.", action.name);
+            let mut reads = MemberRefs::default();
+            for (_, id) in templates.all().into_iter().filter(|(n, _)| n.starts_with(&prefix)) {
+                let refs = templates.member_refs(id, Name::Enrich.as_str());
+                reads.whole |= refs.whole;
+                reads.names.extend(refs.names);
+            }
+            reads.names.retain(|n| lookups.contains(&n.as_str()));
+            reads.names.sort_unstable();
+            reads.names.dedup();
+            reads
+        })
+        .collect()
+}
+
+/// A watch has no event to look anything up for: its actions cannot read `enrich`.
+fn check_watch_lookups(
+    doc: &mut Document<'_>,
+    watches: &[crate::worker::watch::Watch],
+    actions: &[Action],
+    reads: &[MemberRefs],
+) {
+    for (i, watch) in watches.iter().enumerate() {
+        for &a in watch.actions.iter().chain(&watch.on_recover) {
+            let Some(r) = reads.get(a) else { continue };
+            if r.whole || !r.names.is_empty() {
+                doc.problem(
+                    &format!("watch[{i}]"),
+                    format!(
+                        "action {:?} reads enrich, but a watch's actions have no event to look                          anything up for",
+                        actions[a].name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Why `enrich.NAME` names nothing.
+fn no_lookup(name: &str, lookups: &[&str]) -> String {
+    format!(
+        "no lookup named {name:?} (enrich.{name}); defined: {}",
+        if lookups.is_empty() {
+            "none (add [enrich.NAME] kind = \"http\", url = \"…\")".to_owned()
+        } else {
+            lookups.join(", ")
+        }
+    )
+}
+
 /// Checks every template against the names templates may use and the environment, and
 /// returns the `env.NAME` values they reference.
 fn check_templates(
@@ -471,9 +629,15 @@ fn check_templates(
     templates: &Templates,
     env: &HashMap<String, String>,
     score_names: &BTreeSet<String>,
+    lookups: &[&str],
 ) -> BTreeMap<String, String> {
     let mut used = BTreeMap::new();
     for (name, id) in templates.all() {
+        for lookup in templates.member_refs(id, Name::Enrich.as_str()).names {
+            if !lookups.contains(&lookup.as_str()) {
+                doc.problem(&name, no_lookup(&lookup, lookups));
+            }
+        }
         for var in templates.undeclared(id) {
             if Name::parse(&var).is_none() {
                 let names: Vec<&str> = Name::template_names().collect();
@@ -497,7 +661,8 @@ fn check_templates(
     }
     // Render each once with a sample, so unknown filters and syntax only found at render
     // surface now; undefined *fields* of the sample event are not errors here.
-    let sample = Sample::new(score_names.iter().map(String::as_str), used);
+    let sample =
+        Sample::new(score_names.iter().map(String::as_str), used).with_lookups(lookups.iter().copied());
     // The names only a trip's or a watch's actions see are set as they would be there.
     let mut sample_context = sample.facts().template_context("sample-rule");
     if let serde_json::Value::Object(names) = &mut sample_context {
