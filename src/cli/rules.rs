@@ -471,7 +471,11 @@ fn supplied_answers(
             let known: Vec<&str> = rules.lookups.iter().map(|l| l.name.as_str()).collect();
             bail!(
                 "--enrich {arg}: the rules file has no [enrich.{name}]; defined: {}",
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
             );
         }
         let path = PathBuf::from(file);

@@ -439,9 +439,8 @@ async fn handle_subject(
             results.push((index, fate, record, archived));
             continue;
         }
-        let decided = span.in_scope(|| {
-            decide::decide_for(rules, &event, subject, &state, &answers, now)
-        });
+        let decided =
+            span.in_scope(|| decide::decide_for(rules, &event, subject, &state, &answers, now));
         let mut evaluation = match decided {
             SubjectDecision::Evaluated(evaluation) => evaluation,
             SubjectDecision::Stale(_) => {

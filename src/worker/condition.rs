@@ -857,9 +857,12 @@ mod tests {
                 previous_score,
                 env: BTreeMap::new(),
                 lists: crate::worker::lists::Lists::default(),
-                enrich: [("account".to_owned(), json!({"age_days": 12, "payout_pending": true}))]
-                    .into_iter()
-                    .collect(),
+                enrich: [(
+                    "account".to_owned(),
+                    json!({"age_days": 12, "payout_pending": true}),
+                )]
+                .into_iter()
+                .collect(),
             }
         }
 
@@ -966,13 +969,18 @@ mod tests {
     fn lookups_answer_as_enrich_and_are_listed_by_name() {
         let fixture = Fixture::new(20.0, None);
         assert_eq!(eval("enrich.account.age_days < 30", &fixture), Ok(true));
-        assert_eq!(eval(r#"enrich["account"].payout_pending"#, &fixture), Ok(true));
+        assert_eq!(
+            eval(r#"enrich["account"].payout_pending"#, &fixture),
+            Ok(true)
+        );
         // A lookup that did not answer is missing, as a missing event field is.
         assert!(eval("enrich.ledger.balance > 0", &fixture).is_err());
         assert_eq!(eval("has(enrich.ledger)", &fixture), Ok(false));
         let names = |source: &str| Condition::compile(source).map(|c| c.enrich_names());
         assert_eq!(
-            names(r#"enrich.account.age_days < 30 && enrich["ledger"].x > 1 && has(enrich.account.y)"#),
+            names(
+                r#"enrich.account.age_days < 30 && enrich["ledger"].x > 1 && has(enrich.account.y)"#
+            ),
             Ok(Some(vec!["account".to_owned(), "ledger".to_owned()]))
         );
         assert_eq!(names("score.humanity < 30.0"), Ok(Some(Vec::new())));

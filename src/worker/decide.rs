@@ -475,7 +475,12 @@ pub fn plan_trip(
     })
 }
 
-fn plan_trip_with(rules: &Rules, rule: usize, facts: &Facts<'_>, trip: &Trip) -> Vec<PlannedAction> {
+fn plan_trip_with(
+    rules: &Rules,
+    rule: usize,
+    facts: &Facts<'_>,
+    trip: &Trip,
+) -> Vec<PlannedAction> {
     let rule = &rules.rules[rule];
     let mut context = facts.template_context(&rule.name);
     if let Value::Object(names) = &mut context {
@@ -861,7 +866,13 @@ message = "{{ rule }} on {{ subject }}"
     #[test]
     fn firing_rules_carry_their_rendered_actions_and_keys() {
         let rules = rules();
-        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), &Answers::default(), NOW));
+        let e = evaluation(decide(
+            &rules,
+            &scored("u1", 20.0),
+            &seen(60.0, 1),
+            &Answers::default(),
+            NOW,
+        ));
         let quarantine = &e.rules[0];
         let names: Vec<(&str, &str)> = quarantine
             .actions
@@ -890,14 +901,26 @@ message = "{{ rule }} on {{ subject }}"
         let running: Vec<&str> = e.enforced().map(|(_, a)| a.action.as_str()).collect();
         assert_eq!(running, ["quarantine", "note", "note"]);
         // A rule that does not fire plans nothing.
-        let calm = evaluation(decide(&rules, &scored("u1", 90.0), &seen(95.0, 1), &Answers::default(), NOW));
+        let calm = evaluation(decide(
+            &rules,
+            &scored("u1", 90.0),
+            &seen(95.0, 1),
+            &Answers::default(),
+            NOW,
+        ));
         assert!(calm.rules.iter().all(|r| r.actions.is_empty()));
     }
 
     #[test]
     fn next_state_remembers_scores_version_time_and_firings() {
         let rules = rules();
-        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), &Answers::default(), NOW));
+        let e = evaluation(decide(
+            &rules,
+            &scored("u1", 20.0),
+            &seen(60.0, 1),
+            &Answers::default(),
+            NOW,
+        ));
         assert_eq!(e.next.version, Some(10));
         assert_eq!(e.next.scores.get("humanity"), Some(&20.0));
         assert_eq!(e.next.at_ms, Some(NOW));
@@ -915,13 +938,25 @@ message = "{{ rule }} on {{ subject }}"
         ));
         // The same version again is not stale: a provider may rescore at one version.
         assert!(matches!(
-            decide(&rules, &scored("u1", 20.0), &seen(60.0, 10), &Answers::default(), NOW),
+            decide(
+                &rules,
+                &scored("u1", 20.0),
+                &seen(60.0, 10),
+                &Answers::default(),
+                NOW
+            ),
             Decision::Evaluated(_)
         ));
         let mut other = scored("u1", 20.0);
         other.provider = "elsewhere".into();
         assert!(matches!(
-            decide(&rules, &other, &SubjectState::default(), &Answers::default(), NOW),
+            decide(
+                &rules,
+                &other,
+                &SubjectState::default(),
+                &Answers::default(),
+                NOW
+            ),
             Decision::NoSubject
         ));
         let unreadable = event("identity.scored", json!({"v": 1, "humanity": 3}));
@@ -934,7 +969,13 @@ message = "{{ rule }} on {{ subject }}"
     #[test]
     fn outcomes_after_running() {
         let rules = rules();
-        let e = evaluation(decide(&rules, &scored("u1", 20.0), &seen(60.0, 1), &Answers::default(), NOW));
+        let e = evaluation(decide(
+            &rules,
+            &scored("u1", 20.0),
+            &seen(60.0, 1),
+            &Answers::default(),
+            NOW,
+        ));
         assert_eq!(e.outcome(true, false), EventOutcome::Acted);
         assert_eq!(e.outcome(true, true), EventOutcome::DeadLettered);
         assert_eq!(e.outcome(false, false), EventOutcome::Matched);
@@ -969,7 +1010,13 @@ message = "{{ rule }} on {{ subject }}"
         let rules = rules();
         let mut state = seen(60.0, 1);
         state.fired_ms.insert("quarantine".into(), NOW - 1);
-        let e = evaluation(decide(&rules, &scored("u1", 20.0), &state, &Answers::default(), NOW));
+        let e = evaluation(decide(
+            &rules,
+            &scored("u1", 20.0),
+            &state,
+            &Answers::default(),
+            NOW,
+        ));
         let records: Vec<Value> = e
             .rules
             .iter()

@@ -89,7 +89,9 @@ pub async fn send(
     timeout: Duration,
     policy: RetryPolicy,
 ) -> HttpOutcome {
-    exchange(client, request, timeout, policy, SNIPPET_BYTES).await.0
+    exchange(client, request, timeout, policy, SNIPPET_BYTES)
+        .await
+        .0
 }
 
 /// [`send`], keeping the whole body of a 2xx answer up to `limit` bytes: the body, or why
@@ -146,7 +148,9 @@ async fn exchange(
                     attempts,
                     status: Some(status.as_u16()),
                     error: (!ok).then(|| format!("HTTP {status}")),
-                    response_snippet: Some(lossy_prefix(&prefix[..prefix.len().min(SNIPPET_BYTES)])),
+                    response_snippet: Some(lossy_prefix(
+                        &prefix[..prefix.len().min(SNIPPET_BYTES)],
+                    )),
                 };
                 if whole {
                     body = Body::Whole(prefix);

@@ -453,7 +453,14 @@ async fn rules_test_shows_the_lookups_an_event_needs_and_takes_their_answers_fro
     );
     // With one: the condition reads it and the alert's template renders it.
     let answer = format!("account={}", example(ACCOUNT_ANSWER));
-    let args = ["--config", LISTENER_TOML, "--provider", "dregs", "--enrich", &answer];
+    let args = [
+        "--config",
+        LISTENER_TOML,
+        "--provider",
+        "dregs",
+        "--enrich",
+        &answer,
+    ];
     let out = rules_test(&[&args[..], &[event.as_str()]].concat()).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let text = stdout(&out);
@@ -464,19 +471,31 @@ async fn rules_test_shows_the_lookups_an_event_needs_and_takes_their_answers_fro
     let old = dir.path.join("old.json");
     std::fs::write(&old, r#"{"age_days": 400}"#).unwrap();
     let answer = format!("account={}", old.display());
-    let args = ["--config", LISTENER_TOML, "--provider", "dregs", "--enrich", &answer, "--json"];
+    let args = [
+        "--config",
+        LISTENER_TOML,
+        "--provider",
+        "dregs",
+        "--enrich",
+        &answer,
+        "--json",
+    ];
     let out = rules_test(&[&args[..], &[event.as_str()]].concat()).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["rules"][0]["rule"], "quarantine-low-humanity");
     assert_eq!(report["rules"][0]["result"], "not_matched");
-    assert_eq!(report["lookups"][0]["answer_from"], old.display().to_string());
+    assert_eq!(
+        report["lookups"][0]["answer_from"],
+        old.display().to_string()
+    );
     // A lookup the rules file does not define, and an answer that is not JSON.
     let out = rules_test(&["--provider", "dregs", "--enrich", "acount=x.json", &event]).await;
     assert_eq!(out.status.code(), Some(64), "{}", explain(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("--enrich acount=x.json: the rules file has no [enrich.acount]; defined: account"),
+        String::from_utf8_lossy(&out.stderr).contains(
+            "--enrich acount=x.json: the rules file has no [enrich.acount]; defined: account"
+        ),
         "{}",
         explain(&out)
     );

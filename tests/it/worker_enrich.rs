@@ -178,9 +178,14 @@ fn rules(accounts: &str, on_error: &str, retries: u32, cache: &str) -> String {
 async fn a_rule_acts_on_what_the_lookup_answers_and_the_lookup_runs_once_per_event() {
     let sink = Sink::start().await;
     let accounts = Accounts::start(&[("young", 5), ("old", 400)]).await;
-    let w = WorkerHarness::for_dregs(&rules(&accounts.url(), "skip_rule", 0, "cache_ttl = \"1m\""))
-        .start(&sink.url())
-        .await;
+    let w = WorkerHarness::for_dregs(&rules(
+        &accounts.url(),
+        "skip_rule",
+        0,
+        "cache_ttl = \"1m\"",
+    ))
+    .start(&sink.url())
+    .await;
     w.publish_dregs("e-young", "young", "2026-12-01T10:00:00Z", 10)
         .await;
     w.publish_dregs("e-old", "old", "2026-12-01T10:00:00Z", 10)
@@ -199,15 +204,20 @@ async fn a_rule_acts_on_what_the_lookup_answers_and_the_lookup_runs_once_per_eve
     let verified = w.decision("dregs", "e-verified").await;
     assert_eq!(young.outcome, "acted", "{}", young.record);
     let quarantined = sink
-        .wait_until("the young account's quarantine", Duration::from_secs(10), |r| {
-            r.iter().any(|r| r.path == "/accounts/young/quarantine")
-        })
+        .wait_until(
+            "the young account's quarantine",
+            Duration::from_secs(10),
+            |r| r.iter().any(|r| r.path == "/accounts/young/quarantine"),
+        )
         .await;
     let q = quarantined
         .iter()
         .find(|r| r.path == "/accounts/young/quarantine")
         .unwrap();
-    assert_eq!(q.body, r#"{"age_days": 5}"#, "the action's template reads the answer");
+    assert_eq!(
+        q.body, r#"{"age_days": 5}"#,
+        "the action's template reads the answer"
+    );
     let fired = |d: &hookwarden::worker::state::DecisionRecord, rule: &str| {
         d.record["rules"]
             .as_array()
@@ -217,7 +227,12 @@ async fn a_rule_acts_on_what_the_lookup_answers_and_the_lookup_runs_once_per_eve
             .map(|r| r["matched"] == true)
     };
     assert_eq!(fired(&young, "quarantine-young"), Some(true));
-    assert_eq!(fired(&old, "quarantine-young"), Some(false), "{}", old.record);
+    assert_eq!(
+        fired(&old, "quarantine-young"),
+        Some(false),
+        "{}",
+        old.record
+    );
     assert_eq!(fired(&old, "payout-review"), Some(true), "{}", old.record);
     assert_eq!(young.record["enrich"]["account"]["cached"], false);
     // Two rules read it: one request per event. None for the event no reading rule takes.
@@ -225,22 +240,36 @@ async fn a_rule_acts_on_what_the_lookup_answers_and_the_lookup_runs_once_per_eve
     assert_eq!(accounts.asked("/accounts/old"), 1);
     assert_eq!(accounts.asked("/accounts/quiet"), 0);
     assert_eq!(verified.outcome, "acted", "{}", verified.record);
-    assert!(verified.record.get("enrich").is_none(), "{}", verified.record);
+    assert!(
+        verified.record.get("enrich").is_none(),
+        "{}",
+        verified.record
+    );
 
     // Within cache_ttl the answer is reused.
     w.publish_dregs("e-young-2", "young", "2026-12-01T10:05:00Z", 12)
         .await;
     let again = w.decision("dregs", "e-young-2").await;
-    assert_eq!(again.record["enrich"]["account"]["cached"], true, "{}", again.record);
+    assert_eq!(
+        again.record["enrich"]["account"]["cached"], true,
+        "{}",
+        again.record
+    );
     assert_eq!(accounts.asked("/accounts/young"), 1);
     let metrics = w.metrics();
     assert_eq!(
-        metric(&metrics, r#"hookwarden_worker_lookups_total{lookup="account",outcome="cached"}"#),
+        metric(
+            &metrics,
+            r#"hookwarden_worker_lookups_total{lookup="account",outcome="cached"}"#
+        ),
         Some(1.0),
         "{metrics}"
     );
     assert_eq!(
-        metric(&metrics, r#"hookwarden_worker_lookups_total{lookup="account",outcome="answered"}"#),
+        metric(
+            &metrics,
+            r#"hookwarden_worker_lookups_total{lookup="account",outcome="answered"}"#
+        ),
         Some(2.0),
         "{metrics}"
     );
@@ -258,12 +287,17 @@ async fn a_lookup_that_is_down_errs_the_rules_that_read_it_and_the_others_act() 
         .await;
     let d = w.decision("dregs", "e-down").await;
     assert_eq!(d.outcome, "acted", "{}", d.record);
-    sink.wait_until("the alert of the rule that reads no lookup", Duration::from_secs(10), |r| {
-        r.iter().any(|r| r.path == "/alert/u1")
-    })
+    sink.wait_until(
+        "the alert of the rule that reads no lookup",
+        Duration::from_secs(10),
+        |r| r.iter().any(|r| r.path == "/alert/u1"),
+    )
     .await;
     let rules = d.record["rules"].as_array().unwrap();
-    let quarantine = rules.iter().find(|r| r["rule"] == "quarantine-young").unwrap();
+    let quarantine = rules
+        .iter()
+        .find(|r| r["rule"] == "quarantine-young")
+        .unwrap();
     let error = quarantine["error"].as_str().unwrap_or_default();
     assert!(
         error.starts_with("lookup \"account\" failed: connect error"),
@@ -271,7 +305,12 @@ async fn a_lookup_that_is_down_errs_the_rules_that_read_it_and_the_others_act() 
         d.record
     );
     assert_eq!(d.record["enrich"]["account"]["on_error"], "skip_rule");
-    assert!(!sink.received().iter().any(|r| r.path.contains("quarantine")));
+    assert!(
+        !sink
+            .received()
+            .iter()
+            .any(|r| r.path.contains("quarantine"))
+    );
 }
 
 #[tokio::test]
@@ -301,7 +340,11 @@ async fn with_retry_an_event_waits_out_a_short_outage_and_dead_letters_after_a_l
         .await;
     let d = w.decision("dregs", "e-gone").await;
     assert_eq!(d.outcome, "dead_lettered", "{}", d.record);
-    assert_eq!(accounts.total() - before, 4, "one attempt and three retries");
+    assert_eq!(
+        accounts.total() - before,
+        4,
+        "one attempt and three retries"
+    );
     let dead = crate::harness::eventually_get(&w.broker, &w.names.dead_letter_queue).await;
     let p = &dead.delivery.properties;
     assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("e-gone"));
@@ -312,6 +355,10 @@ async fn with_retry_an_event_waits_out_a_short_outage_and_dead_letters_after_a_l
     assert_eq!(header(p, "x-hookwarden-rule"), None);
     // The alert rule reads no lookup, yet nothing of the dead-lettered event ran: the
     // one alert is the first event's.
-    let alerts = sink.received().iter().filter(|r| r.path == "/alert/young").count();
+    let alerts = sink
+        .received()
+        .iter()
+        .filter(|r| r.path == "/alert/young")
+        .count();
     assert_eq!(alerts, 1);
 }

@@ -35,7 +35,12 @@ impl Answers {
         self.failed
             .iter()
             .find(|(_, f)| f.on_error == OnError::Retry)
-            .map(|(name, f)| (name.as_str(), format!("lookup {name:?} failed: {}", f.reason)))
+            .map(|(name, f)| {
+                (
+                    name.as_str(),
+                    format!("lookup {name:?} failed: {}", f.reason),
+                )
+            })
     }
 
     /// Why a rule that reads the lookups `names` cannot be evaluated: the first of them that
@@ -60,13 +65,10 @@ impl Answers {
     /// What the decision record keeps: per lookup, `{"cached": bool}` or `{"error": …}`. The
     /// answers themselves are not kept: they can be large and hold what the record need not.
     pub fn record(&self) -> Value {
-        let answered = self
-            .values
-            .keys()
-            .map(|name| {
-                let cached = self.cached.get(name).copied().unwrap_or(false);
-                (name.clone(), serde_json::json!({ "cached": cached }))
-            });
+        let answered = self.values.keys().map(|name| {
+            let cached = self.cached.get(name).copied().unwrap_or(false);
+            (name.clone(), serde_json::json!({ "cached": cached }))
+        });
         let failed = self.failed.iter().map(|(name, f)| {
             (
                 name.clone(),
@@ -109,7 +111,8 @@ mod tests {
         let a = answers();
         assert_eq!(a.missing(&["account".to_owned()]), None);
         assert_eq!(
-            a.missing(&["account".to_owned(), "ledger".to_owned()]).as_deref(),
+            a.missing(&["account".to_owned(), "ledger".to_owned()])
+                .as_deref(),
             Some("lookup \"ledger\" failed: connect error")
         );
         assert_eq!(

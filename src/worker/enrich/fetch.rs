@@ -99,8 +99,7 @@ async fn one(
     let request = http::traced(request, trace);
     let (_, body) = http::fetch(client, &request, lookup.timeout, policy, MAX_ANSWER_BYTES).await;
     let answer = body.and_then(|bytes| {
-        serde_json::from_slice::<Value>(&bytes)
-            .map_err(|err| format!("answer is not JSON: {err}"))
+        serde_json::from_slice::<Value>(&bytes).map_err(|err| format!("answer is not JSON: {err}"))
     });
     let elapsed = Some(started.elapsed());
     match answer {

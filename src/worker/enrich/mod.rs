@@ -290,16 +290,19 @@ fn compile_one(
             }
         }
     }
-    let cache = table.cache_ttl.filter(|ttl| !ttl.is_zero()).map(|ttl| Cache {
-        ttl,
-        // LRU, not moka's default admission policy, which turns new keys away when full: a
-        // lookup cache is for the subjects being scored now.
-        entries: moka::sync::Cache::builder()
-            .max_capacity(entries)
-            .time_to_live(ttl)
-            .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .build(),
-    });
+    let cache = table
+        .cache_ttl
+        .filter(|ttl| !ttl.is_zero())
+        .map(|ttl| Cache {
+            ttl,
+            // LRU, not moka's default admission policy, which turns new keys away when full: a
+            // lookup cache is for the subjects being scored now.
+            entries: moka::sync::Cache::builder()
+                .max_capacity(entries)
+                .time_to_live(ttl)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
+        });
     match (ok, url) {
         (true, Some(url)) => Some(Lookup {
             name,

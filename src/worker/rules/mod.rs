@@ -574,7 +574,11 @@ fn action_lookups(actions: &[Action], templates: &Templates, lookups: &[&str]) -
         .map(|action| {
             let prefix = format!("actions.{}.", action.name);
             let mut reads = MemberRefs::default();
-            for (_, id) in templates.all().into_iter().filter(|(n, _)| n.starts_with(&prefix)) {
+            for (_, id) in templates
+                .all()
+                .into_iter()
+                .filter(|(n, _)| n.starts_with(&prefix))
+            {
                 let refs = templates.member_refs(id, Name::Enrich.as_str());
                 reads.whole |= refs.whole;
                 reads.names.extend(refs.names);
@@ -661,8 +665,8 @@ fn check_templates(
     }
     // Render each once with a sample, so unknown filters and syntax only found at render
     // surface now; undefined *fields* of the sample event are not errors here.
-    let sample =
-        Sample::new(score_names.iter().map(String::as_str), used).with_lookups(lookups.iter().copied());
+    let sample = Sample::new(score_names.iter().map(String::as_str), used)
+        .with_lookups(lookups.iter().copied());
     // The names only a trip's or a watch's actions see are set as they would be there.
     let mut sample_context = sample.facts().template_context("sample-rule");
     if let serde_json::Value::Object(names) = &mut sample_context {
