@@ -2,7 +2,8 @@
 //! - `fill`: publishes N Dregs-style events (as the listener does) into an exchange, confirmed;
 //! - `raw`: the ceiling, consuming N messages from a queue with manual multiple-acks and the
 //!   worker's prefetch, doing nothing else, and printing msgs/s;
-//! - `sink`: an HTTP server answering 200 to everything, as an `http` action's target.
+//! - `sink`: an HTTP server answering 200 and `{"age_days": 12}` to everything, as an `http`
+//!   action's target and a lookup's service.
 //!
 //! `benches/worker.sh` drives them; run by hand with
 //! `cargo bench --bench consume -- fill|raw|sink [--count N] [--exchange X] [--queue Q] [--port P]`.
@@ -167,8 +168,11 @@ async fn sink(port: u16) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |_req| {
                 served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // JSON, so that it also answers a lookup (`[enrich.*]`); actions ignore it.
                 async {
-                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Empty::<Bytes>::new()))
+                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        Bytes::from_static(br#"{"age_days": 12}"#),
+                    )))
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()

@@ -2,8 +2,9 @@
 # Measures, in one run on this machine: the raw consume rate of a quorum queue (the ceiling),
 # then the release worker's events/s with state commits and a `log` action (with the event
 # archive on, the default, and off), and with an
-# `http` action to a local sink; then with its state in PostgreSQL (`log` action), one worker
-# and two on the same queue and database. Own uniquely named queues and schema, deleted
+# `http` action to a local sink; with a `log` action and a lookup (`[enrich.account]`) per
+# event, answered from its cache and asked each time; then with its state in PostgreSQL (`log`
+# action), one worker and two on the same queue and database. Own uniquely named queues and schema, deleted
 # afterwards.
 #   bash benches/worker.sh [events]
 # POSTGRES=URL is the database (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable);
@@ -35,8 +36,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rules() { # name action-table [state-line]
+rules() { # name action-table [state-line] [when]
   local state="${3:-path = \"$dir/$1.db\"}"
+  local when="${4:-score.humanity < 50.0}"
   cat > "$dir/$1.toml" <<TOML
 [amqp]
 exchange = "$tag.$1"
@@ -59,7 +61,7 @@ scores = { humanity = "/data/scores/humanity" }
 [[rules]]
 name = "low"
 events = ["dregs:*"]
-when = "score.humanity < 50.0"
+when = "$when"
 actions = ["act"]
 $2
 TOML
@@ -131,6 +133,23 @@ kind = "http"
 url = "http://127.0.0.1:18089/hook/{{ subject }}"
 body = "{\"humanity\": {{ score.humanity }}}"'
 run_worker http
+
+echo "== 3b. worker, log action and one lookup per event, answered from its cache"
+# One URL for every event: after the first, every answer is the cache's.
+rules lookup '[actions.act]
+kind = "log"
+[enrich.account]
+kind = "http"
+url = "http://127.0.0.1:18089/accounts/{{ provider }}"
+cache_ttl = "10m"' "" "score.humanity < 50.0 && enrich.account.age_days < 30"
+run_worker lookup
+echo "== 3c. worker, log action and one lookup per event, asked each time (no cache)"
+rules uncached '[actions.act]
+kind = "log"
+[enrich.account]
+kind = "http"
+url = "http://127.0.0.1:18089/accounts/{{ subject }}"' "" "score.humanity < 50.0 && enrich.account.age_days < 30"
+run_worker uncached
 
 if [ "$pg" != none ]; then
   # A schema per run, so the second starts as empty as the first.
