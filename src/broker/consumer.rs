@@ -1,10 +1,13 @@
 //! The worker's consume loop: one connection at a time to the brokers of `[amqp] url` in
 //! turn; on it the shared topology, `basic.qos` of `prefetch` and `basic.consume` with manual
-//! acks. What has arrived (up to `prefetch`) goes to a [`Handler`] as one batch, acked with
-//! one multiple-ack once the handler is done. A watchdog beside the loop notices a dead link
-//! at once; the next session follows after the shared [`Backoff`]. Anything not acked when a
-//! connection dies is redelivered.
+//! acks. What has arrived (up to `prefetch`) goes to a [`Handler`] as one batch; the loop
+//! goes on taking batches while earlier ones are handled (up to [`Handler::in_flight`] at
+//! once), and acks each when the handler is done with it: one multiple-ack when no earlier
+//! batch is still in hand, else an ack per delivery. A watchdog beside the loop notices a
+//! dead link at once; the next session follows after the shared [`Backoff`]. Anything not
+//! acked when a connection dies is redelivered.
 
+use std::collections::BTreeSet;
 use std::error::Error;
 use std::future::Future;
 use std::ops::ControlFlow;
@@ -13,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Stream, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -50,13 +55,21 @@ pub trait Handler: Send + Sync + 'static {
     type Error: Error + Send + Sync + 'static;
 
     /// Handles `deliveries` (at least one, in the order they arrived) completely: they are
-    /// acked when this returns `Ok`. `publish` is the session's confirm-mode channel, for
-    /// dead letters and whatever else the handler publishes.
+    /// acked when the future returns `Ok`. `publish` is the session's confirm-mode channel,
+    /// for dead letters and whatever else the handler publishes. Called in arrival order;
+    /// the futures of several batches may run at once (see [`Handler::in_flight`]), and what
+    /// must follow arrival order is the handler's to keep.
     fn handle(
         &self,
         deliveries: Vec<Delivery>,
         publish: &Channel,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// How many batches may be in hand at once. The default: one, each handled and acked
+    /// before the next is taken.
+    fn in_flight(&self) -> usize {
+        1
+    }
 
     /// A session began: `publish` is its confirm-mode channel, for what the handler publishes
     /// outside a batch (the worker's silence watches). The default ignores it.
@@ -344,13 +357,22 @@ impl<H: Handler> Consumer<H> {
             status: self.status.clone(),
         })));
         let limit = usize::from(self.prefetch);
+        let most = self.handler.in_flight().max(1);
+        // Batches in hand, each with its deliveries' ackers; the first delivery tag of each.
+        let mut in_hand = FuturesUnordered::new();
+        let mut firsts = BTreeSet::new();
         loop {
-            let first = tokio::select! {
-                next = consumer.next() => next,
+            tokio::select! {
+                biased;
                 lost = &mut watchdog.0 => {
                     return Ok(Ended::Lost(
                         lost.unwrap_or_else(|e| LinkLost::Watchdog(Arc::new(e))),
                     ));
+                }
+                Some((handled, taken)) = in_hand.next(), if !in_hand.is_empty() => {
+                    if let Err(lost) = self.done(connection, handled, taken, &mut firsts).await? {
+                        return Ok(Ended::Lost(lost));
+                    }
                 }
                 () = self.shutdown.cancelled() => {
                     self.status.not_consuming(NotConsuming::ShuttingDown);
@@ -359,42 +381,86 @@ impl<H: Handler> Consumer<H> {
                         channel.basic_cancel(ShortString::from(CONSUMER_TAG), BasicCancelOptions::default()),
                     )
                     .await;
+                    // The batches in hand are finished and acked first.
+                    while let Some((handled, taken)) = in_hand.next().await {
+                        if let Err(lost) = self.done(connection, handled, taken, &mut firsts).await? {
+                            return Ok(Ended::Lost(lost));
+                        }
+                    }
                     // Closing the channels first returns prefetched, unacked deliveries to
                     // the queue in order and lets the connection close without errors.
                     connection::close(connection, &[&channel, &publish, &probe]).await;
                     return Ok(Ended::Shutdown);
                 }
-            };
-            let mut deliveries = match first {
-                Some(Ok(d)) => vec![d],
-                Some(Err(e)) => return Ok(Ended::Lost(LinkLost::Delivery(e))),
-                None => return Ok(Ended::Lost(LinkLost::Cancelled)),
-            };
-            // Take what is already here, up to prefetch: one commit and one ack for all.
-            while deliveries.len() < limit {
-                match consumer.next().now_or_never() {
-                    Some(Some(Ok(d))) => deliveries.push(d),
-                    Some(Some(Err(e))) => return Ok(Ended::Lost(LinkLost::Delivery(e))),
-                    _ => break,
+                first = consumer.next(), if in_hand.len() < most => {
+                    let mut deliveries = match first {
+                        Some(Ok(d)) => vec![d],
+                        Some(Err(e)) => return Ok(Ended::Lost(LinkLost::Delivery(e))),
+                        None => return Ok(Ended::Lost(LinkLost::Cancelled)),
+                    };
+                    // Take what is already here, up to prefetch: one commit and one ack for all.
+                    while deliveries.len() < limit {
+                        match consumer.next().now_or_never() {
+                            Some(Some(Ok(d))) => deliveries.push(d),
+                            Some(Some(Err(e))) => return Ok(Ended::Lost(LinkLost::Delivery(e))),
+                            _ => break,
+                        }
+                    }
+                    let taken = Taken {
+                        first: deliveries[0].delivery_tag,
+                        ackers: deliveries.iter().map(|d| d.acker.clone()).collect(),
+                    };
+                    firsts.insert(taken.first);
+                    let handling = self.handler.handle(deliveries, &publish);
+                    in_hand.push(async move { (handling.await, taken) });
                 }
-            }
-            let last = deliveries.last().map(|d| d.acker.clone());
-            self.handler
-                .handle(deliveries, &publish)
-                .await
-                .map_err(|e| ConsumeError::Handler(Box::new(e)))?;
-            if let Some(last) = last
-                && let Err(lost) = ack_through(connection.status(), &last).await
-            {
-                return Ok(Ended::Lost(lost));
             }
         }
     }
+
+    /// A batch handled: acks it (all at once unless an earlier batch is still in hand), or
+    /// ends the session with the handler's error. `Ok(Err(_))`: the ack did not go out.
+    async fn done(
+        &self,
+        connection: &Connection,
+        handled: Result<(), H::Error>,
+        taken: Taken,
+        firsts: &mut BTreeSet<u64>,
+    ) -> Result<Result<(), LinkLost>, ConsumeError> {
+        handled.map_err(|e| ConsumeError::Handler(Box::new(e)))?;
+        firsts.remove(&taken.first);
+        let earlier_in_hand = firsts.first().is_some_and(|&f| f < taken.first);
+        Ok(match earlier_in_hand {
+            // A multiple-ack would ack the earlier batch's deliveries too.
+            true => {
+                let acks = join_all(
+                    taken
+                        .ackers
+                        .iter()
+                        .map(|acker| ack(connection.status(), acker, false)),
+                )
+                .await;
+                acks.into_iter().collect()
+            }
+            false => match taken.ackers.last() {
+                Some(last) => ack(connection.status(), last, true).await,
+                None => Ok(()),
+            },
+        })
+    }
 }
 
-/// Acks every delivery up to and including `last` (one multiple-ack).
-async fn ack_through(connection: &ConnectionStatus, last: &Acker) -> Result<(), LinkLost> {
-    let mut ack = std::pin::pin!(last.ack(BasicAckOptions { multiple: true }));
+/// A batch's deliveries as the loop keeps them while the handler has them.
+struct Taken {
+    /// The delivery tag of its first delivery.
+    first: u64,
+    /// Each delivery's acker, in order.
+    ackers: Vec<Acker>,
+}
+
+/// Acks the delivery of `acker` (`multiple`: and every earlier one not acked yet).
+async fn ack(connection: &ConnectionStatus, acker: &Acker, multiple: bool) -> Result<(), LinkLost> {
+    let mut ack = std::pin::pin!(acker.ack(BasicAckOptions { multiple }));
     let acked = loop {
         match tokio::time::timeout(BROKER_CALL_TIMEOUT, &mut ack).await {
             Ok(acked) => break acked,

@@ -175,20 +175,63 @@ struct Pending {
     subject: SubjectRead,
 }
 
-/// Handles `items`.
+/// One delivery read: its index, and its event with who it is about, or why it is unreadable.
+type Entry = (usize, Result<(Event, Sighting), Unreadable>);
+
+/// A batch read: each delivery as an event with who it is about, or why it is unreadable.
+pub struct Read {
+    entries: Vec<Entry>,
+}
+
+impl Read {
+    /// Reads `items` as `rules` say (each body parsed once, here).
+    pub fn new(rules: &Rules, items: &[Item]) -> Self {
+        let entries = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let read = read_item(item).map(|event| {
+                    let sighting = decide::sight(rules, &event);
+                    (event, sighting)
+                });
+                (i, read)
+            })
+            .collect();
+        Self { entries }
+    }
+
+    /// What the batch touches that another batch in flight must not touch at the same time:
+    /// its subjects' keys and its events' keys.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (_, read) in &self.entries {
+            if let Ok((event, sighting)) = read {
+                keys.push(format!("event:{}", event.key));
+                if let Sighting::Subject(subject) = sighting {
+                    keys.push(format!("subject:{}", subject_key(event, subject)));
+                }
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+}
+
+/// Handles `items`, read as `read` ([`Read::new`] with the same rules as `ctx`'s).
 ///
 /// # Errors
 /// The store failed; nothing is acked.
-pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError> {
+pub async fn handle(ctx: &Context, items: &[Item], read: Read) -> Result<Outcome, StoreError> {
     let mut outcome = Outcome {
         fates: vec![Fate::Handled; items.len()],
         commit: Batch::default(),
         lock: SubjectLock::none(),
     };
-    let mut events = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match read_item(item) {
-            Ok(e) => events.push((i, e)),
+    let mut sighted: Vec<(usize, Event, Sighting)> = Vec::new();
+    for (i, read) in read.entries {
+        match read {
+            Ok((event, sighting)) => sighted.push((i, event, sighting)),
             Err(reason) => {
                 ctx.metrics.event(EventOutcome::DeadLettered.as_str());
                 outcome.fates[i] = Fate::unreadable(&reason);
@@ -201,13 +244,6 @@ pub async fn handle(ctx: &Context, items: &[Item]) -> Result<Outcome, StoreError
     // Who each event is about comes first: the batch's subjects are locked before anything is
     // read, so what it reads next (decided events, completed actions, subject state) is what
     // the last batch to hold them committed, in this worker or another one on the same store.
-    let sighted: Vec<(usize, Event, Sighting)> = events
-        .into_iter()
-        .map(|(i, event)| {
-            let sighting = decide::sight(rules, &event);
-            (i, event, sighting)
-        })
-        .collect();
     let mut locked: Vec<String> = sighted
         .iter()
         .filter_map(|(_, event, sighting)| match sighting {
@@ -669,10 +705,12 @@ fn delivery_span(event: &Event, subject: &str) -> tracing::Span {
     )
 }
 
-/// Runs the actions of `evaluation`'s enforcing rules in order, stopping at the first that
-/// fails: the rules' record entries, the dead-letter fate of a failure, and whether an
-/// action ran (or had run before). Each acting rule is a `rule` span, a child of the
-/// delivery's (`trace`), its actions' spans children of it.
+/// Runs the actions of `evaluation`'s enforcing rules: each rule's actions in order, stopping
+/// at its first that fails, and the rules side by side, so that one rule's paced or slow action
+/// holds none of the others'. Returns the rules' record entries, the dead-letter fate of the
+/// first failure (in rule order), and whether an action ran (or had run before). Each acting
+/// rule is a `rule` span, a child of the delivery's (`trace`), its actions' spans children of
+/// it.
 async fn carry_out(
     ctx: &Context,
     evaluation: &decide::Evaluation,
@@ -680,9 +718,6 @@ async fn carry_out(
     trace: &TraceContext,
 ) -> (Vec<Value>, Option<Fate>, bool) {
     let rules = &ctx.config.rules;
-    let mut rules_json = Vec::new();
-    let mut failure = None;
-    let mut acted = false;
     for decided in &evaluation.rules {
         let rule = &rules.rules[decided.rule];
         if decided.verdict.matched() {
@@ -695,33 +730,24 @@ async fn carry_out(
                 "condition failed to evaluate"
             );
         }
+    }
+    let ran = join_all(evaluation.rules.iter().map(|decided| async move {
+        match decided.verdict == Verdict::Acts && !decided.actions.is_empty() {
+            true => run_rule(ctx, decided, done, trace).await,
+            false => Vec::new(),
+        }
+    }))
+    .await;
+    let mut rules_json = Vec::new();
+    let mut failure = None;
+    let mut acted = false;
+    for (decided, results) in evaluation.rules.iter().zip(ran) {
+        let rule = &rules.rules[decided.rule];
         let mut actions_json = Vec::new();
-        if decided.verdict == Verdict::Acts && failure.is_none() && !decided.actions.is_empty() {
-            let span = match trace::exporting() {
-                true => tracing::info_span!(
-                    "rule",
-                    rule = %rule.name,
-                    trace_id = tracing::field::Empty
-                ),
-                false => tracing::Span::none(),
-            };
-            let rule_trace = trace::enter(&span, Parent::Local(trace));
-            for planned in &decided.actions {
-                let result = ctx
-                    .runner
-                    .run(
-                        planned,
-                        done,
-                        Parent::Local(&rule_trace),
-                        &rules.actions[planned.index].pace,
-                    )
-                    .instrument(span.clone())
-                    .await;
-                ctx.metrics
-                    .action(&result.action, result.outcome.as_str(), result.latency_ms);
-                actions_json.push(result.to_json());
-                if result.outcome == ActionOutcome::Failed {
-                    failure = Some(Fate::DeadLetter {
+        for result in results {
+            if result.outcome == ActionOutcome::Failed {
+                failure = failure.or_else(|| {
+                    Some(Fate::DeadLetter {
                         error: result
                             .error
                             .clone()
@@ -729,15 +755,57 @@ async fn carry_out(
                         rule: Some(rule.name.clone()),
                         action: Some(result.action.clone()),
                         subject: Some(evaluation.subject.id.clone()),
-                    });
-                    break;
-                }
+                    })
+                });
+            } else {
                 acted = true;
             }
+            actions_json.push(result.to_json());
         }
         rules_json.push(decided.record(rules, actions_json));
     }
     (rules_json, failure, acted)
+}
+
+/// Runs one acting rule's actions in order, up to and including the first that fails.
+async fn run_rule(
+    ctx: &Context,
+    decided: &decide::RuleDecision,
+    done: &HashSet<String>,
+    trace: &TraceContext,
+) -> Vec<crate::worker::action::ActionResult> {
+    let rules = &ctx.config.rules;
+    let rule = &rules.rules[decided.rule];
+    let span = match trace::exporting() {
+        true => tracing::info_span!(
+            "rule",
+            rule = %rule.name,
+            trace_id = tracing::field::Empty
+        ),
+        false => tracing::Span::none(),
+    };
+    let rule_trace = trace::enter(&span, Parent::Local(trace));
+    let mut results = Vec::new();
+    for planned in &decided.actions {
+        let result = ctx
+            .runner
+            .run(
+                planned,
+                done,
+                Parent::Local(&rule_trace),
+                &rules.actions[planned.index].pace,
+            )
+            .instrument(span.clone())
+            .await;
+        ctx.metrics
+            .action(&result.action, result.outcome.as_str(), result.latency_ms);
+        let failed = result.outcome == ActionOutcome::Failed;
+        results.push(result);
+        if failed {
+            break;
+        }
+    }
+    results
 }
 
 /// The idempotency keys of every action an enforcing rule could run for these events.

@@ -19,6 +19,7 @@ pub mod decide;
 pub mod enrich;
 pub mod exec;
 pub mod facts;
+pub mod gate;
 pub mod http;
 pub mod lists;
 pub mod marks;

@@ -25,6 +25,7 @@ use crate::telemetry::{ErrorChain, WorkerMetrics};
 use crate::worker::action::Runner;
 use crate::worker::batch::{self, Fate, Item};
 use crate::worker::config::{Backend, WorkerConfig};
+use crate::worker::gate::Gate;
 use crate::worker::marks::{DoneMarks, MarksError};
 use crate::worker::state::{self, Store, StoreError};
 
@@ -202,6 +203,8 @@ pub async fn start(
         shutdown: shutdown.clone(),
         seen,
         session,
+        gate: Gate::default(),
+        in_flight: batches_in_flight(&initial.state.backend),
     };
     let consumer = Consumer::new(&initial.amqp, batches, status, shutdown);
     let done = tokio::spawn(async move {
@@ -294,6 +297,10 @@ struct Batches {
     seen: Arc<crate::worker::watch::Seen>,
     /// The current broker session's publishing channel, for the watches' actions.
     session: Arc<Mutex<Option<Channel>>>,
+    /// Keeps batches in flight that share a subject in arrival order.
+    gate: Gate,
+    /// How many batches may be in hand at once.
+    in_flight: usize,
 }
 
 /// The state store's last failure while it is unavailable; `/readyz` reports it.
@@ -329,8 +336,22 @@ impl BatchError {
     }
 }
 
+/// Batches a worker handles at once: while some wait (on a paced action, a slow target), the
+/// next go on. In PostgreSQL each holds a connection for its subjects' locks, and the reads
+/// and the done-mark writer need one each besides.
+fn batches_in_flight(backend: &Backend) -> usize {
+    match backend {
+        Backend::Sqlite(_) => 8,
+        Backend::Postgres(options) => options.pool_size.saturating_sub(2).max(1),
+    }
+}
+
 impl consumer::Handler for Batches {
     type Error = BatchError;
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
 
     fn session_started(&self, publish: &Channel) {
         *self.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(publish.clone());
@@ -345,7 +366,14 @@ impl consumer::Handler for Batches {
     /// quorum queue's delivery limit would dead-letter events for an outage of the store.
     /// Handling a batch again is safe: what was decided or done is skipped, as on a
     /// redelivery. Shutdown ends the wait; the batch then goes back to the queue.
-    async fn handle(&self, deliveries: Vec<Delivery>, publish: &Channel) -> Result<(), BatchError> {
+    ///
+    /// The batch is read and enters the [`Gate`] now, in arrival order, under the rules in
+    /// force now; it is handled once the batches before it that share a subject are over.
+    fn handle(
+        &self,
+        deliveries: Vec<Delivery>,
+        publish: &Channel,
+    ) -> impl Future<Output = Result<(), BatchError>> + Send {
         let items: Vec<Item> = deliveries
             .into_iter()
             .map(|d| Item {
@@ -354,37 +382,55 @@ impl consumer::Handler for Batches {
                 routing_key: d.routing_key.to_string(),
             })
             .collect();
-        let mut pause = STORE_RETRY_FIRST;
-        loop {
-            match self.attempt(&items, publish).await {
-                // A session the broker closed meanwhile (its consumer_timeout, a lost link)
-                // has given the batch back to the queue: nothing here to hold any more.
-                Err(err)
-                    if err.store_unavailable()
-                        && !self.shutdown.is_cancelled()
-                        && publish.status().connected() =>
-                {
-                    tracing::warn!(
-                        error = %ErrorChain(&err),
-                        retry_in = ?pause,
-                        events = items.len(),
-                        "state store unavailable; holding the batch"
-                    );
-                    self.store_health
-                        .set(Some(Arc::new(StoreDown(err.to_string()))));
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = self.shutdown.cancelled() => return Err(err),
+        // A poisoned lock still holds a whole config: a reload swaps the Arc and nothing else.
+        let config = self
+            .config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let read = batch::Read::new(&config.rules, &items);
+        let mut ticket = self.gate.enter(read.keys());
+        let mut read = Some(read);
+        async move {
+            ticket.ready().await;
+            let mut pause = STORE_RETRY_FIRST;
+            loop {
+                // Read again for a second attempt: the first one's read went into it.
+                let this = read
+                    .take()
+                    .unwrap_or_else(|| batch::Read::new(&config.rules, &items));
+                match self.attempt(&config, &items, this, publish).await {
+                    // A session the broker closed meanwhile (its consumer_timeout, a lost
+                    // link) has given the batch back to the queue: nothing here to hold.
+                    Err(err)
+                        if err.store_unavailable()
+                            && !self.shutdown.is_cancelled()
+                            && publish.status().connected() =>
+                    {
+                        tracing::warn!(
+                            error = %ErrorChain(&err),
+                            retry_in = ?pause,
+                            events = items.len(),
+                            "state store unavailable; holding the batch"
+                        );
+                        self.store_health
+                            .set(Some(Arc::new(StoreDown(err.to_string()))));
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            () = self.shutdown.cancelled() => return Err(err),
+                        }
+                        pause = (pause * 2).min(STORE_RETRY_LAST);
                     }
-                    pause = (pause * 2).min(STORE_RETRY_LAST);
-                }
-                result => {
-                    let still_down = result.as_ref().is_err_and(BatchError::store_unavailable);
-                    if !still_down && self.store_health.down().is_some() {
-                        tracing::info!("state store available again");
-                        self.store_health.set(None);
+                    result => {
+                        let still_down = result.as_ref().is_err_and(BatchError::store_unavailable);
+                        if !still_down && self.store_health.down().is_some() {
+                            tracing::info!("state store available again");
+                            self.store_health.set(None);
+                        }
+                        // The batches behind it may go once its commit is done.
+                        drop(ticket);
+                        return result;
                     }
-                    return result;
                 }
             }
         }
@@ -397,15 +443,15 @@ impl consumer::Handler for Batches {
 struct StoreDown(String);
 
 impl Batches {
-    async fn attempt(&self, items: &[Item], publish: &Channel) -> Result<(), BatchError> {
-        // A poisoned lock still holds a whole config: a reload swaps the Arc and nothing else.
-        let rules = self
-            .config
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+    async fn attempt(
+        &self,
+        config: &Arc<WorkerConfig>,
+        items: &[Item],
+        read: batch::Read,
+        publish: &Channel,
+    ) -> Result<(), BatchError> {
         let ctx = batch::Context {
-            config: rules,
+            config: config.clone(),
             runner: Arc::new(Runner {
                 http: self.http.clone(),
                 channel: publish.clone(),
@@ -416,7 +462,7 @@ impl Batches {
             metrics: self.metrics.clone(),
             seen: self.seen.clone(),
         };
-        let outcome = batch::handle(&ctx, items)
+        let outcome = batch::handle(&ctx, items, read)
             .await
             .map_err(BatchError::Decide)?;
         for (item, fate) in items.iter().zip(&outcome.fates) {

@@ -176,7 +176,8 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn lock_subjects(&self, _keys: &[String]) -> Result<SubjectLock, StoreError> {
-        // One worker per file: its batches run one at a time, nothing to wait for.
+        // One worker per file, whose batches in flight keep subject order among themselves
+        // ([`crate::worker::gate`]): nothing to wait for here.
         Ok(SubjectLock::none())
     }
 
