@@ -17,12 +17,14 @@
 //!   [`broker::publisher`] (the listener's confirmed publishing) | [`broker::consumer`] (the
 //!   worker's batches, acks and dead-link watchdog). Both open, declare, probe and close
 //!   through [`broker::connection`] and pace reconnects with [`broker::backoff`].
-//! - [`worker`]: [`worker::run`] wires it and takes each batch → [`worker::batch`] groups them
-//!   by subject → [`worker::decide`] (pure) turns an event, the subject's state and the
-//!   [`worker::rules`] into a typed `Decision` → the batch carries it out: [`worker::action`]
-//!   runs the planned actions (a file per kind) → [`worker::state`] commits, done-marks
-//!   written behind the actions by [`worker::marks`]. [`worker::config`] is the rules file;
-//!   [`worker::facts`] the one list of names conditions and templates see.
+//! - [`worker`]: [`worker::run`] wires it and takes each batch (several in hand at once,
+//!   [`worker::gate`] keeping those that share a subject in order) → [`worker::batch`] groups
+//!   them by subject → [`worker::enrich`] runs the lookups the event's rules read →
+//!   [`worker::decide`] (pure) turns an event, the subject's state, the lookups' answers and
+//!   the [`worker::rules`] into a typed `Decision` → the batch carries it out:
+//!   [`worker::action`] runs the planned actions (a file per kind; paced) → [`worker::state`]
+//!   commits, done-marks written behind the actions by [`worker::marks`]. [`worker::config`]
+//!   is the rules file; [`worker::facts`] the one list of names conditions and templates see.
 //! - [`config`]: what every config file shares: TOML + `HOOKWARDEN__` overrides → typed
 //!   sections, every problem named with file, line, key and reason; the `[amqp]`, `[log]`
 //!   and `[telemetry]` sections, secrets, units. Each daemon owns its own sections. Imports

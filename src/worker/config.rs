@@ -642,6 +642,150 @@ rate = { max = 5, per = "1m" }
     }
 
     #[test]
+    fn lookups_are_checked_and_every_reference_to_them_too() {
+        let all = problems(
+            r#"
+[enrich.account]
+kind = "http"
+url = "http://accounts/{{ subject }}"
+cache_ttl = "5m"
+
+[enrich.ledger]
+kind = "grpc"
+url = "http://ledger/{{ rule }}"
+timeout = "5m"
+retries = 11
+max_cache_entries = 5
+on_error = "ignore"
+
+[[rules]]
+name = "young"
+events = ["dregs:*"]
+when = "enrich.acount.age_days < 30"
+actions = ["note"]
+
+[actions.note]
+kind = "log"
+message = "{{ enrich.kyc.level }}"
+
+[[watch]]
+name = "quiet"
+provider = "dregs"
+silent_for = "1h"
+actions = ["aged"]
+
+[actions.aged]
+kind = "log"
+message = "{{ enrich.account.age_days }}"
+"#,
+            &[],
+        );
+        for expected in [
+            "enrich.ledger.on_error: unknown \"ignore\"; expected skip_rule or retry",
+            "rules[0].when: no lookup named \"acount\" (enrich.acount); defined: account",
+            "actions.note.message: no lookup named \"kyc\" (enrich.kyc); defined: account",
+            "watch[0]: action \"aged\" reads enrich, but a watch's actions have no event to \
+             look anything up for",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let ledger = problems(
+            r#"
+[enrich.ledger]
+kind = "grpc"
+url = "http://ledger/{{ rule }}"
+timeout = "5m"
+retries = 11
+max_cache_entries = 5
+"#,
+            &[],
+        );
+        for expected in [
+            "enrich.ledger.kind: unknown kind \"grpc\"; expected http",
+            "enrich.ledger.timeout: must be more than 0 and at most 1m (the event waits for it)",
+            "enrich.ledger.retries: at most 10",
+            "enrich.ledger.max_cache_entries: caches nothing without cache_ttl",
+            "enrich.ledger.url: a lookup's templates cannot use 'rule'",
+        ] {
+            assert!(
+                ledger.contains(expected),
+                "missing {expected:?} in:\n{ledger}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rule_reads_the_lookups_its_condition_and_its_actions_name() {
+        let config = WorkerConfig::parse(
+            "rules.toml",
+            &format!(
+                "{SUBJECTS}{}",
+                r#"
+[enrich.account]
+kind = "http"
+url = "http://accounts/{{ subject }}"
+[enrich.ledger]
+kind = "http"
+url = "http://ledger/{{ subject }}"
+on_error = "retry"
+[enrich.kyc]
+kind = "http"
+url = "http://kyc/{{ subject }}"
+
+[[rules]]
+name = "young"
+events = ["dregs:identity.*"]
+when = "enrich.account.age_days < 30"
+actions = ["note"]
+
+[[rules]]
+name = "plain"
+events = ["dregs:*"]
+when = "score.humanity < 30.0"
+actions = ["plain"]
+
+[actions.note]
+kind = "log"
+message = "{{ enrich.ledger.balance }}"
+
+[actions.plain]
+kind = "log"
+message = "low"
+"#
+            ),
+            &HashMap::new(),
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+        let rules = &config.rules;
+        assert_eq!(rules.rules[0].enrich, ["account", "ledger"]);
+        assert!(rules.rules[1].enrich.is_empty());
+        let names = |indexes: Vec<usize>| -> Vec<&str> {
+            indexes
+                .into_iter()
+                .map(|i| rules.lookups[i].name.as_str())
+                .collect()
+        };
+        assert_eq!(
+            names(rules.lookups_for("dregs", "identity.scored")),
+            ["account", "ledger"]
+        );
+        // Only "plain" applies: no lookup, and kyc, which no rule reads, never.
+        assert!(rules.lookups_for("dregs", "tier.changed").is_empty());
+        let summary = config.summary();
+        assert!(
+            summary.contains(
+                "lookup \"account\": http GET, timeout 2s, retries 2, not cached, on_error \
+                 skip_rule; read by young"
+            ),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("lookup \"kyc\": http GET, timeout 2s, retries 2, not cached, on_error skip_rule; read by no rule (never run)"),
+            "{summary}"
+        );
+    }
+
+    #[test]
     fn a_paced_action_is_named_in_the_check_summary() {
         let text = "[actions.q]\nkind = \"log\"\nmessage = \"m\"\n\
                     rate = { max = 50, per = \"1s\" }\nconcurrency = 2\n";

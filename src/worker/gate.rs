@@ -77,7 +77,10 @@ impl Drop for Ticket<'_> {
             .unwrap_or_else(PoisonError::into_inner);
         for key in &self.keys {
             // Still this batch's (no later batch took the key): free it.
-            if holders.get(key).is_some_and(CancellationToken::is_cancelled) {
+            if holders
+                .get(key)
+                .is_some_and(CancellationToken::is_cancelled)
+            {
                 holders.remove(key);
             }
         }

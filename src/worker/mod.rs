@@ -1,8 +1,8 @@
 //! `hookwarden-worker`: consumes events, keeps per-subject state, evaluates rules and runs
 //! actions, exactly once in effect and in order per subject.
 //!
-//! Path of a delivery: [`crate::broker::consumer`] takes a batch and hands it to [`run`] →
-//! [`batch`] reads, dedupes and groups it ([`subject`] reads who each event is about) and
+//! Path of a delivery: [`crate::broker::consumer`] takes a batch and hands it to [`run`]
+//! ([`gate`] keeps batches in hand that share a subject in order) → [`batch`] reads, dedupes and groups it ([`subject`] reads who each event is about) and
 //! runs the [`enrich`] lookups the event's rules read →
 //! [`decide`], pure, evaluates the [`rules`]' [`condition`]s over the event's [`facts`] and
 //! renders the firing rules' actions ([`template`]s) into a `Decision` → the batch carries it

@@ -1,8 +1,9 @@
 //! The worker's wiring: opens the state store and starts the admin server, the pruning and
 //! the broker consumer ([`crate::broker::consumer`]); each batch the consumer hands over goes
-//! to [`crate::worker::batch`], its dead letters are published, its done-marks and state
+//! to [`crate::worker::batch`] once the batches before it that share a subject are over
+//! ([`crate::worker::gate`]), its dead letters are published, its done-marks and state
 //! committed, and only then does the consumer ack it. Runs until shutdown, then finishes the
-//! batch in hand.
+//! batches in hand.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

@@ -480,6 +480,33 @@ mod tests {
     }
 
     #[test]
+    fn member_refs_list_dotted_members_and_say_when_the_whole_name_is_read() {
+        let mut t = Templates::new();
+        let dotted = t
+            .add(
+                "a",
+                "{{ enrich.account.age_days }} {{ enrich.ledger }} {{ event.x }}",
+            )
+            .unwrap();
+        assert_eq!(
+            t.member_refs(dotted, "enrich"),
+            MemberRefs {
+                names: vec!["account".to_owned(), "ledger".to_owned()],
+                whole: false
+            }
+        );
+        let whole = t
+            .add(
+                "b",
+                "{% for name, answer in enrich | items %}{{ name }}{% endfor %}",
+            )
+            .unwrap();
+        assert!(t.member_refs(whole, "enrich").whole);
+        let none = t.add("c", "{{ rule }}").unwrap();
+        assert_eq!(t.member_refs(none, "enrich"), MemberRefs::default());
+    }
+
+    #[test]
     fn env_merged_into_context_renders() {
         let mut t = Templates::new();
         let id = t

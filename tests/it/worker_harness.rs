@@ -31,6 +31,8 @@ pub struct WorkerHarness {
     postgres: bool,
     /// A PostgreSQL state of the test's own: the worker's URL, and the one the test reads by.
     state_urls: Option<(String, String)>,
+    /// `[state] pool_size`, when the state is in PostgreSQL.
+    pool_size: Option<u32>,
 }
 
 /// The `[[subjects]]` entry for Dregs test events (see [`dregs`]).
@@ -56,7 +58,14 @@ impl WorkerHarness {
             url: None,
             postgres: false,
             state_urls: None,
+            pool_size: None,
         }
+    }
+
+    /// `[state] pool_size` when the state is in PostgreSQL (the embedded store takes none).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = Some(size);
+        self
     }
 
     /// Connects the worker to `url` (e.g. a [`crate::harness::Proxy`]) instead of the broker.
@@ -133,7 +142,16 @@ impl WorkerHarness {
         };
         let (state, read_url) = match (&self.state_urls, &schema) {
             (Some((worker, read)), _) => (format!("url = \"{worker}\"\n"), Some(read.clone())),
-            (None, Some(schema)) => (format!("url = \"{}\"\n", schema.url()), None),
+            (None, Some(schema)) => (
+                format!(
+                    "url = \"{}\"\n{}",
+                    schema.url(),
+                    self.pool_size
+                        .map(|n| format!("pool_size = {n}\n"))
+                        .unwrap_or_default()
+                ),
+                None,
+            ),
             (None, None) => (
                 format!("path = \"{}\"\n", dir.path.join("worker.db").display()),
                 None,

@@ -140,17 +140,26 @@ async fn a_rate_spreads_a_storm_and_every_action_still_arrives_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_subjects_go_on_while_a_paced_storm_waits_and_a_subject_keeps_its_order() {
     let sink = Sink::start().await;
+    // In PostgreSQL each batch in hand holds a connection: pool_size − 2 of them at once.
     let w = WorkerHarness::for_dregs(&rules("rate = { max = 10, per = \"1s\" }"))
+        .pool_size(10)
         .start(&sink.url())
         .await;
     // Thirty quarantines at ten a second: three seconds of waiting.
     for i in 0..30 {
-        w.publish_dregs(&format!("slow-{i}"), &format!("q{i}"), "2026-12-01T10:00:00Z", 10)
-            .await;
+        w.publish_dregs(
+            &format!("slow-{i}"),
+            &format!("q{i}"),
+            "2026-12-01T10:00:00Z",
+            10,
+        )
+        .await;
     }
-    sink.wait_until("the storm's first quarantine", Duration::from_secs(10), |r| {
-        r.iter().any(|r| r.path.ends_with("/quarantine"))
-    })
+    sink.wait_until(
+        "the storm's first quarantine",
+        Duration::from_secs(10),
+        |r| r.iter().any(|r| r.path.ends_with("/quarantine")),
+    )
     .await;
     // Then a high score for a subject of its own, and one for the storm's last subject.
     w.publish_dregs("happy", "glad", "2026-12-01T10:00:01Z", 95)
@@ -159,7 +168,10 @@ async fn other_subjects_go_on_while_a_paced_storm_waits_and_a_subject_keeps_its_
         .await;
     let got = sink
         .wait_until("both celebrations", Duration::from_secs(20), |r| {
-            r.iter().filter(|r| r.path.starts_with("/celebrate/")).count() == 2
+            r.iter()
+                .filter(|r| r.path.starts_with("/celebrate/"))
+                .count()
+                == 2
         })
         .await;
     let at = |path: &str| got.iter().find(|r| r.path == path).map(|r| r.at);

@@ -2,10 +2,10 @@
 //! `per`, one every `per / max` rounded up (governor's GCRA bucket without a burst, so that no
 //! window of length `per` holds more than `max`), `concurrency = N` keeps at most N open at
 //! once. A firing over its pace waits for its turn; it is neither dropped nor failed. The
-//! wait holds that firing and what follows it for its subject (a subject's actions and events
-//! keep their order); the batch's other subjects go on, but the batch is acked only when its
-//! last paced firing has gone, so the batches behind it wait too. Retries inside one firing
-//! are not paced again.
+//! wait holds that firing, the actions after it in its rule and its subject's later events;
+//! the event's other rules, the batch's other subjects and later batches without that subject
+//! go on ([`crate::worker::batch`], [`crate::worker::gate`]). Its delivery is acked once it
+//! has gone. Retries inside one firing are not paced again.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

@@ -37,8 +37,7 @@ const MAX_RETRIES: u32 = 10;
 const MAX_CACHE_ENTRIES: u64 = 10_000_000;
 
 /// What happens to an event whose lookup failed after its retries.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OnError {
     /// The rules that read the lookup record an error for the event; the others go on.
     #[default]
@@ -72,8 +71,7 @@ struct Table {
     #[serde(default, with = "humantime_serde")]
     cache_ttl: Option<Duration>,
     max_cache_entries: Option<u64>,
-    #[serde(default)]
-    on_error: OnError,
+    on_error: Option<String>,
 }
 
 /// A compiled lookup.
@@ -236,6 +234,18 @@ fn compile_one(
             ),
         );
     }
+    let on_error = match table.on_error.as_deref() {
+        None | Some("skip_rule") => OnError::SkipRule,
+        Some("retry") => OnError::Retry,
+        Some(other) => {
+            problem(
+                doc,
+                "on_error",
+                format!("unknown {other:?}; expected skip_rule or retry"),
+            );
+            OnError::SkipRule
+        }
+    };
     let retries = table.retries.unwrap_or(DEFAULT_RETRIES);
     if retries > MAX_RETRIES {
         problem(doc, "retries", format!("at most {MAX_RETRIES}"));
@@ -311,7 +321,7 @@ fn compile_one(
             headers,
             timeout,
             retries,
-            on_error: table.on_error,
+            on_error,
             cache,
         }),
         _ => None,

@@ -605,7 +605,8 @@ fn check_watch_lookups(
                 doc.problem(
                     &format!("watch[{i}]"),
                     format!(
-                        "action {:?} reads enrich, but a watch's actions have no event to look                          anything up for",
+                        "action {:?} reads enrich, but a watch's actions have no event to look \
+                         anything up for",
                         actions[a].name
                     ),
                 );
