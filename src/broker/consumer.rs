@@ -1,8 +1,8 @@
 //! The worker's consume loop: one connection at a time to the brokers of `[amqp] url` in
 //! turn; on it the shared topology, `basic.qos` of `prefetch` and `basic.consume` with manual
-//! acks. What has arrived (up to `prefetch`) goes to a [`Handler`] as one batch; the loop
-//! goes on taking batches while earlier ones are handled (up to [`Handler::in_flight`] at
-//! once), and acks each when the handler is done with it: one multiple-ack when no earlier
+//! acks. What has arrived (up to its share of `prefetch`) goes to a [`Handler`] as one
+//! batch; the loop goes on taking batches while earlier ones are handled (up to
+//! [`Handler::in_flight`] at once), and acks each when the handler is done with it: one multiple-ack when no earlier
 //! batch is still in hand, else an ack per delivery. A watchdog beside the loop notices a
 //! dead link at once; the next session follows after the shared [`Backoff`]. Anything not
 //! acked when a connection dies is redelivered.
@@ -257,7 +257,7 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Consumes, reconnecting with backoff, until `shutdown`; then stops consuming, finishes
-    /// the batch in hand (handled and acked), and closes.
+    /// the batches in hand (handled and acked), and closes.
     pub async fn run(self) {
         let mut backoff = Backoff::new(BACKOFF);
         let mut brokers = self.urls.iter().cycle();
@@ -342,9 +342,9 @@ impl<H: Handler> Consumer<H> {
         let (publish, probe, mut consumer) = tokio::time::timeout(connection::SETUP_TIMEOUT, setup)
             .await
             .map_err(|_| ConsumeError::Timeout)??;
-        // The watchdog runs beside the batch loop, so a connection that dies while a batch
-        // is in hand (or while nothing arrives) is noticed at once: `consuming` and /readyz
-        // turn false, and the loop ends at its next await on the broker.
+        // The watchdog runs beside the batch loop, so a connection that dies while batches
+        // are in hand (or while nothing arrives) is noticed at once: `consuming` and /readyz
+        // turn false, and the loop ends (letting the batches in hand finish, unacked).
         self.status.consuming();
         self.handler.session_started(&publish);
         tracing::info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
@@ -356,22 +356,26 @@ impl<H: Handler> Consumer<H> {
             queue: self.queue.clone(),
             status: self.status.clone(),
         })));
-        let limit = usize::from(self.prefetch);
         let most = self.handler.in_flight().max(1);
+        // A batch takes its share of prefetch, so that under a backlog the deliveries are
+        // spread over the batches in hand: one waiting holds only its share.
+        let limit = usize::from(self.prefetch).div_ceil(most).max(1);
         // Batches in hand, each with its deliveries' ackers; the first delivery tag of each.
         let mut in_hand = FuturesUnordered::new();
         let mut firsts = BTreeSet::new();
-        loop {
+        let ended = loop {
             tokio::select! {
                 biased;
                 lost = &mut watchdog.0 => {
-                    return Ok(Ended::Lost(
+                    break Ok(Ended::Lost(
                         lost.unwrap_or_else(|e| LinkLost::Watchdog(Arc::new(e))),
                     ));
                 }
                 Some((handled, taken)) = in_hand.next(), if !in_hand.is_empty() => {
-                    if let Err(lost) = self.done(connection, handled, taken, &mut firsts).await? {
-                        return Ok(Ended::Lost(lost));
+                    match self.done(connection, handled, taken, &mut firsts).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(lost)) => break Ok(Ended::Lost(lost)),
+                        Err(err) => break Err(err),
                     }
                 }
                 () = self.shutdown.cancelled() => {
@@ -393,19 +397,10 @@ impl<H: Handler> Consumer<H> {
                     return Ok(Ended::Shutdown);
                 }
                 first = consumer.next(), if in_hand.len() < most => {
-                    let mut deliveries = match first {
-                        Some(Ok(d)) => vec![d],
-                        Some(Err(e)) => return Ok(Ended::Lost(LinkLost::Delivery(e))),
-                        None => return Ok(Ended::Lost(LinkLost::Cancelled)),
+                    let deliveries = match take(first, &mut consumer, limit) {
+                        Ok(deliveries) => deliveries,
+                        Err(lost) => break Ok(Ended::Lost(lost)),
                     };
-                    // Take what is already here, up to prefetch: one commit and one ack for all.
-                    while deliveries.len() < limit {
-                        match consumer.next().now_or_never() {
-                            Some(Some(Ok(d))) => deliveries.push(d),
-                            Some(Some(Err(e))) => return Ok(Ended::Lost(LinkLost::Delivery(e))),
-                            _ => break,
-                        }
-                    }
                     let taken = Taken {
                         first: deliveries[0].delivery_tag,
                         ackers: deliveries.iter().map(|d| d.acker.clone()).collect(),
@@ -415,7 +410,14 @@ impl<H: Handler> Consumer<H> {
                     in_hand.push(async move { (handling.await, taken) });
                 }
             }
-        }
+        };
+        // The session is over and its unacked deliveries go back to the queue; the batches
+        // still in hand run to their end all the same, as one would before this loop took
+        // several: dropped halfway, an action sent but not yet marked done would be sent again
+        // sooner, and their store work (which runs on, in blocking threads) would go on
+        // without holding their subjects' place.
+        while in_hand.next().await.is_some() {}
+        ended
     }
 
     /// A batch handled: acks it (all at once unless an earlier batch is still in hand), or
@@ -448,6 +450,28 @@ impl<H: Handler> Consumer<H> {
             },
         })
     }
+}
+
+/// A batch: `first` (the delivery the loop waited for) and what else has already arrived, up
+/// to `limit` in all.
+fn take(
+    first: Option<Result<Delivery, lapin::Error>>,
+    consumer: &mut lapin::Consumer,
+    limit: usize,
+) -> Result<Vec<Delivery>, LinkLost> {
+    let mut deliveries = match first {
+        Some(Ok(d)) => vec![d],
+        Some(Err(e)) => return Err(LinkLost::Delivery(e)),
+        None => return Err(LinkLost::Cancelled),
+    };
+    while deliveries.len() < limit {
+        match consumer.next().now_or_never() {
+            Some(Some(Ok(d))) => deliveries.push(d),
+            Some(Some(Err(e))) => return Err(LinkLost::Delivery(e)),
+            _ => break,
+        }
+    }
+    Ok(deliveries)
 }
 
 /// A batch's deliveries as the loop keeps them while the handler has them.

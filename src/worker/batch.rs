@@ -507,7 +507,12 @@ async fn handle_subject(
         )
         .instrument(span.clone())
         .await?;
-        let (mut rules_json, failure, acted) = carry_out(ctx, &evaluation, done, &trace)
+        let CarriedOut {
+            mut rules_json,
+            failure,
+            acted,
+            completed,
+        } = carry_out(ctx, &evaluation, done, &trace)
             .instrument(span)
             .await;
         for (position, results) in trips {
@@ -520,7 +525,15 @@ async fn handle_subject(
         ctx.metrics.event(outcome.as_str());
         match failure {
             Some(fate) => {
-                // State stays as it was: replaying the dead letter must see the same past.
+                // State stays as it was: replaying the dead letter must see the same past. But
+                // the rules whose actions all ran (beside the one that failed) fired: their
+                // cooldowns start, or the subject's next event would fire them again.
+                for rule in completed {
+                    if let Some(&at) = evaluation.next.fired_ms.get(&rule) {
+                        state.fired_ms.insert(rule, at);
+                        changed = true;
+                    }
+                }
                 results.push((
                     index,
                     fate,
@@ -675,14 +688,21 @@ async fn lookups(
     let requests = decide::with_facts(rules, event, subject, prior, &Default::default(), |facts| {
         enrich::requests(&rules.lookups, &rules.templates, &needed, facts)
     });
-    enrich::answer(
+    let mut answers = enrich::answer(
         &rules.lookups,
         requests,
         &ctx.runner.http,
         &ctx.metrics,
         trace,
     )
-    .await
+    .await;
+    // A lookup only shadow rules read never holds the event: shadow rules never act.
+    for (name, failure) in &mut answers.failed {
+        if !rules.enforced_reads(name, &event.provider, &event.event_type) {
+            failure.on_error = enrich::OnError::SkipRule;
+        }
+    }
+    answers
 }
 
 /// The key a subject's state and lock are stored under: `provider/subject`.
@@ -705,18 +725,28 @@ fn delivery_span(event: &Event, subject: &str) -> tracing::Span {
     )
 }
 
+/// What carrying out an evaluation came to.
+struct CarriedOut {
+    /// Each evaluated rule's record entry, in rule order.
+    rules_json: Vec<Value>,
+    /// The dead-letter fate of the first failure, in rule order.
+    failure: Option<Fate>,
+    /// Whether an action ran (or had run before).
+    acted: bool,
+    /// The rules whose actions all ran (or had run before).
+    completed: Vec<String>,
+}
+
 /// Runs the actions of `evaluation`'s enforcing rules: each rule's actions in order, stopping
 /// at its first that fails, and the rules side by side, so that one rule's paced or slow action
-/// holds none of the others'. Returns the rules' record entries, the dead-letter fate of the
-/// first failure (in rule order), and whether an action ran (or had run before). Each acting
-/// rule is a `rule` span, a child of the delivery's (`trace`), its actions' spans children of
-/// it.
+/// holds none of the others'. Each acting rule is a `rule` span, a child of the delivery's
+/// (`trace`), its actions' spans children of it.
 async fn carry_out(
     ctx: &Context,
     evaluation: &decide::Evaluation,
     done: &HashSet<String>,
     trace: &TraceContext,
-) -> (Vec<Value>, Option<Fate>, bool) {
+) -> CarriedOut {
     let rules = &ctx.config.rules;
     for decided in &evaluation.rules {
         let rule = &rules.rules[decided.rule];
@@ -741,8 +771,12 @@ async fn carry_out(
     let mut rules_json = Vec::new();
     let mut failure = None;
     let mut acted = false;
+    let mut completed = Vec::new();
     for (decided, results) in evaluation.rules.iter().zip(ran) {
         let rule = &rules.rules[decided.rule];
+        if !results.is_empty() && results.iter().all(|r| r.outcome != ActionOutcome::Failed) {
+            completed.push(rule.name.clone());
+        }
         let mut actions_json = Vec::new();
         for result in results {
             if result.outcome == ActionOutcome::Failed {
@@ -764,7 +798,12 @@ async fn carry_out(
         }
         rules_json.push(decided.record(rules, actions_json));
     }
-    (rules_json, failure, acted)
+    CarriedOut {
+        rules_json,
+        failure,
+        acted,
+        completed,
+    }
 }
 
 /// Runs one acting rule's actions in order, up to and including the first that fails.

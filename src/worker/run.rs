@@ -205,7 +205,9 @@ pub async fn start(
         seen,
         session,
         gate: Gate::default(),
-        in_flight: batches_in_flight(&initial.state.backend),
+        past_gate: Arc::new(tokio::sync::Semaphore::new(batches_past_gate(
+            &initial.state.backend,
+        ))),
     };
     let consumer = Consumer::new(&initial.amqp, batches, status, shutdown);
     let done = tokio::spawn(async move {
@@ -300,8 +302,8 @@ struct Batches {
     session: Arc<Mutex<Option<Channel>>>,
     /// Keeps batches in flight that share a subject in arrival order.
     gate: Gate,
-    /// How many batches may be in hand at once.
-    in_flight: usize,
+    /// Turns to go past the gate: in PostgreSQL each batch past it holds a connection.
+    past_gate: Arc<tokio::sync::Semaphore>,
 }
 
 /// The state store's last failure while it is unavailable; `/readyz` reports it.
@@ -337,13 +339,20 @@ impl BatchError {
     }
 }
 
-/// Batches a worker handles at once: while some wait (on a paced action, a slow target), the
-/// next go on. In PostgreSQL each holds a connection for its subjects' locks, and the reads
-/// and the done-mark writer need one each besides.
-fn batches_in_flight(backend: &Backend) -> usize {
+/// Batches a worker has in hand at once: while some wait (on a paced action, a slow target,
+/// an earlier batch with the same subject), the next go on.
+const BATCHES_IN_HAND: usize = 8;
+
+/// Batches in hand that may be past the gate at once. In PostgreSQL each holds a connection
+/// for its subjects' locks until its commit, and the reads and the done-mark writer need one
+/// each besides.
+fn batches_past_gate(backend: &Backend) -> usize {
     match backend {
-        Backend::Sqlite(_) => 8,
-        Backend::Postgres(options) => options.pool_size.saturating_sub(2).max(1),
+        Backend::Sqlite(_) => BATCHES_IN_HAND,
+        Backend::Postgres(options) => options
+            .pool_size
+            .saturating_sub(2)
+            .clamp(1, BATCHES_IN_HAND),
     }
 }
 
@@ -351,7 +360,7 @@ impl consumer::Handler for Batches {
     type Error = BatchError;
 
     fn in_flight(&self) -> usize {
-        self.in_flight
+        BATCHES_IN_HAND
     }
 
     fn session_started(&self, publish: &Channel) {
@@ -394,6 +403,8 @@ impl consumer::Handler for Batches {
         let mut read = Some(read);
         async move {
             ticket.ready().await;
+            // An error only if the semaphore were closed, which it never is.
+            let _turn = self.past_gate.acquire().await;
             let mut pause = STORE_RETRY_FIRST;
             loop {
                 // Read again for a second attempt: the first one's read went into it.

@@ -230,6 +230,66 @@ async fn a_failing_target_is_retried_and_one_that_never_recovers_dead_letters() 
     assert_ne!(key, "");
 }
 
+/// Two rules on one event act side by side: one whose target is down fails and dead-letters
+/// the event, the other's action goes through, and its cooldown starts all the same.
+#[tokio::test]
+async fn a_failing_rule_neither_stops_nor_uncools_the_rule_beside_it() {
+    let sink = Sink::start().await;
+    let down = format!("http://{}", crate::harness::free_addr());
+    let rules = r#"
+[[rules]]
+name = "doomed"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 30.0"
+actions = ["down"]
+
+[[rules]]
+name = "notify"
+events = ["dregs:identity.scored"]
+when = "score.humanity < 30.0"
+actions = ["notify"]
+cooldown = "1h"
+
+[actions.down]
+kind = "http"
+url = "DOWN/x"
+retries = 0
+
+[actions.notify]
+kind = "http"
+url = "{SINK}/notify/{{ subject }}"
+retries = 0
+"#
+    .replace("DOWN", &down);
+    let w = WorkerHarness::for_dregs(&rules).start(&sink.url()).await;
+    w.publish_dregs("f1", "u1", "2026-12-01T10:00:00Z", 10)
+        .await;
+    let d = w.decision("dregs", "f1").await;
+    assert_eq!(d.outcome, "dead_lettered", "{}", d.record);
+    let dead = crate::harness::eventually_get(&w.broker, &w.names.dead_letter_queue).await;
+    assert_eq!(
+        header(&dead.delivery.properties, "x-hookwarden-rule").as_deref(),
+        Some("doomed")
+    );
+    sink.wait_until("the other rule's action", Duration::from_secs(10), |r| {
+        r.iter().any(|r| r.path == "/notify/u1")
+    })
+    .await;
+    // The next event of the subject: "notify" fired an hour ago at most, so it cools down.
+    w.publish_dregs("f2", "u1", "2026-12-01T10:01:00Z", 10)
+        .await;
+    let d = w.decision("dregs", "f2").await;
+    let notify = d.record["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "notify")
+        .cloned()
+        .unwrap();
+    assert_eq!(notify["cooldown"], true, "{}", d.record);
+    assert_eq!(paths(&sink), ["/notify/u1"]);
+}
+
 #[tokio::test]
 async fn unreadable_messages_dead_letter_at_once_and_unknown_subjects_are_recorded() {
     let sink = Sink::start().await;

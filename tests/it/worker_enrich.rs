@@ -362,3 +362,28 @@ async fn with_retry_an_event_waits_out_a_short_outage_and_dead_letters_after_a_l
         .count();
     assert_eq!(alerts, 1);
 }
+
+#[tokio::test]
+async fn a_lookup_only_shadow_rules_read_never_dead_letters_the_event() {
+    let sink = Sink::start().await;
+    let down = format!("http://{}", free_addr());
+    let rules = rules(&down, "retry", 0, "")
+        .replace(
+            "actions = [\"quarantine\"]",
+            "actions = [\"quarantine\"]\nmode = \"shadow\"",
+        )
+        .replace(
+            "actions = [\"note\"]",
+            "actions = [\"note\"]\nmode = \"shadow\"",
+        );
+    let w = WorkerHarness::for_dregs(&rules).start(&sink.url()).await;
+    w.publish_dregs("e-shadow", "u1", "2026-12-01T10:00:00Z", 10)
+        .await;
+    let d = w.decision("dregs", "e-shadow").await;
+    assert_eq!(d.outcome, "acted", "{}", d.record);
+    assert_eq!(d.record["enrich"]["account"]["on_error"], "skip_rule");
+    sink.wait_until("the enforcing rule's alert", Duration::from_secs(10), |r| {
+        r.iter().any(|r| r.path == "/alert/u1")
+    })
+    .await;
+}

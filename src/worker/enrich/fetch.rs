@@ -49,7 +49,10 @@ pub async fn answer(
         let lookup = &lookups[i];
         let result = match request {
             Ok(request) => one(lookup, &request, client, metrics, trace).await,
-            Err(reason) => Err(format!("cannot render: {reason}")),
+            Err(reason) => {
+                metrics.lookup(&lookup.name, "failed", None);
+                Err(format!("cannot render: {reason}"))
+            }
         };
         (lookup, result)
     }))

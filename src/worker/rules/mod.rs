@@ -185,6 +185,16 @@ impl Rules {
         }
     }
 
+    /// Whether an enforcing rule that applies to events of `provider` and `event_type` reads
+    /// the lookup `name`: only then may its failure (`on_error = "retry"`) hold the event.
+    pub fn enforced_reads(&self, name: &str, provider: &str, event_type: &str) -> bool {
+        self.rules.iter().any(|r| {
+            r.mode == Mode::Enforce
+                && r.enrich.iter().any(|n| n == name)
+                && r.applies(provider, event_type)
+        })
+    }
+
     /// The lookups (indexes into [`Rules::lookups`]) that the rules applying to events of
     /// `provider` and `event_type` read, each once.
     pub fn lookups_for(&self, provider: &str, event_type: &str) -> Vec<usize> {
