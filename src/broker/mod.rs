@@ -2,6 +2,7 @@
 //! connection and pace their reconnects, the confirmed publisher the listener hands events
 //! to, and the consumer that hands them to the worker.
 
+pub mod acks;
 pub mod backoff;
 pub mod connection;
 pub mod consumer;

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use crate::envelope::HEADER_PROVIDER;
 use crate::telemetry::WorkerMetrics;
 use crate::telemetry::trace::{self, Parent, TRACEPARENT, TRACESTATE, TraceContext};
-use crate::worker::action::{ActionOutcome, Runner, idempotency_key};
+use crate::worker::action::{ActionOutcome, ActionResult, Runner, idempotency_key};
 use crate::worker::config::WorkerConfig;
 use crate::worker::decide::{self, Event, EventOutcome, Sighting, SubjectDecision, Verdict};
 use crate::worker::enrich::{self, Answers};
@@ -200,15 +200,24 @@ impl Read {
         Self { entries }
     }
 
-    /// What the batch touches that another batch in flight must not touch at the same time:
-    /// its subjects' keys and its events' keys.
-    pub fn keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
+    /// What the batch touches that another batch in flight must not touch at the same time,
+    /// hashed: its subjects' keys and its events' keys.
+    pub fn keys(&self) -> Vec<u64> {
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        // One fixed hasher for every batch, so equal keys hash alike.
+        static HASHER: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let hasher = HASHER.get_or_init(Default::default);
+        let mut keys = Vec::with_capacity(self.entries.len() * 2);
         for (_, read) in &self.entries {
             if let Ok((event, sighting)) = read {
-                keys.push(format!("event:{}", event.key));
+                let mut h = hasher.build_hasher();
+                ("event", &event.key).hash(&mut h);
+                keys.push(h.finish());
                 if let Sighting::Subject(subject) = sighting {
-                    keys.push(format!("subject:{}", subject_key(event, subject)));
+                    let mut h = hasher.build_hasher();
+                    ("subject", &event.provider, &subject.id).hash(&mut h);
+                    keys.push(h.finish());
                 }
             }
         }
@@ -761,13 +770,22 @@ async fn carry_out(
             );
         }
     }
-    let ran = join_all(evaluation.rules.iter().map(|decided| async move {
-        match decided.verdict == Verdict::Acts && !decided.actions.is_empty() {
-            true => run_rule(ctx, decided, done, trace).await,
-            false => Vec::new(),
-        }
-    }))
-    .await;
+    let acting = |d: &decide::RuleDecision| d.verdict == Verdict::Acts && !d.actions.is_empty();
+    // Most events act on one rule or none: no futures to join for them.
+    let mut ran: Vec<Vec<ActionResult>> =
+        match evaluation.rules.iter().filter(|d| acting(d)).count() {
+            0 => Vec::new(),
+            _ => {
+                join_all(evaluation.rules.iter().map(|decided| async move {
+                    match acting(decided) {
+                        true => run_rule(ctx, decided, done, trace).await,
+                        false => Vec::new(),
+                    }
+                }))
+                .await
+            }
+        };
+    ran.resize_with(evaluation.rules.len(), Vec::new);
     let mut rules_json = Vec::new();
     let mut failure = None;
     let mut acted = false;
@@ -812,7 +830,7 @@ async fn run_rule(
     decided: &decide::RuleDecision,
     done: &HashSet<String>,
     trace: &TraceContext,
-) -> Vec<crate::worker::action::ActionResult> {
+) -> Vec<ActionResult> {
     let rules = &ctx.config.rules;
     let rule = &rules.rules[decided.rule];
     let span = match trace::exporting() {

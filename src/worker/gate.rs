@@ -11,17 +11,18 @@ use std::sync::{Mutex, PoisonError};
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-/// The keys of the batches in flight, each with the last batch to enter holding it.
+/// The keys of the batches in flight, each with the last batch to enter holding it. A key is
+/// a hash: two keys that collide only make a batch wait when it need not.
 #[derive(Default)]
 pub struct Gate {
-    holders: Mutex<HashMap<String, CancellationToken>>,
+    holders: Mutex<HashMap<u64, CancellationToken>>,
 }
 
 /// A batch's place at the gate: [`Ticket::ready`] waits for its turn; dropped, it lets the
 /// batches behind it through.
 pub struct Ticket<'g> {
     gate: &'g Gate,
-    keys: Vec<String>,
+    keys: Vec<u64>,
     /// The batches before it that hold one of its keys.
     before: Vec<CancellationToken>,
     /// Cancelled when this batch is over.
@@ -31,12 +32,12 @@ pub struct Ticket<'g> {
 impl Gate {
     /// Enters a batch touching `keys`, behind every batch that entered before it holding one
     /// of them. Call in the order the batches arrived.
-    pub fn enter(&self, keys: Vec<String>) -> Ticket<'_> {
+    pub fn enter(&self, keys: Vec<u64>) -> Ticket<'_> {
         let over = CancellationToken::new();
         let mut before = Vec::new();
         let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
         for key in &keys {
-            if let Some(previous) = holders.insert(key.clone(), over.clone())
+            if let Some(previous) = holders.insert(*key, over.clone())
                 && !previous.is_cancelled()
             {
                 before.push(previous);
@@ -92,8 +93,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn keys(k: &[&str]) -> Vec<String> {
-        k.iter().map(|s| (*s).to_owned()).collect()
+    fn keys(k: &[&str]) -> Vec<u64> {
+        k.iter().map(|s| s.bytes().map(u64::from).sum()).collect()
     }
 
     #[tokio::test(start_paused = true)]
