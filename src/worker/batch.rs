@@ -203,7 +203,7 @@ impl Read {
     /// What the batch touches that another batch in flight must not touch at the same time,
     /// hashed: its subjects' keys and its events' keys.
     pub fn keys(&self) -> Vec<u64> {
-        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        use std::hash::BuildHasher as _;
         // One fixed hasher for every batch, so equal keys hash alike.
         static HASHER: std::sync::OnceLock<std::collections::hash_map::RandomState> =
             std::sync::OnceLock::new();
@@ -211,13 +211,9 @@ impl Read {
         let mut keys = Vec::with_capacity(self.entries.len() * 2);
         for (_, read) in &self.entries {
             if let Ok((event, sighting)) = read {
-                let mut h = hasher.build_hasher();
-                ("event", &event.key).hash(&mut h);
-                keys.push(h.finish());
+                keys.push(hasher.hash_one(("event", &event.key)));
                 if let Sighting::Subject(subject) = sighting {
-                    let mut h = hasher.build_hasher();
-                    ("subject", &event.provider, &subject.id).hash(&mut h);
-                    keys.push(h.finish());
+                    keys.push(hasher.hash_one(("subject", &event.provider, &subject.id)));
                 }
             }
         }
