@@ -63,8 +63,10 @@ fn rules(pace: &str) -> String {
 async fn a_rate_spreads_a_storm_and_every_action_still_arrives_once() {
     let sink = Sink::start().await;
     // Every event in hand at once: a paced firing holds its delivery until it has gone.
+    // In PostgreSQL each batch past its subjects' turn holds a connection: pool_size − 2.
     let w = WorkerHarness::for_dregs(&rules("rate = { max = 50, per = \"1s\" }"))
         .amqp("prefetch", "1000")
+        .pool_size(12)
         .start(&sink.url())
         .await;
     let events = 500;
