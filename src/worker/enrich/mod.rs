@@ -118,10 +118,16 @@ impl Lookup {
                 .map_err(|_| format!("header {name} renders to an invalid value"))?;
             request.headers.push((name.clone(), value));
         }
-        request.headers.push((
-            http::header::ACCEPT,
-            HeaderValue::from_static("application/json"),
-        ));
+        if !request
+            .headers
+            .iter()
+            .any(|(n, _)| n == http::header::ACCEPT)
+        {
+            request.headers.push((
+                http::header::ACCEPT,
+                HeaderValue::from_static("application/json"),
+            ));
+        }
         Ok(request)
     }
 
