@@ -1,5 +1,6 @@
 //! The admin address both daemons serve: `/healthz` (the process answers), `/readyz` (the
-//! daemon does its job now, or says why not) and `/metrics` (Prometheus text). Kept off the
+//! daemon does its job now, or says why not) and `/metrics` (Prometheus text), and the pages
+//! a daemon adds under a prefix of its own (the worker's web view, `/ui/`). Kept off the
 //! public port.
 
 use std::convert::Infallible;
@@ -45,8 +46,25 @@ pub trait Status: Send + Sync + 'static {
     fn metrics(&self) -> String;
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, status: Arc<dyn Status>, shutdown: CancellationToken) {
+/// Pages a daemon serves on its admin address besides the endpoints above, under a path
+/// prefix of their own.
+pub trait Pages: Send + Sync + 'static {
+    /// Whether `path` is one of theirs.
+    fn serves(&self, path: &str) -> bool;
+    /// The answer to `request`, whose path they serve.
+    fn answer(
+        &self,
+        request: Request<hyper::body::Incoming>,
+    ) -> futures_util::future::BoxFuture<'static, Response<Full<Bytes>>>;
+}
+
+/// Serves the admin endpoints, and `pages` when given, on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    status: Arc<dyn Status>,
+    pages: Option<Arc<dyn Pages>>,
+    shutdown: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -59,10 +77,19 @@ pub async fn serve(listener: TcpListener, status: Arc<dyn Status>, shutdown: Can
             },
             () = shutdown.cancelled() => return,
         };
-        let status = status.clone();
+        let (status, pages) = (status.clone(), pages.clone());
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
             let status = status.clone();
-            async move { Ok::<_, Infallible>(answer(request.uri().path(), status.as_ref())) }
+            let page = pages
+                .as_ref()
+                .filter(|p| p.serves(request.uri().path()))
+                .cloned();
+            async move {
+                Ok::<_, Infallible>(match page {
+                    Some(pages) => pages.answer(request).await,
+                    None => answer(request.uri().path(), status.as_ref()),
+                })
+            }
         });
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

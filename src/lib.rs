@@ -30,6 +30,8 @@
 //!   and `[telemetry]` sections, secrets, units. Each daemon owns its own sections. Imports
 //!   no daemon.
 //! - [`admin`]: health, readiness (with the reason when not ready) and metrics, for both daemons.
+//! - [`ui`]: the worker's read-only web view under `/ui/` on its admin address: overview,
+//!   decisions, a subject's scores over time, dead letters; HTML or JSON.
 //! - [`telemetry`]: logs (the subscriber, its JSON line, the request span, `ErrorChain`), W3C
 //!   trace context ([`telemetry::trace`]: listener request → message header → worker delivery,
 //!   rule and action spans → the action's target) and its OTLP export, and each daemon's
@@ -52,4 +54,5 @@ pub mod scheme;
 pub mod signals;
 pub mod systemd;
 pub mod telemetry;
+pub mod ui;
 pub mod worker;

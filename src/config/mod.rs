@@ -64,6 +64,7 @@ impl ConfigKind {
                 "lists",
                 "enrich",
                 "watch",
+                "ui",
             ],
         }
     }
@@ -74,6 +75,7 @@ impl ConfigKind {
             Self::Listener => &["providers", "dedupe", "spool"],
             Self::Worker => &[
                 "subjects", "rules", "actions", "state", "archive", "lists", "enrich", "watch",
+                "ui",
             ],
         }
     }

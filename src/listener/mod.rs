@@ -111,7 +111,7 @@ pub fn start(
         metrics,
     });
     let admin_shutdown = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(admin, status, admin_shutdown.clone()));
+    let admin_task = tokio::spawn(admin::serve(admin, status, None, admin_shutdown.clone()));
     let limits = server::ConnectionLimits {
         header_timeout: config.server.header_timeout,
         shutdown_grace: config.server.shutdown_grace,

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use crate::envelope::HEADER_PROVIDER;
 use crate::telemetry::WorkerMetrics;
 use crate::telemetry::trace::{self, Parent, TRACEPARENT, TRACESTATE, TraceContext};
-use crate::worker::action::{ActionOutcome, ActionResult, Runner, idempotency_key};
+use crate::worker::action::{self, ActionOutcome, ActionResult, Runner, idempotency_key};
 use crate::worker::config::WorkerConfig;
 use crate::worker::decide::{self, Event, EventOutcome, Sighting, SubjectDecision, Verdict};
 use crate::worker::enrich::{self, Answers};
@@ -63,6 +63,22 @@ impl Fate {
             rule: None,
             action: None,
             subject: None,
+        }
+    }
+}
+
+impl Fate {
+    /// Why the event was dead-lettered, for its decision record (the web view's dead-letter
+    /// page reads it); `null` when it was not.
+    fn record(&self) -> Value {
+        match self {
+            Self::Handled => Value::Null,
+            Self::DeadLetter {
+                error,
+                rule,
+                action,
+                subject: _,
+            } => serde_json::json!({"reason": error, "rule": rule, "action": action}),
         }
     }
 }
@@ -476,6 +492,7 @@ async fn handle_subject(
                 action: None,
                 subject: Some(subject.id.clone()),
             };
+            record["dead_letter"] = fate.record();
             let record = decision(&event, &key, EventOutcome::DeadLettered, record, now);
             results.push((index, fate, record, archived));
             continue;
@@ -530,6 +547,7 @@ async fn handle_subject(
         ctx.metrics.event(outcome.as_str());
         match failure {
             Some(fate) => {
+                record["dead_letter"] = fate.record();
                 // State stays as it was: replaying the dead letter must see the same past. But
                 // the rules whose actions all ran (beside the one that failed) fired: their
                 // cooldowns start, or the subject's next event would fire them again.
@@ -792,7 +810,7 @@ async fn carry_out(
             completed.push(rule.name.clone());
         }
         let mut actions_json = Vec::new();
-        for result in results {
+        for (result, planned) in results.into_iter().zip(&decided.actions) {
             if result.outcome == ActionOutcome::Failed {
                 failure = failure.or_else(|| {
                     Some(Fate::DeadLetter {
@@ -808,7 +826,11 @@ async fn carry_out(
             } else {
                 acted = true;
             }
-            actions_json.push(result.to_json());
+            let mut entry = result.to_json();
+            if let Ok(request) = &planned.request {
+                entry["request"] = action::masked(request.as_ref(), &rules.template_env);
+            }
+            actions_json.push(entry);
         }
         rules_json.push(decided.record(rules, actions_json));
     }

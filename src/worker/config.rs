@@ -12,6 +12,7 @@ use crate::config::amqp::{AmqpConfig, redact};
 use crate::config::log::LogConfig;
 use crate::config::telemetry::TelemetryConfig;
 use crate::config::{ConfigError, ConfigKind, Document, Problem};
+use crate::ui::config::UiConfig;
 use crate::worker::rules::Rules;
 use crate::worker::state::PgOptions;
 
@@ -31,6 +32,10 @@ pub struct WorkerConfig {
     pub telemetry: TelemetryConfig,
     /// `[[subjects]]`, `[[rules]]` and `[actions.*]`, compiled.
     pub rules: Rules,
+    /// `[ui]`: the web view on the admin address.
+    pub ui: UiConfig,
+    /// The rules file's path as given (the web view shows commands that name it).
+    pub file: String,
 }
 
 /// `[server]` of the worker.
@@ -248,6 +253,7 @@ impl WorkerConfig {
         let state: Option<StateConfig> = doc.section("state");
         let archive: Option<ArchiveConfig> = doc.section("archive");
         let log: Option<LogConfig> = doc.section("log");
+        let ui = UiConfig::parse(&mut doc);
         let mut telemetry: Option<TelemetryConfig> = doc.section("telemetry");
         if let Some(telemetry) = &mut telemetry {
             telemetry.validate(&mut doc);
@@ -264,18 +270,26 @@ impl WorkerConfig {
             check_pace(&mut doc, &rules, amqp.prefetch.get());
         }
         doc.finish()?;
-        match (amqp, server, state, archive, log, telemetry) {
-            (Some(amqp), Some(server), Some(state), Some(archive), Some(log), Some(telemetry)) => {
-                Ok(WorkerConfig {
-                    amqp,
-                    server,
-                    state,
-                    archive,
-                    log,
-                    telemetry,
-                    rules,
-                })
-            }
+        match (amqp, server, state, archive, log, telemetry, ui) {
+            (
+                Some(amqp),
+                Some(server),
+                Some(state),
+                Some(archive),
+                Some(log),
+                Some(telemetry),
+                Some(ui),
+            ) => Ok(WorkerConfig {
+                amqp,
+                server,
+                state,
+                archive,
+                log,
+                telemetry,
+                rules,
+                ui,
+                file: file.to_owned(),
+            }),
             _ => Err(ConfigError {
                 problems: vec![Problem {
                     file: file.to_owned(),
@@ -291,13 +305,14 @@ impl WorkerConfig {
     /// A short human summary for `--check`.
     pub fn summary(&self) -> String {
         format!(
-            "broker {} queue {:?} prefetch {}; state {} (decisions kept {}; {})\n{}{}",
+            "broker {} queue {:?} prefetch {}; state {} (decisions kept {}; {}); {}\n{}{}",
             self.amqp.redacted_url(),
             self.amqp.queue,
             self.amqp.prefetch,
             self.state.describe(),
             humantime::format_duration(self.state.retention),
             self.archive.describe(),
+            self.ui.describe(),
             self.telemetry.summary(),
             self.rules.summary()
         )

@@ -54,6 +54,18 @@ pub enum EventOutcome {
 }
 
 impl EventOutcome {
+    /// Every outcome, in the order people read them.
+    pub const ALL: [Self; 8] = [
+        Self::Acted,
+        Self::Matched,
+        Self::NoMatch,
+        Self::Tripped,
+        Self::DeadLettered,
+        Self::Stale,
+        Self::NoSubject,
+        Self::Duplicate,
+    ];
+
     /// The label in metrics and decision records.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -155,9 +155,12 @@ pub async fn start(
         metrics: metrics.clone(),
     });
     let admin_shutdown = CancellationToken::new();
+    let view = crate::ui::WebView::new(config.clone(), store.clone())
+        .map_err(|err| StartError::Http(format!("the web view's templates: {err}")))?;
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         readiness,
+        Some(Arc::new(view)),
         admin_shutdown.clone(),
     ));
     let prune = tokio::spawn(prune_loop(store.clone(), config.clone(), shutdown.clone()));

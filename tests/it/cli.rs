@@ -257,7 +257,7 @@ fn swapped_files_and_misspelt_scores_are_named_by_every_checker() {
     let listener = concat!(env!("CARGO_MANIFEST_DIR"), "/listener.toml");
     let worker_file = format!(
         "{rules}: this looks like a worker rules file, not a listener config (it has [state], \
-         [archive], [[subjects]], [[rules]], [enrich], [actions]); the worker takes it: hookwarden-worker --config {rules}\n"
+         [archive], [ui], [[subjects]], [[rules]], [enrich], [actions]); the worker takes it: hookwarden-worker --config {rules}\n"
     );
     let listener_file = format!(
         "{listener}: this looks like a listener config, not a worker rules file (it has \

@@ -392,7 +392,7 @@ fn a_file_for_the_other_daemon_is_named_as_such() {
     assert_eq!(
         err.to_string(),
         "deploy/rules.toml: this looks like a worker rules file, not a listener config (it has \
-         [state], [archive], [[subjects]], [[rules]], [enrich], [actions]); the worker takes it: \
+         [state], [archive], [ui], [[subjects]], [[rules]], [enrich], [actions]); the worker takes it: \
          hookwarden-worker --config deploy/rules.toml"
     );
     let err = WorkerConfig::parse("listener.toml", &listener, &HashMap::new())

@@ -2,6 +2,7 @@
 //! `HOOKWARDEN_TEST_AMQP`), each with its own uniquely named exchanges and queues.
 //! Prerequisite: RabbitMQ running (`.ci/run` starts it).
 
+mod browser;
 mod daemon;
 mod harness;
 mod pg;
@@ -33,4 +34,5 @@ mod worker_lists;
 mod worker_pace;
 mod worker_postgres;
 mod worker_stats;
+mod worker_ui;
 mod worker_watch;

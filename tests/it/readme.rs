@@ -463,6 +463,19 @@ async fn run_local_prints_commands_that_work_while_it_runs() {
         )
         .await;
     }
+    // The web view's address it prints shows the quarantined subject, with the rule that fired.
+    let page = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("  "))
+        .find(|l| l.contains("/ui/subject"))
+        .unwrap_or_else(|| panic!("run-local does not print the web view's address:\n{output}"));
+    let path = page.trim_start_matches("http://127.0.0.1:9091");
+    let (status, html) = try_admin_get("http://127.0.0.1:9091", path).await.unwrap();
+    assert_eq!(status, 200, "{page}: {html}");
+    assert!(
+        html.contains("quarantine-low-humanity: enforced"),
+        "{page} shows the rule that fired: {html}"
+    );
 
     trial.signal_group("INT");
     trial.exit_within(Duration::from_secs(40)).await;

@@ -296,6 +296,53 @@ impl ActionResult {
     }
 }
 
+/// What `request` sends, for a decision record that people read: every value of `secrets`
+/// (the `env.NAME` values templates use) written `***` wherever it appears, and the values of
+/// headers that carry credentials by their nature hidden whole.
+pub fn masked(
+    request: &dyn Request,
+    secrets: &std::collections::BTreeMap<String, String>,
+) -> Value {
+    fn walk(value: &mut Value, secrets: &[&str]) {
+        match value {
+            Value::String(text) => {
+                for secret in secrets {
+                    if text.contains(secret) {
+                        *text = text.replace(secret, "***");
+                    }
+                }
+            }
+            Value::Array(items) => {
+                // A header is written `[name, value]`.
+                if let [Value::String(name), Value::String(text)] = items.as_mut_slice()
+                    && CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+                {
+                    *text = "***".to_owned();
+                }
+                items.iter_mut().for_each(|item| walk(item, secrets));
+            }
+            Value::Object(map) => map.values_mut().for_each(|item| walk(item, secrets)),
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    let secrets: Vec<&str> = secrets
+        .values()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut shown = request.describe();
+    walk(&mut shown, &secrets);
+    shown
+}
+
+/// Headers whose values are credentials whatever they hold.
+const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
+
 /// `Idempotency-Key` of an action: the same for every delivery of one event, rule and action.
 pub fn idempotency_key(event_key: &str, rule: &str, action: &str) -> String {
     let mut h = Sha256::new();

@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "labels",
         sql: include_str!("../../../migrations/postgres/0005_labels.sql"),
     },
+    Migration {
+        version: 6,
+        name: "dead letters",
+        sql: include_str!("../../../migrations/postgres/0006_dead_letters.sql"),
+    },
 ];
 
 /// The advisory lock two workers starting at once take before looking at the schema, so one

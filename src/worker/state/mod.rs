@@ -226,6 +226,87 @@ pub struct ReplayQuery {
     pub recorded_from: Option<i64>,
 }
 
+/// Which decision records [`Store::browse`] reads, newest first (by time, then event key):
+/// only conditions an index serves, so that a page costs what it shows; the web view filters
+/// the rest of what it is asked for in the rows it reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Browse {
+    /// Only this subject's (`provider/subject`).
+    pub subject_key: Option<String>,
+    /// Only the events whose decision is `dead_lettered` (not replayed since).
+    pub dead_lettered: bool,
+    /// Made at or after this time, Unix milliseconds.
+    pub from_ms: Option<i64>,
+    /// Made at or before this time, Unix milliseconds.
+    pub to_ms: Option<i64>,
+    /// Older than this row (time, event key): where the previous page stopped.
+    pub before: Option<(i64, String)>,
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+/// A value bound to a statement [`Browse::sql`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bound {
+    Text(String),
+    Int(i64),
+}
+
+impl Browse {
+    /// The statement, with `placeholder(n)` for the n-th (1-based) value, and its values.
+    /// The dead-letter condition is written out so that the partial index on it is used.
+    fn sql(&self, placeholder: fn(usize) -> String) -> (String, Vec<Bound>) {
+        let mut sql = String::from(
+            "SELECT event_key, subject_key, outcome, record, at_ms FROM decisions WHERE TRUE",
+        );
+        let mut values = Vec::new();
+        let mut bind = |sql: &mut String, text: &str, value: Bound| {
+            values.push(value);
+            *sql += &text.replace('?', &placeholder(values.len()));
+        };
+        if let Some(subject) = &self.subject_key {
+            bind(
+                &mut sql,
+                " AND subject_key = ?",
+                Bound::Text(subject.clone()),
+            );
+        }
+        if self.dead_lettered {
+            sql += " AND outcome = 'dead_lettered'";
+        }
+        if let Some(from) = self.from_ms {
+            bind(&mut sql, " AND at_ms >= ?", Bound::Int(from));
+        }
+        if let Some(to) = self.to_ms {
+            bind(&mut sql, " AND at_ms <= ?", Bound::Int(to));
+        }
+        if let Some((at, key)) = &self.before {
+            // A range on the time (which the index serves), less the rows of that same
+            // millisecond at or after the key.
+            bind(&mut sql, " AND at_ms <= ?", Bound::Int(*at));
+            bind(&mut sql, " AND (at_ms < ?", Bound::Int(*at));
+            bind(&mut sql, " OR event_key < ?)", Bound::Text(key.clone()));
+        }
+        bind(
+            &mut sql,
+            " ORDER BY at_ms DESC, event_key DESC LIMIT ?",
+            Bound::Int(i64::try_from(self.limit).unwrap_or(i64::MAX)),
+        );
+        (sql, values)
+    }
+}
+
+/// How many events were decided in one minute with one outcome.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Activity {
+    /// The minute's start, Unix milliseconds.
+    pub minute_ms: i64,
+    /// The outcome.
+    pub outcome: String,
+    /// Events.
+    pub count: u64,
+}
+
 /// A rule whose breaker tripped: it stays so until an operator resets it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Trip {
@@ -434,6 +515,21 @@ pub trait Store: Send + Sync + 'static {
         subject_key: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DecisionRecord>, StoreError>;
+    /// The decision records `query` selects, newest first.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn browse(&self, query: &Browse) -> Result<Vec<DecisionRecord>, StoreError>;
+    /// Events decided per minute and outcome since `since_ms`.
+    ///
+    /// # Errors
+    /// Store failure.
+    fn activity(&self, since_ms: i64) -> Result<Vec<Activity>, StoreError>;
+    /// The archived events among `event_keys` (those not archived, or pruned, are left out).
+    ///
+    /// # Errors
+    /// Store failure.
+    fn archived(&self, event_keys: &[String]) -> Result<Vec<ArchivedEvent>, StoreError>;
     /// Hands every subject, then every done-mark, then every decision record (oldest first),
     /// then every archived event (in delivery order), then every label to `each`, stopping at
     /// its first error.

@@ -19,9 +19,9 @@ use tokio::runtime::Handle;
 use tokio_postgres::Row;
 
 use super::{
-    Admission, ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, Label,
-    LabelVerdict, ReplayQuery, Replayed, SeenRow, Store, StoreError, SubjectLock, SubjectState,
-    TRIP_SUBJECTS, Trip, cutoff, migrate, now_ms, window_start,
+    Activity, Admission, ArchiveSummary, ArchivedEvent, Batch, Bound, Browse, DecisionRecord,
+    Exported, FINAL, Label, LabelVerdict, ReplayQuery, Replayed, SeenRow, Store, StoreError,
+    SubjectLock, SubjectState, TRIP_SUBJECTS, Trip, cutoff, migrate, now_ms, window_start,
 };
 use crate::worker::rules::Limit;
 
@@ -561,6 +561,68 @@ impl Store for PgStore {
                     record: serde_json::from_str(&record)?,
                     at_ms: row.try_get(4)?,
                 });
+            }
+            Ok(out)
+        })
+    }
+
+    fn browse(&self, query: &Browse) -> Result<Vec<DecisionRecord>, StoreError> {
+        let (sql, values) = query.sql(|n| format!("${n}"));
+        self.run(async |c| {
+            let statement = c.prepare_cached(&sql).await?;
+            let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+                .iter()
+                .map(|v| match v {
+                    Bound::Text(text) => text as &(dyn tokio_postgres::types::ToSql + Sync),
+                    Bound::Int(int) => int as &(dyn tokio_postgres::types::ToSql + Sync),
+                })
+                .collect();
+            let mut out = Vec::new();
+            for row in c.query(&statement, &values).await? {
+                let record: String = row.try_get(3)?;
+                out.push(DecisionRecord {
+                    event_key: row.try_get(0)?,
+                    subject_key: row.try_get(1)?,
+                    outcome: row.try_get(2)?,
+                    record: serde_json::from_str(&record)?,
+                    at_ms: row.try_get(4)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn activity(&self, since_ms: i64) -> Result<Vec<Activity>, StoreError> {
+        self.run(async |c| {
+            let statement = c
+                .prepare_cached(
+                    "SELECT at_ms / 60000 * 60000, outcome, count(*) FROM decisions
+                     WHERE at_ms >= $1 GROUP BY 1, 2 ORDER BY 1, 2",
+                )
+                .await?;
+            let mut out = Vec::new();
+            for row in c.query(&statement, &[&since_ms]).await? {
+                out.push(Activity {
+                    minute_ms: row.try_get(0)?,
+                    outcome: row.try_get(1)?,
+                    count: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn archived(&self, event_keys: &[String]) -> Result<Vec<ArchivedEvent>, StoreError> {
+        self.run(async |c| {
+            let statement = c
+                .prepare_cached(
+                    "SELECT event_key, provider, type, event_id, subject_key, version,
+                       received_ms, body FROM archive WHERE event_key = ANY($1)",
+                )
+                .await?;
+            let mut out = Vec::new();
+            for row in c.query(&statement, &[&event_keys]).await? {
+                out.push(archived(&row, 0)?);
             }
             Ok(out)
         })

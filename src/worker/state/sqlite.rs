@@ -8,9 +8,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Admission, ArchiveSummary, ArchivedEvent, Batch, DecisionRecord, Exported, FINAL, Label,
-    LabelVerdict, ReplayQuery, Replayed, SeenRow, Store, StoreError, SubjectLock, SubjectState,
-    TRIP_SUBJECTS, Trip, cutoff, now_ms, window_start,
+    Activity, Admission, ArchiveSummary, ArchivedEvent, Batch, Bound, Browse, DecisionRecord,
+    Exported, FINAL, Label, LabelVerdict, ReplayQuery, Replayed, SeenRow, Store, StoreError,
+    SubjectLock, SubjectState, TRIP_SUBJECTS, Trip, cutoff, now_ms, window_start,
 };
 use crate::worker::rules::Limit;
 
@@ -19,6 +19,12 @@ use crate::worker::rules::Limit;
 /// then replays (done-marks and Idempotency-Keys keep that from repeating actions).
 pub struct SqliteStore {
     connection: Mutex<Connection>,
+    /// The file, for the web view's own read-only connection.
+    path: std::path::PathBuf,
+    /// Opened at the web view's first read: a connection of its own, so that a page never
+    /// waits for a batch's commit nor holds one up (WAL lets readers and the writer run
+    /// together), and read-only, so that it cannot change what it shows.
+    viewer: Mutex<Option<Connection>>,
 }
 
 /// Small-row tables are `WITHOUT ROWID`: one B-tree per table keyed by the primary key, so a
@@ -51,6 +57,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_subject ON decisions (subject_key, at_ms);
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at_ms);
+CREATE INDEX IF NOT EXISTS decisions_dead ON decisions (at_ms) WHERE outcome = 'dead_lettered';
 CREATE TABLE IF NOT EXISTS archive (
     seq INTEGER PRIMARY KEY,
     event_key TEXT NOT NULL UNIQUE,
@@ -147,7 +154,31 @@ impl SqliteStore {
         }
         Ok(Self {
             connection: Mutex::new(connection),
+            path: path.to_owned(),
+            viewer: Mutex::new(None),
         })
+    }
+
+    /// Runs `f` on the web view's read-only connection, opening it first if need be.
+    fn view<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.viewer.lock().map_err(|_| StoreError::Poisoned)?;
+        if guard.is_none() {
+            let connection = Connection::open_with_flags(
+                &self.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            connection.busy_timeout(Duration::from_secs(5))?;
+            connection.pragma_update(None, "cache_size", -8192)?;
+            *guard = Some(connection);
+        }
+        match guard.as_ref() {
+            Some(connection) => f(connection),
+            None => Err(StoreError::Poisoned),
+        }
     }
 
     fn with<T>(
@@ -368,6 +399,75 @@ impl Store for SqliteStore {
                     record: serde_json::from_str(&record)?,
                     at_ms,
                 });
+            }
+            Ok(out)
+        })
+    }
+
+    fn browse(&self, query: &Browse) -> Result<Vec<DecisionRecord>, StoreError> {
+        let (sql, values) = query.sql(|n| format!("?{n}"));
+        self.view(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let values = values.iter().map(|v| match v {
+                Bound::Text(text) => rusqlite::types::Value::Text(text.clone()),
+                Bound::Int(int) => rusqlite::types::Value::Integer(*int),
+            });
+            let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let record: String = r.get(3)?;
+                out.push(DecisionRecord {
+                    event_key: r.get(0)?,
+                    subject_key: r.get(1)?,
+                    outcome: r.get(2)?,
+                    record: serde_json::from_str(&record)?,
+                    at_ms: r.get(4)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn activity(&self, since_ms: i64) -> Result<Vec<Activity>, StoreError> {
+        self.view(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT at_ms / 60000 * 60000, outcome, count(*) FROM decisions
+                 WHERE at_ms >= ?1 GROUP BY 1, 2 ORDER BY 1, 2",
+            )?;
+            let mut rows = stmt.query(params![since_ms])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(Activity {
+                    minute_ms: r.get(0)?,
+                    outcome: r.get(1)?,
+                    count: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn archived(&self, event_keys: &[String]) -> Result<Vec<ArchivedEvent>, StoreError> {
+        self.view(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT event_key, provider, type, event_id, subject_key, version, received_ms,
+                   body FROM archive WHERE event_key = ?1",
+            )?;
+            let mut out = Vec::new();
+            for key in event_keys {
+                let mut rows = stmt.query(params![key])?;
+                if let Some(r) = rows.next()? {
+                    out.push(ArchivedEvent {
+                        event_key: r.get(0)?,
+                        provider: r.get(1)?,
+                        event_type: r.get(2)?,
+                        event_id: r.get(3)?,
+                        subject_key: r.get(4)?,
+                        version: r.get(5)?,
+                        received_ms: r.get(6)?,
+                        body: r.get(7)?,
+                    });
+                }
             }
             Ok(out)
         })

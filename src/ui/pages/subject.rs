@@ -1,0 +1,172 @@
+//! The subject page: what the worker knows of one subject now, its scores over its newest
+//! [`CHART_EVENTS`] events with the marks rules and actions left, and its events a page at a
+//! time, each with the decision, what its actions sent and the raw event (when archived).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::ui::pages::{Mark, PAGE_ROWS, Row};
+use crate::ui::query::Cursor;
+use crate::worker::decide::rfc3339_ms;
+use crate::worker::state::{Browse, Store, StoreError};
+
+/// Events the chart draws at most.
+pub const CHART_EVENTS: usize = 500;
+
+/// The subject page.
+#[derive(Debug, Serialize)]
+pub struct SubjectPage {
+    /// `provider/subject`.
+    pub key: String,
+    /// Its state now, when the worker has seen it.
+    pub state: Option<StateNow>,
+    /// The chart's points, oldest first: one per event.
+    pub points: Vec<Point>,
+    /// The score names the chart draws, in order.
+    pub score_names: Vec<String>,
+    /// The events of this page, newest first.
+    pub events: Vec<EventView>,
+    /// Where the next page of events starts.
+    pub next: Option<String>,
+}
+
+/// The subject's state as the worker holds it.
+#[derive(Debug, Serialize)]
+pub struct StateNow {
+    /// Last accepted version.
+    pub version: Option<i64>,
+    /// Scores of its last event.
+    pub scores: BTreeMap<String, f64>,
+    /// When its last event was handled, RFC 3339.
+    pub at: Option<String>,
+    /// Per rule, when it last fired (RFC 3339).
+    pub fired: BTreeMap<String, String>,
+}
+
+/// One event on the chart.
+#[derive(Debug, Serialize)]
+pub struct Point {
+    /// When it was decided, Unix milliseconds.
+    pub at_ms: i64,
+    /// Its scores.
+    pub scores: BTreeMap<String, f64>,
+    /// What rules and actions did on it.
+    pub marks: Vec<Mark>,
+}
+
+/// One event below the chart.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    /// Its decision.
+    #[serde(flatten)]
+    pub row: Row,
+    /// The raw event as received, pretty-printed; `None` when not archived (or pruned).
+    pub raw: Option<String>,
+}
+
+/// Reads the page of `key`, its events from `before` on; `None` when the worker has neither
+/// state nor decisions for it.
+///
+/// # Errors
+/// Store failure.
+pub fn find(
+    store: &dyn Store,
+    key: &str,
+    before: Option<&Cursor>,
+) -> Result<Option<SubjectPage>, StoreError> {
+    let state = store.load_subjects(&[key.to_owned()])?.remove(key);
+    let charted: Vec<Row> = store
+        .browse(&Browse {
+            subject_key: Some(key.to_owned()),
+            limit: CHART_EVENTS,
+            ..Browse::default()
+        })?
+        .into_iter()
+        .map(Row::from_record)
+        .collect();
+    if state.is_none() && charted.is_empty() {
+        return Ok(None);
+    }
+    let listed: Vec<Row> = match before {
+        // The first page is the chart's newest rows: read once.
+        None => charted.iter().take(PAGE_ROWS).cloned().collect(),
+        Some(cursor) => store
+            .browse(&Browse {
+                subject_key: Some(key.to_owned()),
+                before: Some((cursor.at_ms, cursor.event_key.clone())),
+                limit: PAGE_ROWS,
+                ..Browse::default()
+            })?
+            .into_iter()
+            .map(Row::from_record)
+            .collect(),
+    };
+    let next = (listed.len() == PAGE_ROWS)
+        .then(|| listed.last())
+        .flatten()
+        .map(|last| {
+            let cursor = Cursor {
+                at_ms: last.at_ms,
+                event_key: last.event_key.clone(),
+            };
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("key", key);
+            query.append_pair("before", &cursor.encode());
+            format!("/ui/subject?{}", query.finish())
+        });
+    let keys: Vec<String> = listed.iter().map(|r| r.event_key.clone()).collect();
+    let mut raw: HashMap<String, String> = store
+        .archived(&keys)?
+        .into_iter()
+        .map(|a| {
+            let pretty = serde_json::from_str::<serde_json::Value>(&a.body)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(a.body);
+            (a.event_key, pretty)
+        })
+        .collect();
+    let events = listed
+        .into_iter()
+        .map(|row| EventView {
+            raw: raw.remove(&row.event_key),
+            row,
+        })
+        .collect();
+    let mut names = BTreeSet::new();
+    let points: Vec<Point> = charted
+        .iter()
+        .rev()
+        .map(|row| {
+            let scores: BTreeMap<String, f64> = row
+                .scores
+                .iter()
+                .filter_map(|(name, v)| Some((name.clone(), v.as_f64()?)))
+                .collect();
+            names.extend(scores.keys().cloned());
+            Point {
+                at_ms: row.at_ms,
+                scores,
+                marks: row.marks(),
+            }
+        })
+        .collect();
+    Ok(Some(SubjectPage {
+        key: key.to_owned(),
+        state: state.map(|s| StateNow {
+            version: s.version,
+            scores: s.scores,
+            at: s.at_ms.and_then(rfc3339_ms),
+            fired: s
+                .fired_ms
+                .into_iter()
+                .filter_map(|(rule, at)| Some((rule, rfc3339_ms(at)?)))
+                .collect(),
+        }),
+        points,
+        score_names: names.into_iter().collect(),
+        events,
+        next,
+    }))
+}
