@@ -10,6 +10,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::config::secret::Secret;
+use crate::ui::error::UiError;
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "hookwarden_ui";
@@ -26,8 +27,61 @@ fn session(token: &Secret) -> String {
     }
 }
 
-fn equal(a: &str, b: &str) -> bool {
-    !b.is_empty() && a.as_bytes().ct_eq(b.as_bytes()).into()
+/// Compares digests, not the texts: a comparison of texts of different lengths returns at
+/// once, which would tell a guesser the token's length.
+fn equal(given: &str, expected: &str) -> bool {
+    use sha2::Digest as _;
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    !expected.is_empty() && bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+/// Without a token, the view answers only a request addressed to this machine's loopback
+/// (`Host` of `127.0.0.1`, `[::1]` or `localhost`) on a loopback admin address: a page on
+/// another site can point a name of its own at 127.0.0.1 (DNS rebinding) and read what the
+/// browser fetches, but it cannot make the browser send a loopback `Host`; and an admin
+/// address opened to the network for Prometheus must not open the view with it.
+///
+/// # Errors
+/// [`UiError::Forbidden`], saying which and what to do.
+pub fn local_only<B>(
+    request: &http::Request<B>,
+    admin: std::net::SocketAddr,
+) -> Result<(), UiError> {
+    if !admin.ip().is_loopback() {
+        return Err(UiError::Forbidden(format!(
+            "server.admin_listen is {admin}, beyond this machine: the web view is served there \
+             only with a [ui] token"
+        )));
+    }
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(http::uri::Authority::as_str))
+        .unwrap_or("");
+    if is_loopback_host(host) {
+        Ok(())
+    } else {
+        Err(UiError::Forbidden(format!(
+            "Host {host:?} is not this machine's loopback: without a [ui] token the web view \
+             answers only http://127.0.0.1, [::1] or localhost"
+        )))
+    }
+}
+
+/// Whether a `Host` value (with or without its port) names the loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or("", |(name, _)| name),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether `headers` carry `token` (as a bearer token) or its session cookie.
@@ -111,6 +165,44 @@ mod tests {
         );
         assert!(accepts("0123456789abcdef-token", &token));
         assert!(!accepts("", &token));
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_hosts_on_a_loopback_address_are_served() {
+        let request = |host: &str| {
+            http::Request::get("/ui/")
+                .header(http::header::HOST, host)
+                .body(())
+                .unwrap()
+        };
+        let local: std::net::SocketAddr = "127.0.0.1:9091".parse().unwrap();
+        for host in [
+            "127.0.0.1:9091",
+            "localhost:9091",
+            "LOCALHOST",
+            "[::1]:9091",
+            "127.0.0.2",
+        ] {
+            assert!(local_only(&request(host), local).is_ok(), "{host}");
+        }
+        for host in [
+            "attacker.example:9091",
+            "127.0.0.1.nip.io",
+            "10.0.0.5:9091",
+            "",
+            "[::1",
+        ] {
+            let err = local_only(&request(host), local).unwrap_err();
+            assert_eq!(err.status(), http::StatusCode::FORBIDDEN, "{host}");
+        }
+        let open: std::net::SocketAddr = "0.0.0.0:9091".parse().unwrap();
+        assert_eq!(
+            local_only(&request("127.0.0.1:9091"), open)
+                .unwrap_err()
+                .to_string(),
+            "server.admin_listen is 0.0.0.0:9091, beyond this machine: the web view is served \
+             there only with a [ui] token"
+        );
     }
 
     #[test]

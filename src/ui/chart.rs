@@ -31,6 +31,9 @@ pub fn mark_style(mark: Mark) -> (RGBColor, usize) {
     }
 }
 
+/// The widest range of scores drawn (far beyond any score, far below f64's overflow).
+const MAX_SPAN: f64 = 1e100;
+
 /// Marks in the legend's order.
 const MARKS: [Mark; 7] = [
     Mark::Enforce,
@@ -59,13 +62,23 @@ pub fn scores(caption: &str, names: &[String], points: &[Point]) -> Option<Strin
     });
     let (lo, hi) = match (lo.is_finite(), hi.is_finite()) {
         (true, true) if hi - lo > f64::EPSILON => (lo, hi),
-        (true, true) => (lo - 1.0, hi + 1.0),
+        (true, true) => {
+            let pad = lo.abs().max(1.0) * 0.1;
+            (lo - pad, hi + pad)
+        }
         _ => (0.0, 1.0),
     };
     let span = hi - lo;
     // The marks' band above the scores: four rows.
     let row_y = |row: usize| hi + span * (0.12 + 0.08 * row as f64);
     let top = row_y(3) + span * 0.08;
+    let bottom = lo - span * 0.05;
+    // Scores are the provider's: near f64's limits the axis (and plotters' search for its
+    // tick marks, which never ends on an infinite range) cannot be drawn. No chart then.
+    let drawable = span > 0.0 && span <= MAX_SPAN && top.is_finite() && bottom.is_finite();
+    if !drawable {
+        return None;
+    }
     // Room on the left for the legend, a little on the right; for one event (or one
     // batch), a second either side.
     let (left, right) = match last - first {
@@ -82,7 +95,7 @@ pub fn scores(caption: &str, names: &[String], points: &[Point]) -> Option<Strin
             .margin(12)
             .x_label_area_size(28)
             .y_label_area_size(48)
-            .build_cartesian_2d((first - left)..(last + right), (lo - span * 0.05)..top)
+            .build_cartesian_2d((first - left)..(last + right), bottom..top)
             .ok()?;
         chart
             .configure_mesh()
@@ -160,10 +173,11 @@ pub fn scores(caption: &str, names: &[String], points: &[Point]) -> Option<Strin
     Some(svg.replacen("<svg ", "<svg class=\"chart\" role=\"img\" ", 1))
 }
 
-/// The SVG of events decided per minute over the hour up to `now_ms`.
-pub fn per_minute(minutes: &[Minute], now_ms: i64) -> Option<String> {
+/// The SVG of events decided per minute from `since_ms` (its minute included, as the store
+/// counted it) to `now_ms`.
+pub fn per_minute(minutes: &[Minute], since_ms: i64, now_ms: i64) -> Option<String> {
     let end = now_ms / 60_000 * 60_000 + 60_000;
-    let start = end - 3_600_000;
+    let start = since_ms / 60_000 * 60_000;
     let most = minutes.iter().map(|m| m.count).max().unwrap_or(0).max(1);
     let mut svg = String::new();
     {
@@ -242,6 +256,22 @@ mod tests {
         assert_eq!(count(&svg, &fill(Mark::ActionFailed)), 2);
         assert_eq!(count(&svg, &fill(Mark::Tripped)), 0);
         assert!(svg.starts_with("<svg class=\"chart\" role=\"img\" "));
+    }
+
+    #[test]
+    fn scores_at_the_edge_of_f64_draw_no_chart_rather_than_hang() {
+        for (a, b) in [(0.0, 1.7e308), (-1e308, 1e308), (1e200, 1e200)] {
+            // Drawn on a thread of its own: before the guard, plotters never returned.
+            let (done, drawn) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let points = [point(1_000_000, a, vec![]), point(1_060_000, b, vec![])];
+                let _ = done.send(scores("x", &["trust".to_owned()], &points));
+            });
+            let svg = drawn.recv_timeout(std::time::Duration::from_secs(60));
+            assert!(matches!(svg, Ok(None)), "{a} {b}: {svg:?}");
+        }
+        let flat = [point(1_000_000, 0.5, vec![]), point(1_060_000, 0.5, vec![])];
+        assert!(scores("x", &["trust".to_owned()], &flat).is_some());
     }
 
     #[test]

@@ -17,6 +17,16 @@ pub enum UiError {
     /// A token is configured and the request carried neither it nor the session cookie.
     #[error("this view needs the [ui] token: send it as a bearer token, or log in at /ui/login")]
     Unauthorized,
+    /// Without a token, a request whose Host is not this machine's loopback (or a view on an
+    /// address beyond it): refused rather than shown to whoever reached it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The login form's token was not the token.
+    #[error("that is not the token")]
+    WrongToken,
+    /// A login form over its size.
+    #[error("the login form is over {0} bytes")]
+    TooLarge(usize),
     /// A method other than GET (and POST to the login form): the view changes nothing.
     #[error("the web view is read-only: {0} is not allowed here")]
     MethodNotAllowed(String),
@@ -34,7 +44,9 @@ impl UiError {
         match self {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::WrongToken => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Store(err) if err.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -182,6 +182,10 @@ fn failure(render: &Render, format: Format, err: &UiError) -> Response<Full<Byte
                     "login.html",
                     minijinja::context! { title => "Log in", nav => "", error => minijinja::Value::from(()) },
                 ),
+                UiError::WrongToken => render.page(
+                    "login.html",
+                    minijinja::context! { title => "Log in", nav => "", error => "That is not the token." },
+                ),
                 _ => render.page(
                     "error.html",
                     minijinja::context! { title => status.to_string(), nav => "", status => status.as_u16(), message => err.to_string() },
@@ -193,7 +197,7 @@ fn failure(render: &Render, format: Format, err: &UiError) -> Response<Full<Byte
             }
         }
     };
-    if matches!(err, UiError::Unauthorized) {
+    if matches!(err, UiError::Unauthorized | UiError::WrongToken) {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer realm=\"hookwarden\""),
@@ -222,13 +226,15 @@ async fn route(
         ("/ui/login", &Method::GET | &Method::HEAD) => {
             return login_page(render, StatusCode::OK, None).map(Shown::Done);
         }
-        ("/ui/login", &Method::POST) => return login(request, config, render).await,
+        ("/ui/login", &Method::POST) => return login(request, config).await,
         _ => {}
     }
-    if let Some(token) = &config.ui.token
-        && !auth::allowed(request.headers(), token)
-    {
-        return Err(UiError::Unauthorized);
+    match &config.ui.token {
+        Some(token) if !auth::allowed(request.headers(), token) => {
+            return Err(UiError::Unauthorized);
+        }
+        Some(_) => {}
+        None => auth::local_only(&request, config.server.admin_listen)?,
     }
     let page = match path.as_str() {
         "/ui" | "/ui/" => Page::Overview,
@@ -242,7 +248,10 @@ async fn route(
     }
     let params = Params::parse(request.uri().query());
     // Reading the store blocks (SQLite, or PostgreSQL through its own runtime).
-    let rules_file = config.file.clone();
+    // The command the dead-letter page shows works from any directory.
+    let rules_file = std::fs::canonicalize(&config.file)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| config.file.clone());
     let rule_names: Vec<String> = config.rules.rules.iter().map(|r| r.name.clone()).collect();
     tokio::task::spawn_blocking(move || {
         show(page, &params, store.as_ref(), &rules_file, rule_names)
@@ -279,7 +288,7 @@ fn show(
     Ok(match page {
         Page::Overview => {
             let overview = pages::overview::find(store)?;
-            let chart = chart::per_minute(&overview.minutes, now_ms());
+            let chart = chart::per_minute(&overview.minutes, overview.since_ms, now_ms());
             Shown::Page {
                 template: "overview.html",
                 title: "Overview".to_owned(),
@@ -372,7 +381,6 @@ fn login_page(
 async fn login(
     request: Request<hyper::body::Incoming>,
     config: &WorkerConfig,
-    render: &Render,
 ) -> Result<Shown, UiError> {
     let Some(token) = &config.ui.token else {
         // No token configured: nothing to log in to.
@@ -389,19 +397,14 @@ async fn login(
     let body = Limited::new(request.into_body(), MAX_FORM_BYTES)
         .collect()
         .await
-        .map_err(|_| UiError::BadRequest(format!("the login form is over {MAX_FORM_BYTES} bytes")))?
+        .map_err(|_| UiError::TooLarge(MAX_FORM_BYTES))?
         .to_bytes();
     let given = form_urlencoded::parse(&body)
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
     if !auth::accepts(&given, token) {
-        return login_page(
-            render,
-            StatusCode::UNAUTHORIZED,
-            Some("That is not the token."),
-        )
-        .map(Shown::Done);
+        return Err(UiError::WrongToken);
     }
     let mut response = respond(StatusCode::SEE_OTHER, types::TEXT, "");
     let headers = response.headers_mut();

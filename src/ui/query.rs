@@ -18,14 +18,15 @@ impl Params {
         )
     }
 
-    /// The last value of `name`, trimmed; `None` when absent or blank (an empty form field).
+    /// The last value of `name`; `None` when absent or blank (an empty form field). Not
+    /// trimmed: a provider's key may begin or end with a space.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .rev()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.trim())
-            .filter(|v| !v.is_empty())
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.trim().is_empty())
     }
 }
 
@@ -62,7 +63,7 @@ pub struct DecisionFilter {
     pub subject_key: Option<String>,
     /// `event`: an event key, `provider/event_id`.
     pub event_key: Option<String>,
-    /// `rule`: decisions where this rule matched.
+    /// `rule`: decisions where this rule matched (or could not be evaluated).
     pub rule: Option<String>,
     /// `outcome`.
     pub outcome: Option<EventOutcome>,
@@ -114,8 +115,11 @@ impl DecisionFilter {
                     })?,
             ),
         };
-        let from_ms = params.get("from").map(|t| time("from", t)).transpose()?;
-        let to_ms = params.get("to").map(|t| time("to", t)).transpose()?;
+        let from_ms = params
+            .get("from")
+            .map(|t| time("from", t.trim()))
+            .transpose()?;
+        let to_ms = params.get("to").map(|t| time("to", t.trim())).transpose()?;
         if let (Some(from), Some(to)) = (from_ms, to_ms)
             && from > to
         {
@@ -124,7 +128,7 @@ impl DecisionFilter {
         Ok(Self {
             subject_key: keyed("subject", "acme/usr_1")?,
             event_key: keyed("event", "acme/evt_1")?,
-            rule: params.get("rule").map(str::to_owned),
+            rule: params.get("rule").map(|r| r.trim().to_owned()),
             outcome,
             provider,
             from_ms,
@@ -179,10 +183,14 @@ fn time(name: &str, text: &str) -> Result<i64, UiError> {
     i64::try_from(ms).map_err(|_| bad())
 }
 
-/// A time as the form's field shows it again (to the second, UTC).
+/// A time as the form's field shows it again (UTC; to the millisecond when it has any, so
+/// that the next page's link keeps exactly the range asked for).
 fn form_time(ms: i64) -> Option<String> {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).ok()?);
-    let text = humantime::format_rfc3339_seconds(at).to_string();
+    let text = match ms % 1000 {
+        0 => humantime::format_rfc3339_seconds(at).to_string(),
+        _ => humantime::format_rfc3339_millis(at).to_string(),
+    };
     Some(text.trim_end_matches('Z').to_owned())
 }
 
@@ -197,14 +205,18 @@ mod tests {
     #[test]
     fn a_filter_reads_every_parameter_and_writes_itself_back() {
         let f = filter(
-            "subject=usr%2B1&provider=acme&rule=quarantine&outcome=acted\
-             &from=2026-12-01T06%3A30&to=2026-12-01T07:00:00Z&before=1796106600000.acme%2Fe.1",
+            "subject=usr%2B1+&provider=acme&rule=quarantine&outcome=acted\
+             &from=2026-12-01T06%3A30&to=2026-12-01T07:00:00.250Z&before=1796106600000.acme%2Fe.1",
         )
         .unwrap();
-        assert_eq!(f.subject_key.as_deref(), Some("acme/usr+1"));
+        assert_eq!(
+            f.subject_key.as_deref(),
+            Some("acme/usr+1 "),
+            "keys are not trimmed"
+        );
         assert_eq!(f.outcome, Some(EventOutcome::Acted));
         assert_eq!(f.from_ms, Some(1_796_106_600_000));
-        assert_eq!(f.to_ms, Some(1_796_108_400_000));
+        assert_eq!(f.to_ms, Some(1_796_108_400_250));
         assert_eq!(
             f.before,
             Some(Cursor {

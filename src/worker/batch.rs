@@ -832,7 +832,25 @@ async fn carry_out(
             }
             actions_json.push(entry);
         }
-        rules_json.push(decided.record(rules, actions_json));
+        let mut entry = decided.record(rules, actions_json);
+        if decided.verdict == Verdict::WouldAct {
+            // What a shadow rule would have sent, for the analyst deciding whether to enforce it.
+            let would: Vec<Value> = decided
+                .actions
+                .iter()
+                .filter_map(|planned| {
+                    let request = planned.request.as_ref().ok()?;
+                    Some(serde_json::json!({
+                        "action": planned.action,
+                        "request": action::masked(request.as_ref(), &rules.template_env),
+                    }))
+                })
+                .collect();
+            if !would.is_empty() {
+                entry["would_send"] = Value::from(would);
+            }
+        }
+        rules_json.push(entry);
     }
     CarriedOut {
         rules_json,

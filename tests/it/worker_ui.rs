@@ -199,6 +199,11 @@ async fn the_subject_page_charts_the_story_and_the_lists_filter_it() {
     assert!(page.dom.contains("Dead-lettered: HTTP 500"));
     assert!(
         page.dom
+            .contains("<h3>watch-low (shadow) would have sent quarantine</h3>"),
+        "what the shadow rule would have sent"
+    );
+    assert!(
+        page.dom
             .contains("&quot;scored_at&quot;: &quot;2026-11-30T10:03:00Z&quot;")
             || page.dom.contains("\"scored_at\": \"2026-11-30T10:03:00Z\"")
     );
@@ -218,33 +223,57 @@ async fn the_subject_page_charts_the_story_and_the_lists_filter_it() {
         "{review}"
     );
 
-    // The decisions list, by each filter.
+    // The decisions list, by each filter: the events it shows, in the order shown.
     let listed = |query: &'static str| {
         let url = format!("{ui}/decisions?{query}");
         async move {
             let page = browser::open(&url).await;
             assert_quiet(&page, query);
-            let keys: Vec<String> = ["e1", "e2", "e3", "e4"]
+            assert_eq!(
+                page.title(),
+                "Decisions · hookwarden",
+                "{query}: {}",
+                page.dom
+            );
+            let mut shown: Vec<(usize, String)> = ["e1", "e2", "e3", "e4"]
                 .iter()
-                .filter(|k| page.dom.contains(&format!(">dregs/{k}</a>")))
-                .map(|k| (*k).to_owned())
+                .filter_map(|k| Some((page.dom.find(&format!(">dregs/{k}</a>"))?, (*k).to_owned())))
                 .collect();
+            shown.sort();
+            let keys: Vec<String> = shown.into_iter().map(|(_, k)| k).collect();
+            assert_eq!(
+                keys.is_empty(),
+                page.dom.contains("No decisions."),
+                "{query}"
+            );
             (keys, page)
         }
     };
-    assert_eq!(listed("").await.0, ["e1", "e2", "e3", "e4"]);
+    assert_eq!(listed("").await.0, ["e4", "e3", "e2", "e1"], "newest first");
     assert_eq!(listed("rule=sharp-drop").await.0, ["e3"]);
-    assert_eq!(listed("rule=watch-low").await.0, ["e3", "e4"]);
+    assert_eq!(listed("rule=watch-low").await.0, ["e4", "e3"]);
     assert_eq!(listed("outcome=dead_lettered").await.0, ["e4"]);
     assert_eq!(listed("outcome=no_match").await.0, ["e2"]);
     assert_eq!(
         listed("subject=usr_7&provider=dregs").await.0,
-        ["e1", "e2", "e3", "e4"]
+        ["e4", "e3", "e2", "e1"]
+    );
+    assert_eq!(
+        listed("subject=dregs%2Fusr_8").await.0,
+        Vec::<String>::new()
     );
     assert_eq!(listed("event=dregs%2Fe2").await.0, ["e2"]);
     assert_eq!(listed("provider=other").await.0, Vec::<String>::new());
-    let (none, page) = listed("to=2020-01-01T00%3A00").await;
-    assert!(none.is_empty() && page.dom.contains("No decisions."));
+    assert_eq!(
+        listed("to=2020-01-01T00%3A00").await.0,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed("from=2020-01-01T00%3A00&rule=first-sighting")
+            .await
+            .0,
+        ["e1"]
+    );
     let (_, page) = listed("rule=sharp-drop").await;
     assert!(
         page.dom.contains("href=\"/ui/subject?key=dregs%2Fusr_7\""),
@@ -264,7 +293,7 @@ async fn the_subject_page_charts_the_story_and_the_lists_filter_it() {
     );
     assert!(
         page.dom
-            .contains("hookwarden dead-letters --rules rules.toml replay --id e4")
+            .contains("hookwarden dead-letters --rules rules.toml replay --id=e4")
     );
 
     // The overview counts what was decided.
@@ -305,6 +334,12 @@ async fn hostile_provider_content_is_text_everywhere_and_no_script_runs() {
     const SUBJECT: &str = "</svg><script>document.title='pwned'</script>\"><img src=x onerror=\"document.title='pwned'\">";
     const ID: &str = "\"><img src=x onerror=document.title='pwned'>";
     const KIND: &str = "identity.<script>document.title='pwned'</script>";
+    // An id that starts with `-`, as an option would.
+    const ID2: &str = "-\"><img src=x onerror=document.title='pwned'>2";
+    // The console check below sees what a page logs: a page that logs, to show it does.
+    let control = browser::open("data:text/html,<script>console.log('control')</script>").await;
+    assert_eq!(control.console.len(), 1, "{:?}", control.console);
+
     let sink = Sink::start().await;
     let w = WorkerHarness::for_dregs(RULES).start(&sink.url()).await;
     let body = dregs_event(
@@ -316,6 +351,11 @@ async fn hostile_provider_content_is_text_everywhere_and_no_script_runs() {
     );
     w.publish("dregs", KIND, ID, &body).await;
     assert_eq!(w.decision("dregs", ID).await.outcome, "acted");
+    // A sharp drop whose review fails: the hostile event on the dead-letter page too.
+    sink.fail_always(true);
+    let body = dregs_event(ID2, SUBJECT, "2026-11-30T10:01:00Z", 40, "<b>bold</b>");
+    w.publish("dregs", KIND, ID2, &body).await;
+    assert_eq!(w.decision("dregs", ID2).await.outcome, "dead_lettered");
 
     let key: String =
         form_urlencoded::byte_serialize(format!("dregs/{SUBJECT}").as_bytes()).collect();
@@ -362,7 +402,38 @@ async fn hostile_provider_content_is_text_everywhere_and_no_script_runs() {
         format!("dregs/{SUBJECT}"),
         "JSON carries it as it is"
     );
-    assert_eq!(json["events"][0]["event_type"], KIND);
+    assert_eq!(json["events"][1]["event_type"], KIND);
+    // The replay command pastes as one word, whatever the id holds.
+    let (_, json) = get_json(&format!("{ui}/dead-letters")).await;
+    assert_eq!(
+        json["letters"][0]["replay"],
+        "hookwarden dead-letters --rules rules.toml replay \
+         --id='-\"><img src=x onerror=document.title='\\''pwned'\\''>2'"
+    );
+}
+
+#[tokio::test]
+async fn without_a_token_only_the_loopback_is_served() {
+    let sink = Sink::start().await;
+    let w = WorkerHarness::for_dregs(RULES).start(&sink.url()).await;
+    let ui = format!("{}/ui", w.admin);
+    let (status, _, _) = get(&format!("{ui}/"), &[]).await;
+    assert_eq!(status, 200);
+    // A name pointed at 127.0.0.1 by another site (DNS rebinding) is refused.
+    let (status, _, body) = get(
+        &format!("{ui}/decisions"),
+        &[
+            ("host", "rebound.example:9091"),
+            ("accept", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "Host \"rebound.example:9091\" is not this machine's loopback: without a [ui] token the \
+         web view answers only http://127.0.0.1, [::1] or localhost"
+    );
 }
 
 #[tokio::test]

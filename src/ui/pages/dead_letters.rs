@@ -75,8 +75,9 @@ pub fn find(
                 action: why.action,
                 age: humantime::format_duration(std::time::Duration::from_secs(age_ms / 1000))
                     .to_string(),
+                // `--id=…`: an id that starts with `-` must not read as an option.
                 replay: format!(
-                    "hookwarden dead-letters --rules {} replay --id {}",
+                    "hookwarden dead-letters --rules {} replay --id={}",
                     shell_quoted(rules_file),
                     shell_quoted(&row.event_id)
                 ),
@@ -96,11 +97,13 @@ pub fn find(
     Ok(DeadLettersPage { letters, next })
 }
 
-/// `text` as one word for a POSIX shell: as it is when it holds only characters no shell
-/// reads specially, else in single quotes (an event id is the provider's, and the command is
-/// meant to be pasted).
+/// `text` as one word for a POSIX shell (or zsh): as it is when it holds only characters no
+/// shell reads specially, else in single quotes (an event id is the provider's, and the
+/// command is meant to be pasted). A leading `=` or `~` is quoted too (zsh and every shell
+/// expand them at a word's start).
 fn shell_quoted(text: &str) -> String {
     let plain = !text.is_empty()
+        && !text.starts_with(['=', '~'])
         && text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c));
@@ -121,5 +124,7 @@ mod tests {
         assert_eq!(shell_quoted("x; rm -rf /"), "'x; rm -rf /'");
         assert_eq!(shell_quoted("it's $(id)"), r"'it'\''s $(id)'");
         assert_eq!(shell_quoted(""), "''");
+        assert_eq!(shell_quoted("=cmd"), "'=cmd'");
+        assert_eq!(shell_quoted("-x"), "-x", "safe after --id=");
     }
 }

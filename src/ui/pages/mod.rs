@@ -69,7 +69,8 @@ pub struct ActionRun {
     pub rule: String,
     /// The action.
     pub action: String,
-    /// `ok`, `failed` or `skipped` (done before).
+    /// `ok`, `failed`, `skipped` (done before), or `shadow` (what a shadow rule would have
+    /// sent; nothing was).
     pub outcome: String,
     /// Attempts made.
     pub attempts: u64,
@@ -166,6 +167,21 @@ impl Row {
                     label: mark.label(),
                 });
             }
+            for would in rule
+                .get("would_send")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                actions.push(ActionRun {
+                    rule: name.clone(),
+                    action: text(would, "action").unwrap_or_default(),
+                    outcome: "shadow".to_owned(),
+                    attempts: 0,
+                    error: None,
+                    request: would.get("request").filter(|r| !r.is_null()).cloned(),
+                });
+            }
             let ran = rule.get("actions").and_then(Value::as_array);
             let on_trip = rule.get("on_trip").and_then(Value::as_array);
             for action in ran.into_iter().chain(on_trip).flatten() {
@@ -252,7 +268,8 @@ mod tests {
                     {"rule": "drop", "mode": "enforce", "matched": true,
                      "actions": [{"action": "notify", "outcome": "failed", "attempts": 3,
                                   "error": "HTTP 500", "request": {"url": "http://x"}}]},
-                    {"rule": "watch", "mode": "shadow", "matched": true, "would_act": true},
+                    {"rule": "watch", "mode": "shadow", "matched": true, "would_act": true,
+                     "would_send": [{"action": "notify", "request": {"url": "http://y"}}]},
                     {"rule": "calm", "mode": "enforce", "matched": false},
                     {"rule": "cap", "mode": "enforce", "matched": true, "tripped": true},
                 ],
@@ -273,6 +290,13 @@ mod tests {
             ]
         );
         assert_eq!(row.actions[0].request, Some(json!({"url": "http://x"})));
+        assert_eq!(
+            (
+                row.actions[1].outcome.as_str(),
+                row.actions[1].request.clone()
+            ),
+            ("shadow", Some(json!({"url": "http://y"})))
+        );
         assert_eq!(row.dead_letter.unwrap().action.as_deref(), Some("notify"));
         assert_eq!(row.at, "2026-12-01T06:30:00.000Z");
         assert_eq!(

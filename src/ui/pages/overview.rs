@@ -23,6 +23,8 @@ const DEAD_COUNTED: usize = 1_000;
 pub struct Overview {
     /// The window's start, RFC 3339.
     pub since: String,
+    /// The window's start, Unix milliseconds.
+    pub since_ms: i64,
     /// Events decided in each minute of the window, oldest first (minutes with none left out).
     pub minutes: Vec<Minute>,
     /// Events decided in the window, by outcome.
@@ -147,6 +149,7 @@ pub fn find(store: &dyn Store) -> Result<Overview, StoreError> {
     })?;
     Ok(Overview {
         since: rfc3339_ms(since).unwrap_or_default(),
+        since_ms: since,
         decided: outcomes.values().sum(),
         minutes: minutes
             .into_iter()

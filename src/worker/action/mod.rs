@@ -296,52 +296,103 @@ impl ActionResult {
     }
 }
 
-/// What `request` sends, for a decision record that people read: every value of `secrets`
-/// (the `env.NAME` values templates use) written `***` wherever it appears, and the values of
-/// headers that carry credentials by their nature hidden whole.
+/// What `request` sends, for a decision record that people read (the web view shows it):
+/// every value of `secrets` (the `env.NAME` values templates use) written `***` wherever it
+/// appears, also as JSON escapes it; every header value hidden but those of headers that
+/// never carry credentials; and in the URL the password and the values of query parameters
+/// named like credentials (`key`, `token`, `secret`, `sig`, `password`, `auth`).
 pub fn masked(
     request: &dyn Request,
     secrets: &std::collections::BTreeMap<String, String>,
 ) -> Value {
-    fn walk(value: &mut Value, secrets: &[&str]) {
+    fn walk(value: &mut Value, secrets: &[String]) {
         match value {
             Value::String(text) => {
                 for secret in secrets {
-                    if text.contains(secret) {
-                        *text = text.replace(secret, "***");
+                    if text.contains(secret.as_str()) {
+                        *text = text.replace(secret.as_str(), "***");
                     }
                 }
             }
-            Value::Array(items) => {
-                // A header is written `[name, value]`.
-                if let [Value::String(name), Value::String(text)] = items.as_mut_slice()
-                    && CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str())
-                {
-                    *text = "***".to_owned();
-                }
-                items.iter_mut().for_each(|item| walk(item, secrets));
-            }
+            Value::Array(items) => items.iter_mut().for_each(|item| walk(item, secrets)),
             Value::Object(map) => map.values_mut().for_each(|item| walk(item, secrets)),
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
     }
-    let secrets: Vec<&str> = secrets
-        .values()
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let mut forms: Vec<String> = Vec::new();
+    for secret in secrets.values().filter(|s| !s.is_empty()) {
+        forms.push(secret.clone());
+        // As a JSON string's body carries it: `"` and `\` escaped.
+        let escaped = serde_json::to_string(secret).unwrap_or_default();
+        let escaped = escaped.trim_matches('"');
+        if escaped != secret {
+            forms.push(escaped.to_owned());
+        }
+    }
+    // Longest first: a secret that contains another is masked whole.
+    forms.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut shown = request.describe();
-    walk(&mut shown, &secrets);
+    walk(&mut shown, &forms);
+    if let Some(Value::Array(headers)) = shown.get_mut("headers") {
+        for header in headers.iter_mut() {
+            // A header is written `[name, value]`.
+            if let Some([Value::String(name), value]) = header.as_array_mut().map(Vec::as_mut_slice)
+                && !PLAIN_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+            {
+                *value = Value::from("***");
+            }
+        }
+    }
+    if let Some(Value::String(url)) = shown.get_mut("url") {
+        *url = masked_url(url);
+    }
     shown
 }
 
-/// Headers whose values are credentials whatever they hold.
-const CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
+/// Headers shown as they are: none of them carries a credential.
+const PLAIN_HEADERS: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "content-encoding",
+    "content-language",
+    "content-type",
+    "idempotency-key",
+    "traceparent",
+    "tracestate",
+    "user-agent",
+    "x-request-id",
 ];
+
+/// `url` with its password and credential-like query values as `***`.
+fn masked_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    let credential = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        ["key", "token", "secret", "sig", "password", "auth"]
+            .iter()
+            .any(|c| name.contains(c))
+    };
+    if parsed.query_pairs().any(|(name, _)| credential(&name)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if credential(&name) {
+                    "***".into()
+                } else {
+                    value
+                };
+                (name.into_owned(), value.into_owned())
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
 
 /// `Idempotency-Key` of an action: the same for every delivery of one event, rule and action.
 pub fn idempotency_key(event_key: &str, rule: &str, action: &str) -> String {
@@ -441,7 +492,51 @@ impl Drop for Waiting {
 
 #[cfg(test)]
 mod tests {
-    use super::idempotency_key;
+    use super::*;
+
+    /// A request that describes itself as given.
+    #[derive(Debug)]
+    struct Described(Value);
+
+    impl Request for Described {
+        fn describe(&self) -> Value {
+            self.0.clone()
+        }
+        fn send<'a>(&'a self, _: &'a Runner, _: &'a TraceContext) -> BoxFuture<'a, Sent> {
+            Box::pin(async { Sent::default() })
+        }
+    }
+
+    #[test]
+    fn a_recorded_request_shows_no_credential() {
+        let secrets = std::collections::BTreeMap::from([
+            ("TOKEN".to_owned(), "s3cr\"et".to_owned()),
+            ("EMPTY".to_owned(), String::new()),
+        ]);
+        let request = Described(serde_json::json!({
+            "method": "POST",
+            "url": "https://bot:pa55@svc.example/hook?account=usr_1&api_key=k-123&Signature=x",
+            "headers": [["Content-Type", "application/json"], ["X-Auth-Token", "t-1"],
+                        ["Authorization", "Bearer abc"], ["Idempotency-Key", "d923"]],
+            "body": "{\"token\": \"s3cr\\\"et\", \"raw\": \"s3cr\"et\"}",
+        }));
+        let shown = masked(&request, &secrets);
+        assert_eq!(
+            shown["url"],
+            "https://bot:***@svc.example/hook?account=usr_1&api_key=***&Signature=***"
+        );
+        assert_eq!(
+            shown["headers"],
+            serde_json::json!([
+                ["Content-Type", "application/json"],
+                ["X-Auth-Token", "***"],
+                ["Authorization", "***"],
+                ["Idempotency-Key", "d923"]
+            ])
+        );
+        assert_eq!(shown["body"], "{\"token\": \"***\", \"raw\": \"***\"}");
+        assert_eq!(shown["method"], "POST");
+    }
 
     #[test]
     fn idempotency_keys_are_stable_and_distinct() {

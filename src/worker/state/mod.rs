@@ -233,6 +233,8 @@ pub struct ReplayQuery {
 pub struct Browse {
     /// Only this subject's (`provider/subject`).
     pub subject_key: Option<String>,
+    /// Only this event's (`provider/event_id`).
+    pub event_key: Option<String>,
     /// Only the events whose decision is `dead_lettered` (not replayed since).
     pub dead_lettered: bool,
     /// Made at or after this time, Unix milliseconds.
@@ -270,6 +272,9 @@ impl Browse {
                 " AND subject_key = ?",
                 Bound::Text(subject.clone()),
             );
+        }
+        if let Some(event) = &self.event_key {
+            bind(&mut sql, " AND event_key = ?", Bound::Text(event.clone()));
         }
         if self.dead_lettered {
             sql += " AND outcome = 'dead_lettered'";
