@@ -190,6 +190,14 @@ async fn the_subject_page_charts_the_story_and_the_lists_filter_it() {
         .map(|k| page.dom.find(&format!("\"event-key\">{k}<")).unwrap())
         .collect();
     assert!(order.is_sorted(), "newest first: {order:?}");
+    // Each event's scores beside those its rules compared them with.
+    for shown in [
+        "<span class=\"score\">humanity 20.0 (was 40.0)</span>",
+        "<span class=\"score\">humanity 40.0 (was 70.0)</span>",
+        "<span class=\"score\">humanity 90.0</span>",
+    ] {
+        assert!(page.dom.contains(shown), "{shown}");
+    }
     // What the review action sent, its credential masked; the raw event as received.
     assert!(page.dom.contains("/review/usr_7"));
     assert!(

@@ -63,6 +63,21 @@ pub struct EventView {
     pub row: Row,
     /// The raw event as received, pretty-printed; `None` when not archived (or pruned).
     pub raw: Option<String>,
+    /// The scores its rules saw as `previous`: those of the subject's last event before it
+    /// that changed its state (not stale, not dead-lettered); `None` when none is at hand.
+    pub previous_scores: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Rows read past a page to find the scores its oldest events were compared with.
+const LOOK_BACK: usize = 10;
+
+/// Whether an event with this outcome left its scores as the subject's state (a stale or
+/// dead-lettered one leaves the state as it was).
+fn kept_state(outcome: &str) -> bool {
+    !matches!(
+        outcome,
+        "stale" | "dead_lettered" | "no_subject" | "duplicate"
+    )
 }
 
 /// Reads the page of `key`, its events from `before` on; `None` when the worker has neither
@@ -88,33 +103,42 @@ pub fn find(
     if state.is_none() && charted.is_empty() {
         return Ok(None);
     }
-    let listed: Vec<Row> = match before {
+    // A few rows past the page, for the scores the page's oldest events were compared with.
+    let wanted = PAGE_ROWS + LOOK_BACK;
+    let mut listed: Vec<Row> = match before {
         // The first page is the chart's newest rows: read once.
-        None => charted.iter().take(PAGE_ROWS).cloned().collect(),
+        None => charted.iter().take(wanted).cloned().collect(),
         Some(cursor) => store
             .browse(&Browse {
                 subject_key: Some(key.to_owned()),
                 before: Some((cursor.at_ms, cursor.event_key.clone())),
-                limit: PAGE_ROWS,
+                limit: wanted,
                 ..Browse::default()
             })?
             .into_iter()
             .map(Row::from_record)
             .collect(),
     };
-    let next = (listed.len() == PAGE_ROWS)
-        .then(|| listed.last())
-        .flatten()
-        .map(|last| {
-            let cursor = Cursor {
-                at_ms: last.at_ms,
-                event_key: last.event_key.clone(),
-            };
-            let mut query = form_urlencoded::Serializer::new(String::new());
-            query.append_pair("key", key);
-            query.append_pair("before", &cursor.encode());
-            format!("/ui/subject?{}", query.finish())
-        });
+    let previous: Vec<Option<serde_json::Map<String, serde_json::Value>>> = (0..listed.len())
+        .map(|i| {
+            listed[i + 1..]
+                .iter()
+                .find(|older| kept_state(&older.outcome))
+                .map(|older| older.scores.clone())
+        })
+        .collect();
+    let more = listed.len() > PAGE_ROWS;
+    listed.truncate(PAGE_ROWS);
+    let next = more.then(|| listed.last()).flatten().map(|last| {
+        let cursor = Cursor {
+            at_ms: last.at_ms,
+            event_key: last.event_key.clone(),
+        };
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("key", key);
+        query.append_pair("before", &cursor.encode());
+        format!("/ui/subject?{}", query.finish())
+    });
     let keys: Vec<String> = listed.iter().map(|r| r.event_key.clone()).collect();
     let mut raw: HashMap<String, String> = store
         .archived(&keys)?
@@ -129,8 +153,10 @@ pub fn find(
         .collect();
     let events = listed
         .into_iter()
-        .map(|row| EventView {
+        .zip(previous)
+        .map(|(row, previous_scores)| EventView {
             raw: raw.remove(&row.event_key),
+            previous_scores,
             row,
         })
         .collect();
