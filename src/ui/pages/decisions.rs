@@ -8,11 +8,12 @@
 //! link searches on from there.
 
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::ui::pages::{PAGE_ROWS, Row};
 use crate::ui::query::{Cursor, DecisionFilter};
 use crate::worker::decide::{EventOutcome, rfc3339_ms};
-use crate::worker::state::{Browse, Store, StoreError};
+use crate::worker::state::{Browse, DecisionRecord, Store, StoreError};
 
 /// Most rows one page reads from the store.
 pub const SCAN_ROWS: usize = 5_000;
@@ -67,9 +68,9 @@ pub fn find(
                 at_ms: record.at_ms,
                 event_key: record.event_key.clone(),
             };
-            let row = Row::from_record(record);
-            if keeps(filter, &row) {
-                rows.push(row);
+            // Filtered on the record as read; only a kept one is made a row.
+            if keeps(filter, &record) {
+                rows.push(Row::from_record(record));
                 if rows.len() == PAGE_ROWS {
                     return Ok(DecisionsPage {
                         rows,
@@ -103,23 +104,31 @@ pub fn find(
 
 /// Whether `row` passes the filters the store did not apply. A rule filter keeps the
 /// decisions where the rule matched, or could not be evaluated (both an analyst looks for).
-fn keeps(filter: &DecisionFilter, row: &Row) -> bool {
-    filter.outcome.is_none_or(|o| o.as_str() == row.outcome)
-        && filter.provider.as_ref().is_none_or(|p| *p == row.provider)
+fn keeps(filter: &DecisionFilter, decision: &DecisionRecord) -> bool {
+    let provider = decision.event_key.split_once('/').map_or("", |(p, _)| p);
+    let rule_took_part = |rule: &str| {
+        let rules = decision.record.get("rules").and_then(Value::as_array);
+        rules.into_iter().flatten().any(|entry| {
+            entry.get("rule").and_then(Value::as_str) == Some(rule)
+                && (entry.get("matched").and_then(Value::as_bool) == Some(true)
+                    || entry.get("error").is_some_and(|e| !e.is_null()))
+        })
+    };
+    filter
+        .outcome
+        .is_none_or(|o| o.as_str() == decision.outcome)
+        && filter.provider.as_ref().is_none_or(|p| p == provider)
         && filter
             .subject_key
             .as_ref()
-            .is_none_or(|s| row.subject_key.as_ref() == Some(s))
-        && filter
-            .rule
-            .as_ref()
-            .is_none_or(|r| row.rules.iter().any(|m| m.rule == *r))
+            .is_none_or(|s| decision.subject_key.as_ref() == Some(s))
+        && filter.rule.as_deref().is_none_or(rule_took_part)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::state::{Batch, DecisionRecord, SqliteStore};
+    use crate::worker::state::{Batch, SqliteStore};
     use serde_json::json;
 
     /// A store of `n` decisions, a hundred to each millisecond (a batch's records share
