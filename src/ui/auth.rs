@@ -74,9 +74,22 @@ pub fn local_only<B>(
 
 /// Whether a `Host` value (with or without its port) names the loopback.
 fn is_loopback_host(host: &str) -> bool {
+    let port_ok = |port: &str| {
+        port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
     let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or("", |(name, _)| name),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        Some(rest) => match rest.split_once(']') {
+            Some((name, port)) if port_ok(port) => name,
+            _ => return false,
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) if port_ok(&format!(":{port}")) => name,
+            Some(_) => return false,
+            None => host,
+        },
     };
     name.eq_ignore_ascii_case("localhost")
         || name
@@ -191,6 +204,9 @@ mod tests {
             "10.0.0.5:9091",
             "",
             "[::1",
+            "[::1]junk",
+            "localhost:junk",
+            "localhost:",
         ] {
             let err = local_only(&request(host), local).unwrap_err();
             assert_eq!(err.status(), http::StatusCode::FORBIDDEN, "{host}");

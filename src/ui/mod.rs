@@ -248,10 +248,7 @@ async fn route(
     }
     let params = Params::parse(request.uri().query());
     // Reading the store blocks (SQLite, or PostgreSQL through its own runtime).
-    // The command the dead-letter page shows works from any directory.
-    let rules_file = std::fs::canonicalize(&config.file)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| config.file.clone());
+    let rules_file = config.file.clone();
     let rule_names: Vec<String> = config.rules.rules.iter().map(|r| r.name.clone()).collect();
     tokio::task::spawn_blocking(move || {
         show(page, &params, store.as_ref(), &rules_file, rule_names)

@@ -84,7 +84,9 @@ impl DecisionFilter {
     /// # Errors
     /// A parameter that does not read, naming it.
     pub fn parse(params: &Params) -> Result<Self, UiError> {
-        let provider = params.get("provider").map(str::to_owned);
+        // Names the operator types (provider, outcome, rule, times) are trimmed; keys, which
+        // are the provider's, are not.
+        let provider = params.get("provider").map(|p| p.trim().to_owned());
         let keyed = |name: &str, example: &str| -> Result<Option<String>, UiError> {
             let Some(value) = params.get(name) else {
                 return Ok(None);
@@ -99,7 +101,7 @@ impl DecisionFilter {
                 ))),
             }
         };
-        let outcome = match params.get("outcome") {
+        let outcome = match params.get("outcome").map(str::trim) {
             None => None,
             Some(text) => Some(
                 EventOutcome::ALL

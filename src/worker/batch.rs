@@ -465,6 +465,8 @@ async fn handle_subject(
         let mut record = serde_json::json!({
             "provider": event.provider, "type": event.event_type, "event_id": event.id,
             "subject": subject.id, "score": subject.scores,
+            // What the rules read as `previous.score`: the web view shows it beside `score`.
+            "previous_score": state.scores,
         });
         let archived = ctx.config.archive.enabled.then(|| {
             archived(
@@ -838,12 +840,13 @@ async fn carry_out(
             let would: Vec<Value> = decided
                 .actions
                 .iter()
-                .filter_map(|planned| {
-                    let request = planned.request.as_ref().ok()?;
-                    Some(serde_json::json!({
+                .map(|planned| match &planned.request {
+                    Ok(request) => serde_json::json!({
                         "action": planned.action,
                         "request": action::masked(request.as_ref(), &rules.template_env),
-                    }))
+                    }),
+                    // Enforced, it would fail (and dead-letter): the analyst should see it.
+                    Err(error) => serde_json::json!({"action": planned.action, "error": error}),
                 })
                 .collect();
             if !would.is_empty() {

@@ -288,11 +288,17 @@ impl WorkerConfig {
                 telemetry,
                 rules,
                 ui,
-                file: file.to_owned(),
+                // Absolute (not resolved through links), for the commands the web view shows.
+                file: std::path::absolute(file)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| file.to_owned()),
             }),
             _ => Err(ConfigError {
                 problems: vec![Problem {
-                    file: file.to_owned(),
+                    // Absolute (not resolved through links), for the commands the web view shows.
+                    file: std::path::absolute(file)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| file.to_owned()),
                     line: None,
                     key: String::new(),
                     reason: "incomplete config".to_owned(),

@@ -299,10 +299,12 @@ async fn the_subject_page_charts_the_story_and_the_lists_filter_it() {
         "{}",
         page.dom
     );
-    assert!(
-        page.dom
-            .contains("hookwarden dead-letters --rules rules.toml replay --id=e4")
-    );
+    // The rules file's path made absolute, so that the command works from anywhere.
+    let rules = std::env::current_dir().unwrap().join("rules.toml");
+    assert!(page.dom.contains(&format!(
+        "hookwarden dead-letters --rules {} replay --id=e4",
+        rules.display()
+    )));
 
     // The overview counts what was decided.
     let page = browser::open(&format!("{ui}/")).await;
@@ -413,10 +415,14 @@ async fn hostile_provider_content_is_text_everywhere_and_no_script_runs() {
     assert_eq!(json["events"][1]["event_type"], KIND);
     // The replay command pastes as one word, whatever the id holds.
     let (_, json) = get_json(&format!("{ui}/dead-letters")).await;
+    let rules = std::env::current_dir().unwrap().join("rules.toml");
     assert_eq!(
         json["letters"][0]["replay"],
-        "hookwarden dead-letters --rules rules.toml replay \
-         --id='-\"><img src=x onerror=document.title='\\''pwned'\\''>2'"
+        format!(
+            "hookwarden dead-letters --rules {} replay \
+             --id='-\"><img src=x onerror=document.title='\\''pwned'\\''>2'",
+            rules.display()
+        )
     );
 }
 

@@ -103,6 +103,9 @@ pub struct Row {
     pub outcome: String,
     /// Its scores as read from the event.
     pub scores: serde_json::Map<String, Value>,
+    /// The scores its rules read as `previous` (the subject's state before it), when the
+    /// record has them (records made before they were recorded do not).
+    pub previous_scores: Option<serde_json::Map<String, Value>>,
     /// The rules that matched (or failed to evaluate).
     pub rules: Vec<RuleMark>,
     /// The actions that ran.
@@ -178,7 +181,7 @@ impl Row {
                     action: text(would, "action").unwrap_or_default(),
                     outcome: "shadow".to_owned(),
                     attempts: 0,
-                    error: None,
+                    error: text(would, "error"),
                     request: would.get("request").filter(|r| !r.is_null()).cloned(),
                 });
             }
@@ -217,6 +220,10 @@ impl Row {
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default(),
+            previous_scores: record
+                .get("previous_score")
+                .and_then(Value::as_object)
+                .cloned(),
             event_key: decision.event_key,
             provider,
             event_id,

@@ -119,12 +119,19 @@ pub fn find(
             .map(Row::from_record)
             .collect(),
     };
+    // Records say what their rules read as `previous`; for older records, the scores of the
+    // last state-changing event decided before (a batch's events share their time, and their
+    // order within it is not known: none then).
     let previous: Vec<Option<serde_json::Map<String, serde_json::Value>>> = (0..listed.len())
         .map(|i| {
-            listed[i + 1..]
-                .iter()
-                .find(|older| kept_state(&older.outcome))
-                .map(|older| older.scores.clone())
+            let row = &listed[i];
+            row.previous_scores.clone().or_else(|| {
+                listed[i + 1..]
+                    .iter()
+                    .find(|older| kept_state(&older.outcome))
+                    .filter(|older| older.at_ms < row.at_ms)
+                    .map(|older| older.scores.clone())
+            })
         })
         .collect();
     let more = listed.len() > PAGE_ROWS;

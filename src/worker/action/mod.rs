@@ -298,9 +298,10 @@ impl ActionResult {
 
 /// What `request` sends, for a decision record that people read (the web view shows it):
 /// every value of `secrets` (the `env.NAME` values templates use) written `***` wherever it
-/// appears, also as JSON escapes it; every header value hidden but those of headers that
-/// never carry credentials; and in the URL the password and the values of query parameters
-/// named like credentials (`key`, `token`, `secret`, `sig`, `password`, `auth`).
+/// appears, also as a JSON string or a URL carries it; every header value hidden but those
+/// of headers that never carry credentials; in URLs the user information, the fragment and
+/// the values of query parameters named like credentials; in a command's arguments the
+/// URLs, `--option=value`s named like credentials, and header lines.
 pub fn masked(
     request: &dyn Request,
     secrets: &std::collections::BTreeMap<String, String>,
@@ -321,17 +322,37 @@ pub fn masked(
     }
     let mut forms: Vec<String> = Vec::new();
     for secret in secrets.values().filter(|s| !s.is_empty()) {
-        forms.push(secret.clone());
-        // As a JSON string's body carries it: `"` and `\` escaped.
-        let escaped = serde_json::to_string(secret).unwrap_or_default();
-        let escaped = escaped.trim_matches('"');
-        if escaped != secret {
-            forms.push(escaped.to_owned());
+        // As templates may have written it: itself, inside a JSON string (`tojson` also
+        // escapes `&'<>`), or URL-encoded (`urlencode`, or a form).
+        let json = serde_json::to_string(secret).unwrap_or_default();
+        let json = json.trim_matches('"').to_owned();
+        let html_json = json
+            .replace('&', "\\u0026")
+            .replace('\'', "\\u0027")
+            .replace('<', "\\u003c")
+            .replace('>', "\\u003e");
+        let form: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let percent = form.replace('+', "%20");
+        for candidate in [secret.clone(), json, html_json, form, percent] {
+            if !forms.contains(&candidate) {
+                forms.push(candidate);
+            }
         }
     }
     // Longest first: a secret that contains another is masked whole.
     forms.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut shown = request.describe();
+    // URLs first, while they still parse.
+    if let Some(Value::String(url)) = shown.get_mut("url") {
+        *url = masked_url(url);
+    }
+    if let Some(Value::Array(argv)) = shown.get_mut("argv") {
+        for arg in argv.iter_mut() {
+            if let Value::String(text) = arg {
+                *text = masked_arg(text);
+            }
+        }
+    }
     if !forms.is_empty() {
         walk(&mut shown, &forms);
     }
@@ -344,9 +365,6 @@ pub fn masked(
                 *value = Value::from("***");
             }
         }
-    }
-    if let Some(Value::String(url)) = shown.get_mut("url") {
-        *url = masked_url(url);
     }
     shown
 }
@@ -365,39 +383,92 @@ const PLAIN_HEADERS: &[&str] = &[
     "x-request-id",
 ];
 
-/// `url` with its password and credential-like query values as `***`.
+/// Whether a parameter's or option's name says it holds a credential: one of its words
+/// (split at `_`, `-`, `.`) is `key`, `token`, `secret`, `password`, … (`api_key` and
+/// `access-token` are; `monkey` and `author` are not).
+fn names_credential(name: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "key",
+        "apikey",
+        "token",
+        "secret",
+        "sig",
+        "signature",
+        "password",
+        "passwd",
+        "pwd",
+        "auth",
+        "authorization",
+        "credential",
+        "credentials",
+        "accesstoken",
+    ];
+    name.to_ascii_lowercase()
+        .split(['_', '-', '.'])
+        .any(|word| WORDS.contains(&word))
+}
+
+/// `url` with its user information, fragment and credential-named query values as `***`;
+/// the rest as written.
 fn masked_url(url: &str) -> String {
-    // Most URLs carry neither: not parsed again for each firing.
-    if !url.contains(['@', '?']) {
+    // Most URLs carry none of them: not parsed again for each firing.
+    if !url.contains(['@', '?', '#']) {
         return url.to_owned();
     }
     let Ok(mut parsed) = reqwest::Url::parse(url) else {
         return url.to_owned();
     };
+    if !parsed.username().is_empty() {
+        let _ = parsed.set_username("***");
+    }
     if parsed.password().is_some() {
         let _ = parsed.set_password(Some("***"));
     }
-    let credential = |name: &str| {
-        let name = name.to_ascii_lowercase();
-        ["key", "token", "secret", "sig", "password", "auth"]
-            .iter()
-            .any(|c| name.contains(c))
-    };
-    if parsed.query_pairs().any(|(name, _)| credential(&name)) {
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(name, value)| {
-                let value = if credential(&name) {
-                    "***".into()
-                } else {
-                    value
-                };
-                (name.into_owned(), value.into_owned())
+    if parsed.fragment().is_some_and(|f| !f.is_empty()) {
+        parsed.set_fragment(Some("***"));
+    }
+    if let Some(query) = parsed.query().map(str::to_owned) {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if names_credential(&decoded(name)) => format!("{name}=***"),
+                _ => pair.to_owned(),
             })
             .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+        parsed.set_query(Some(&masked.join("&")));
     }
     parsed.to_string()
+}
+
+/// A query parameter's name decoded.
+fn decoded(name: &str) -> String {
+    form_urlencoded::parse(name.as_bytes())
+        .next()
+        .map(|(name, _)| name.into_owned())
+        .unwrap_or_default()
+}
+
+/// A command's argument with what it says of credentials as `***`: a URL's (as
+/// [`masked_url`]), an `--option=value` whose option names one, a `Name: value` header that
+/// is not a plain one.
+fn masked_arg(arg: &str) -> String {
+    if arg.contains("://") {
+        return masked_url(arg);
+    }
+    if let Some((option, _)) = arg.split_once('=')
+        && option.starts_with('-')
+        && names_credential(option.trim_start_matches('-'))
+    {
+        return format!("{option}=***");
+    }
+    if let Some((name, _)) = arg.split_once(": ")
+        && !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !PLAIN_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+    {
+        return format!("{name}: ***");
+    }
+    arg.to_owned()
 }
 
 /// `Idempotency-Key` of an action: the same for every delivery of one event, rule and action.
@@ -529,7 +600,7 @@ mod tests {
         let shown = masked(&request, &secrets);
         assert_eq!(
             shown["url"],
-            "https://bot:***@svc.example/hook?account=usr_1&api_key=***&Signature=***"
+            "https://***:***@svc.example/hook?account=usr_1&api_key=***&Signature=***"
         );
         assert_eq!(
             shown["headers"],
@@ -542,6 +613,38 @@ mod tests {
         );
         assert_eq!(shown["body"], "{\"token\": \"***\", \"raw\": \"***\"}");
         assert_eq!(shown["method"], "POST");
+    }
+
+    #[test]
+    fn encoded_secrets_urls_and_command_arguments_are_masked_too() {
+        let secrets = std::collections::BTreeMap::from([("T".to_owned(), "a+b/c=<&'>".to_owned())]);
+        let request = Described(serde_json::json!({
+            "url": "https://TOKEN@svc.example/x?monkey=1&author=me&path=a/b~c#access_token=z",
+            "body": "t=a%2Bb%2Fc%3D%3C%26%27%3E&u=a%2Bb%2Fc%3D%3C%26%27%3E&j=\\u003c&raw=a+b/c=<&'>",
+            "argv": ["notify", "--api-key=k1", "--verbose", "Authorization: Bearer x",
+                     "Content-Type: text/plain", "https://u:p@h.example/"],
+        }));
+        let shown = masked(&request, &secrets);
+        assert_eq!(
+            shown["url"],
+            "https://***@svc.example/x?monkey=1&author=me&path=a/b~c#***"
+        );
+        assert_eq!(shown["body"], "t=***&u=***&j=\\u003c&raw=***");
+        assert_eq!(
+            shown["argv"],
+            serde_json::json!([
+                "notify",
+                "--api-key=***",
+                "--verbose",
+                "Authorization: ***",
+                "Content-Type: text/plain",
+                "https://***:***@h.example/"
+            ])
+        );
+        let json_form = Described(serde_json::json!({
+            "body": "{\"t\": \"a+b/c=\\u003c\\u0026\\u0027\\u003e\"}",
+        }));
+        assert_eq!(masked(&json_form, &secrets)["body"], "{\"t\": \"***\"}");
     }
 
     #[test]
