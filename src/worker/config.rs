@@ -34,7 +34,7 @@ pub struct WorkerConfig {
     pub rules: Rules,
     /// `[ui]`: the web view on the admin address.
     pub ui: UiConfig,
-    /// The rules file's path as given (the web view shows commands that name it).
+    /// The rules file's path made absolute (the web view shows commands that name it).
     pub file: String,
 }
 
@@ -295,10 +295,7 @@ impl WorkerConfig {
             }),
             _ => Err(ConfigError {
                 problems: vec![Problem {
-                    // Absolute (not resolved through links), for the commands the web view shows.
-                    file: std::path::absolute(file)
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|_| file.to_owned()),
+                    file: file.to_owned(),
                     line: None,
                     key: String::new(),
                     reason: "incomplete config".to_owned(),
